@@ -1,0 +1,1 @@
+"""Settings tree: `base` holds everything; `dev`, `test` and `production` override a few values."""

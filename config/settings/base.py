@@ -1,0 +1,150 @@
+"""Settings shared by every environment, driven by environment variables.
+
+DATABASE_URL / REDIS_URL point at external services (docker-compose, production); when they
+are unset, the embedded services started by `manage.py devservices start` are used.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from config import devservices
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+_embedded = devservices.service_urls()
+DATABASE_URL = os.environ.get("DATABASE_URL") or (_embedded.database_url if _embedded else "")
+REDIS_URL = os.environ.get("REDIS_URL") or (_embedded.redis_url if _embedded else "")
+USING_EMBEDDED_SERVICES = not os.environ.get("DATABASE_URL")
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+# https://docs.djangoproject.com/en/5.2/ref/settings/#csrf-trusted-origins
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    # ninja in INSTALLED_APPS makes its API docs page use the bundled Swagger UI, not a CDN.
+    "ninja",
+    "curation",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves static/ from the app itself (no CDN, no separate web server needed).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "curation.middleware.ApiBodySizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# https://github.com/jazzband/dj-database-url
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60) if DATABASE_URL else {}}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Request bodies above this are refused with 413 before they are read (uploads included).
+# https://docs.djangoproject.com/en/5.2/ref/settings/#data-upload-max-memory-size
+RAGLOOP_MAX_REQUEST_BYTES = env_int("RAGLOOP_MAX_REQUEST_BYTES", 20 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = RAGLOOP_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = RAGLOOP_MAX_REQUEST_BYTES
+
+# --- ragloop ------------------------------------------------------------------------------
+# Where trained model versions and other artifacts are written (a volume in docker-compose).
+RAGLOOP_ARTIFACTS_DIR = Path(os.environ.get("RAGLOOP_ARTIFACTS_DIR", BASE_DIR / "artifacts"))
+# Chunks embedded per Celery task; one task is the unit of work a killed worker can lose.
+RAGLOOP_EMBED_BATCH_SIZE = env_int("RAGLOOP_EMBED_BATCH_SIZE", 256)
+# Below this many chunks in an embedding space, retrieval scans exactly; above, it uses the
+# space's HNSW index (https://github.com/pgvector/pgvector#hnsw).
+RAGLOOP_EXACT_SEARCH_MAX_CHUNKS = env_int("RAGLOOP_EXACT_SEARCH_MAX_CHUNKS", 20_000)
+RAGLOOP_MAX_K = 100
+# An embedding job whose heartbeat is older than this is re-dispatched by the beat sweeper.
+RAGLOOP_EMBEDDING_STALL_SECONDS = env_int("RAGLOOP_EMBEDDING_STALL_SECONDS", 300)
+
+# --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -------------
+CELERY_BROKER_URL = REDIS_URL
+# Work state lives in database rows (jobs as rows), so task results are not stored.
+CELERY_TASK_IGNORE_RESULT = True
+# Acknowledge after the task ran: a killed worker's message is delivered again, and the
+# task, being idempotent, finishes what is left.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "curation.tasks.embedding_job_dispatch_task": {"queue": "embedding"},
+    "curation.tasks.chunk_batch_embed_task": {"queue": "embedding"},
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "resume-stalled-embedding-jobs": {
+        "task": "curation.tasks.embedding_jobs_resume_stalled_task",
+        "schedule": 60.0,
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("RAGLOOP_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

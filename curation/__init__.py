@@ -1,0 +1,1 @@
+"""Knowledge bases, documents, turns and labels: ingestion, serving (ask/retrieve) and curation."""

@@ -1,0 +1,221 @@
+"""Knowledge bases and what they hold (documents, chunks, embeddings), served and ingested turns
+with their retrieved passages, embedding jobs, and API tokens."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from pgvector.django import VectorField
+
+
+class KnowledgeBase(models.Model):
+    class GeneratorBackend(models.TextChoices):
+        EXTRACTIVE = "extractive", "Extractive (offline)"
+        OPENAI = "openai", "OpenAI-compatible endpoint"
+        HF = "hf", "Local Hugging Face model"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    chunk_max_tokens = models.PositiveIntegerField(default=200)
+    chunk_overlap_tokens = models.PositiveIntegerField(default=40)
+    generator_backend = models.CharField(
+        max_length=20, choices=GeneratorBackend.choices, default=GeneratorBackend.EXTRACTIVE
+    )
+    # The OpenAI model name, or the path of a local Hugging Face model.
+    generator_model = models.CharField(max_length=500, blank=True)
+    # The embedding space of the live retriever version; serving reads only this one.
+    live_space = models.ForeignKey(
+        "EmbeddingSpace", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def generator_version(self) -> str:
+        return f"{self.generator_backend}:{self.generator_model}" if self.generator_model else self.generator_backend
+
+
+class Document(models.Model):
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
+    external_id = models.CharField(max_length=512)
+    title = models.TextField(blank=True)
+    text = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    # sha256 of title, text and metadata: re-ingesting an unchanged document is a no-op.
+    content_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["knowledge_base", "external_id"], name="document_external_id_unique_per_kb"),
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    # Denormalised from the document so retrieval and counts filter on one table.
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="chunks")
+    order = models.PositiveIntegerField()
+    text = models.TextField()
+    token_count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["document", "order"], name="chunk_order_unique_per_document")]
+
+
+class EmbeddingSpace(models.Model):
+    """The chunk vectors of one retriever version: a new document encoder needs a new space."""
+
+    class Status(models.TextChoices):
+        BUILDING = "building"
+        READY = "ready"
+        RETIRED = "retired"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="embedding_spaces")
+    retriever_version = models.CharField(max_length=100)
+    # "base:all-MiniLM-L6-v2" for the packaged base model, else a path to a model folder.
+    model_reference = models.CharField(max_length=500)
+    dimensions = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.BUILDING)
+    # True once the space's partial HNSW index exists (see curation.services.embeddings).
+    hnsw_index_built = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["knowledge_base", "retriever_version"], name="space_retriever_version_unique_per_kb"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.knowledge_base.slug}/{self.retriever_version}"
+
+    @property
+    def hnsw_index_name(self) -> str:
+        return f"chunk_embedding_hnsw_space_{self.pk}"
+
+
+class ChunkEmbedding(models.Model):
+    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings")
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="embeddings")
+    # No fixed dimension: spaces of different models share the table. Each space gets its own
+    # partial HNSW index on `embedding::vector(<dims>)` (pgvector's documented way to index
+    # vectors of several dimensions in one column).
+    embedding = VectorField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["space", "chunk"], name="chunk_embedding_unique_per_space")]
+
+
+class EmbeddingJob(models.Model):
+    """Embedding the chunks of one space that have no vector yet; Celery tasks only move this row."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="jobs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    total_chunks = models.PositiveIntegerField(default=0)
+    embedded_chunks = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
+
+    @property
+    def progress_percent(self) -> int:
+        if not self.total_chunks:
+            return 100 if self.status == self.Status.SUCCEEDED else 0
+        return min(100, int(100 * self.embedded_chunks / self.total_chunks))
+
+
+class Turn(models.Model):
+    """One query and its answer: served by ragloop, or logged by an external RAG app."""
+
+    class Source(models.TextChoices):
+        SERVED = "served"
+        INGESTED = "ingested"
+
+    class Feedback(models.IntegerChoices):
+        THUMBS_DOWN = -1
+        THUMBS_UP = 1
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="turns")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    # The caller's id for this turn; ingesting it again changes nothing.
+    external_id = models.CharField(max_length=255, null=True, blank=True)
+    query = models.TextField()
+    answer = models.TextField(blank=True)
+    retriever_version = models.CharField(max_length=200, blank=True)
+    generator_version = models.CharField(max_length=200, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)
+    feedback_comment = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["knowledge_base", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="turn_external_id_unique_per_kb",
+            ),
+        ]
+
+
+class RetrievedPassage(models.Model):
+    """A passage as the turn saw it: its text is copied so labels stay valid if documents change."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="passages")
+    rank = models.PositiveIntegerField()
+    score = models.FloatField(null=True, blank=True)
+    chunk = models.ForeignKey(Chunk, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    document = models.ForeignKey(Document, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The document external id for served turns; the external app's source id for ingested ones.
+    source_id = models.CharField(max_length=512, blank=True)
+    title = models.TextField(blank=True)
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["rank"]
+        constraints = [models.UniqueConstraint(fields=["turn", "rank"], name="passage_rank_unique_per_turn")]
+
+
+class ApiToken(models.Model):
+    """A bearer token for the REST API. Only its sha256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    all_knowledge_bases = models.BooleanField(default=False)
+    knowledge_bases = models.ManyToManyField(KnowledgeBase, blank=True, related_name="api_tokens")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"

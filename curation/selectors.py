@@ -1,0 +1,96 @@
+"""Read operations: retrieval from an embedding space, knowledge bases a token or user may see."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from curation.errors import InvalidInput, NotFound
+from curation.models import EmbeddingSpace, KnowledgeBase
+from curation.services.embeddings import as_vector_literal
+from curation.services.knowledge_bases import retriever_model_path
+from rag.embedding import load_embedder
+
+
+@dataclass(frozen=True)
+class RetrievedChunk:
+    rank: int
+    score: float
+    chunk_id: int
+    document_id: int
+    document_external_id: str
+    title: str
+    text: str
+
+
+def knowledge_base_get(*, slug: str) -> KnowledgeBase:
+    knowledge_base = KnowledgeBase.objects.select_related("live_space").filter(slug=slug).first()
+    if knowledge_base is None:
+        raise NotFound(f"Knowledge base {slug!r} not found.")
+    return knowledge_base
+
+
+def embedding_space_for(*, knowledge_base: KnowledgeBase, retriever_version: str | None = None) -> EmbeddingSpace:
+    """The live space, or the named retriever version's space if it is ready."""
+    if not retriever_version:
+        if knowledge_base.live_space is None:
+            raise NotFound(f"Knowledge base {knowledge_base.slug!r} has no live retriever version.")
+        return knowledge_base.live_space
+    space = knowledge_base.embedding_spaces.filter(retriever_version=retriever_version).first()
+    if space is None:
+        raise NotFound(f"Retriever version {retriever_version!r} not found in {knowledge_base.slug!r}.")
+    if space.status != EmbeddingSpace.Status.READY:
+        raise InvalidInput(f"Retriever version {retriever_version!r} is {space.status}, not ready to serve.")
+    return space
+
+
+def passages_retrieve(*, space: EmbeddingSpace, query: str, k: int) -> list[RetrievedChunk]:
+    """The k chunks nearest to the query by cosine similarity, best first.
+
+    Small spaces are scanned exactly; past RAGLOOP_EXACT_SEARCH_MAX_CHUNKS the space's
+    partial HNSW index answers, with ef_search raised to at least 2k so a top-k query gets
+    k results.
+    """
+    if not query.strip():
+        raise InvalidInput("The query is empty.")
+    if not 1 <= k <= settings.RAGLOOP_MAX_K:
+        raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
+    embedder = load_embedder(retriever_model_path(space.model_reference))
+    query_vector = as_vector_literal(embedder.encode_queries([query])[0])
+    dims = int(space.dimensions)
+    if space.hnsw_index_built:
+        # Matches the partial index expression exactly, so the planner can use it.
+        distance = f"e.embedding::vector({dims}) <=> %s::vector({dims})"
+    else:
+        # No cast: this expression matches no index, so Postgres scans the space exactly.
+        distance = "e.embedding <=> %s::vector"
+    sql = f"""
+        SELECT nearest.chunk_id, 1 - nearest.distance, c.text, d.id, d.external_id, d.title
+        FROM (
+            SELECT e.chunk_id, {distance} AS distance
+            FROM curation_chunkembedding e
+            WHERE e.space_id = {int(space.pk)}
+            ORDER BY distance
+            LIMIT %s
+        ) AS nearest
+        JOIN curation_chunk c ON c.id = nearest.chunk_id
+        JOIN curation_document d ON d.id = c.document_id
+        ORDER BY nearest.distance, nearest.chunk_id
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        if space.hnsw_index_built:
+            cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(40, 2 * k))])
+        cursor.execute(sql, [query_vector, k])
+        rows = cursor.fetchall()
+    return [
+        RetrievedChunk(
+            rank=rank,
+            score=float(score),
+            chunk_id=chunk_id,
+            document_id=document_id,
+            document_external_id=external_id,
+            title=title,
+            text=text,
+        )
+        for rank, (chunk_id, score, text, document_id, external_id, title) in enumerate(rows, start=1)
+    ]

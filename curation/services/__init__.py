@@ -1,0 +1,1 @@
+"""Write operations on knowledge bases, documents, embeddings, turns and tokens (one module each)."""

@@ -1,0 +1,167 @@
+"""Turns: answering a query with the live versions (and logging it), ingesting turns logged by
+external RAG apps (idempotent by external id), and user feedback."""
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+
+from curation.errors import InvalidInput, UpstreamError
+from curation.models import Document, KnowledgeBase, RetrievedPassage, Turn
+from curation.selectors import embedding_space_for, passages_retrieve
+from rag.generation import ContextPassage, GeneratorError, make_generator
+
+MAX_TURNS_PER_BATCH = 1000
+
+
+def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
+    """Retrieve with the live retriever, generate with the KB's generator, store the turn."""
+    started = time.perf_counter()
+    space = embedding_space_for(knowledge_base=knowledge_base)
+    retrieved = passages_retrieve(space=space, query=query, k=k)
+    try:
+        generator = make_generator(backend=knowledge_base.generator_backend, model=knowledge_base.generator_model)
+        answer = generator.generate(
+            query=query,
+            passages=[ContextPassage(text=p.text, title=p.title, source_id=p.document_external_id) for p in retrieved],
+        )
+    except (GeneratorError, ValueError) as error:
+        raise UpstreamError(f"The generator ({knowledge_base.generator_version}) failed: {error}") from error
+    latency_ms = (time.perf_counter() - started) * 1000
+    with transaction.atomic():
+        turn = Turn.objects.create(
+            knowledge_base=knowledge_base,
+            source=Turn.Source.SERVED,
+            query=query,
+            answer=answer.text,
+            retriever_version=space.retriever_version,
+            generator_version=knowledge_base.generator_version,
+            latency_ms=latency_ms,
+            metadata={"cited_passages": answer.cited_passages},
+        )
+        RetrievedPassage.objects.bulk_create(
+            RetrievedPassage(
+                turn=turn,
+                rank=p.rank,
+                score=p.score,
+                chunk_id=p.chunk_id,
+                document_id=p.document_id,
+                source_id=p.document_external_id,
+                title=p.title,
+                text=p.text,
+            )
+            for p in retrieved
+        )
+    return turn
+
+
+@dataclass(frozen=True)
+class PassageRecord:
+    text: str
+    source_id: str = ""
+    title: str = ""
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """A turn as an external RAG app logged it."""
+
+    external_id: str
+    query: str
+    answer: str = ""
+    passages: list[PassageRecord] = field(default_factory=list)
+    feedback: int | None = None
+    feedback_comment: str = ""
+    retriever_version: str = ""
+    generator_version: str = ""
+    latency_ms: float | None = None
+    metadata: dict = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass
+class TurnIngestResult:
+    created: dict[str, int] = field(default_factory=dict)  # external id -> turn id
+    existing: dict[str, int] = field(default_factory=dict)
+
+
+def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) -> TurnIngestResult:
+    if not records:
+        raise InvalidInput("No turns to ingest.")
+    if len(records) > MAX_TURNS_PER_BATCH:
+        raise InvalidInput(f"{len(records)} turns in one batch; the limit is {MAX_TURNS_PER_BATCH}.")
+    external_ids = [r.external_id for r in records]
+    duplicates = sorted(e for e, n in Counter(external_ids).items() if n > 1)
+    if duplicates:
+        raise InvalidInput(f"External ids appear more than once in this batch: {', '.join(duplicates[:10])}.")
+    for record in records:
+        if not record.query.strip():
+            raise InvalidInput(f"Turn {record.external_id!r} has an empty query.")
+        if record.feedback not in (None, -1, 1):
+            raise InvalidInput(f"Turn {record.external_id!r}: feedback must be -1, 1 or null.")
+
+    result = TurnIngestResult()
+    with transaction.atomic():
+        # Serialises batches per knowledge base, so two deliveries of one batch cannot both
+        # create the same external id.
+        KnowledgeBase.objects.select_for_update().get(pk=knowledge_base.pk)
+        result.existing = dict(
+            Turn.objects.filter(knowledge_base=knowledge_base, external_id__in=external_ids).values_list(
+                "external_id", "pk"
+            )
+        )
+        new_records = [r for r in records if r.external_id not in result.existing]
+        source_ids = {p.source_id for r in new_records for p in r.passages if p.source_id}
+        documents = dict(
+            Document.objects.filter(knowledge_base=knowledge_base, external_id__in=source_ids).values_list(
+                "external_id", "pk"
+            )
+        )
+        turns = Turn.objects.bulk_create(
+            Turn(
+                knowledge_base=knowledge_base,
+                source=Turn.Source.INGESTED,
+                external_id=r.external_id,
+                query=r.query,
+                answer=r.answer,
+                retriever_version=r.retriever_version,
+                generator_version=r.generator_version,
+                latency_ms=r.latency_ms,
+                feedback=r.feedback,
+                feedback_comment=r.feedback_comment,
+                metadata=r.metadata,
+            )
+            for r in new_records
+        )
+        stamped = [(turn, r.created_at) for turn, r in zip(turns, new_records) if r.created_at]
+        for turn, created_at in stamped:  # auto_now_add ignores a given value on create
+            turn.created_at = created_at
+        if stamped:
+            Turn.objects.bulk_update([turn for turn, _ in stamped], ["created_at"])
+        RetrievedPassage.objects.bulk_create(
+            RetrievedPassage(
+                turn=turn,
+                rank=rank,
+                score=p.score,
+                document_id=documents.get(p.source_id),
+                source_id=p.source_id,
+                title=p.title,
+                text=p.text,
+            )
+            for turn, r in zip(turns, new_records)
+            for rank, p in enumerate(r.passages, start=1)
+        )
+        result.created = {turn.external_id: turn.pk for turn in turns}
+    return result
+
+
+def turn_feedback_set(*, turn: Turn, feedback: int | None, comment: str = "") -> Turn:
+    if feedback not in (None, -1, 1):
+        raise InvalidInput("Feedback must be -1 (thumbs down), 1 (thumbs up) or null.")
+    turn.feedback = feedback
+    turn.feedback_comment = comment
+    turn.save(update_fields=["feedback", "feedback_comment"])
+    return turn

@@ -1,0 +1,171 @@
+"""Shared fixtures: knowledge bases on the embedded Postgres, API clients with tokens, and a real
+Celery worker process bound to the test database (for end-to-end tests)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SAMPLE_DOCUMENTS = [
+    {
+        "_id": "d-vitd",
+        "title": "Vitamin D and bone health",
+        "text": "Vitamin D supplementation increases calcium absorption in the gut. "
+        "In elderly adults, daily vitamin D reduced the rate of hip fractures by a fifth. "
+        "The effect was strongest in people with low baseline vitamin D levels.",
+    },
+    {
+        "_id": "d-statins",
+        "title": "Statins and cholesterol",
+        "text": "Statins inhibit HMG-CoA reductase, the rate-limiting enzyme of cholesterol synthesis. "
+        "Lower LDL cholesterol reduces the risk of heart attacks. Muscle pain is a known side effect.",
+    },
+    {
+        "_id": "d-sleep",
+        "title": "Sleep and memory",
+        "text": "During deep sleep the hippocampus replays the day's experiences. "
+        "Sleep deprivation impairs the consolidation of new memories in students.",
+    },
+    {
+        "_id": "d-coffee",
+        "title": "Coffee consumption",
+        "text": "Caffeine blocks adenosine receptors in the brain, which increases alertness. "
+        "Moderate coffee drinking is not associated with higher mortality.",
+    },
+]
+
+
+@pytest.fixture
+def sample_documents():
+    from rag.documents import SourceDocument
+
+    return [SourceDocument(external_id=d["_id"], title=d["title"], text=d["text"], metadata={}) for d in SAMPLE_DOCUMENTS]
+
+
+@pytest.fixture
+def knowledge_base(db):
+    from curation.services.knowledge_bases import knowledge_base_create
+
+    return knowledge_base_create(slug="test-kb", name="Test KB")
+
+
+def embed_everything_now(knowledge_base) -> None:
+    """Run the embedding services in this process, as a worker would (for service tests)."""
+    from curation.models import EmbeddingJob
+    from curation.services.embeddings import chunk_batch_embed, embedding_job_start
+
+    for space in knowledge_base.embedding_spaces.all():
+        job = embedding_job_start(space=space) or EmbeddingJob.objects.filter(space=space).first()
+        if job is None:
+            continue
+        missing = list(knowledge_base.chunks.exclude(embeddings__space=space).values_list("pk", flat=True))
+        chunk_batch_embed(job_id=job.pk, chunk_ids=missing)
+
+
+@pytest.fixture
+def embedded_knowledge_base(knowledge_base, sample_documents):
+    from curation.services.documents import documents_ingest
+
+    documents_ingest(knowledge_base=knowledge_base, documents=sample_documents)
+    embed_everything_now(knowledge_base)
+    return knowledge_base
+
+
+@pytest.fixture
+def admin_user(db, django_user_model):
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+
+
+@pytest.fixture
+def api_token(admin_user, knowledge_base):
+    """A token scoped to the test knowledge base only."""
+    from curation.services.tokens import api_token_create
+
+    _, plain = api_token_create(user=admin_user, name="tests", knowledge_bases=[knowledge_base])
+    return plain
+
+
+@pytest.fixture
+def api(client, api_token):
+    """A Django test client that sends the bearer token."""
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {api_token}"
+    return client
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    config = connection.settings_dict
+    host = quote(config["HOST"], safe="") if config["HOST"].startswith("/") else config["HOST"]
+    port = f":{config['PORT']}" if config.get("PORT") else ""
+    password = f":{config['PASSWORD']}" if config.get("PASSWORD") else ""
+    return f"postgresql://{config['USER']}{password}@{host}{port}/{config['NAME']}"
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """Start a real `celery worker` process on the test database and the test Redis database.
+
+    Yields a handle with `stop(kill=False)` and `start()`; the worker is stopped at teardown.
+    """
+    import redis
+    from django.conf import settings
+
+    broker_url = settings.CELERY_BROKER_URL
+    redis.Redis.from_url(broker_url).flushdb()  # no stale messages from an earlier run
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _test_database_url(),
+        "REDIS_URL": broker_url,
+    }
+
+    class Worker:
+        process: subprocess.Popen | None = None
+        log_path = Path(settings.BASE_DIR) / ".data" / f"test-worker-{os.getpid()}.log"
+
+        def start(self) -> None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,embedding",
+                 "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=self.log_path.open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+
+        def stop(self, *, kill: bool = False) -> None:
+            if self.process is None or self.process.poll() is not None:
+                return
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+        def log(self) -> str:
+            return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    worker = Worker()
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def wait_until(condition, *, timeout: float = 120, interval: float = 0.3, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
