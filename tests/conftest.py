@@ -125,6 +125,8 @@ def celery_worker_process(transactional_db):
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "DATABASE_URL": _test_database_url(),
         "REDIS_URL": broker_url,
+        # Small batches, so a job spans many tasks and a killed worker leaves a partial state.
+        "RAGLOOP_EMBED_BATCH_SIZE": "8",
     }
 
     class Worker:

@@ -14,3 +14,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Parallel test runs on one machine (two checkouts, or helpers) each need their own test database.
+DATABASES["default"]["TEST"] = {"NAME": "test_ragloop" + os.environ.get("RAGLOOP_TEST_DB_SUFFIX", "")}  # noqa: F405
+# Serve static files from the source folders (no collectstatic needed for tests).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

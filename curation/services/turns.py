@@ -1,6 +1,7 @@
 """Turns: answering a query with the live versions (and logging it), ingesting turns logged by
 external RAG apps (idempotent by external id), and user feedback."""
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,13 +17,19 @@ from rag.generation import ContextPassage, GeneratorError, make_generator
 MAX_TURNS_PER_BATCH = 1000
 
 
+@functools.lru_cache(maxsize=8)
+def _generator(backend: str, model: str):
+    # A local model loads once per process, not once per question.
+    return make_generator(backend=backend, model=model)
+
+
 def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
     """Retrieve with the live retriever, generate with the KB's generator, store the turn."""
     started = time.perf_counter()
     space = embedding_space_for(knowledge_base=knowledge_base)
     retrieved = passages_retrieve(space=space, query=query, k=k)
     try:
-        generator = make_generator(backend=knowledge_base.generator_backend, model=knowledge_base.generator_model)
+        generator = _generator(knowledge_base.generator_backend, knowledge_base.generator_model)
         answer = generator.generate(
             query=query,
             passages=[ContextPassage(text=p.text, title=p.title, source_id=p.document_external_id) for p in retrieved],

@@ -1,0 +1,398 @@
+"""Tests for the prompt, the three generator backends and the backend factory."""
+
+import json
+import math
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from rag.generation import (
+    NO_ANSWER_TEXT,
+    SYSTEM_PROMPT,
+    ContextPassage,
+    ExtractiveGenerator,
+    GeneratorError,
+    HFGenerator,
+    OpenAIChatGenerator,
+    build_prompt,
+    make_generator,
+)
+
+PASSAGES = [
+    ContextPassage(
+        title="Store hours",
+        text="Our stores open at 9 am on weekdays. Parking is free for customers.",
+        source_id="hours.md",
+    ),
+    ContextPassage(
+        title="Returns",
+        text="Shipping is free on orders over 50 euros. Refunds are issued within 14 days of receiving the return. "
+        "Gift cards cannot be refunded.",
+        source_id="returns.md",
+    ),
+    ContextPassage(title="Careers", text="We are hiring engineers in Berlin.", source_id="jobs.md"),
+]
+
+
+# --- prompt -------------------------------------------------------------------------------
+
+
+def test_prompt_puts_numbered_context_before_the_query():
+    prompt = build_prompt(
+        query="When do stores open?",
+        passages=[ContextPassage(title="Hours", text="Stores open at 9."), ContextPassage(text="No title here.")],
+    )
+
+    assert prompt == (
+        "Context information is below.\n"
+        "---------------------\n"
+        "[1] Hours\n"
+        "Stores open at 9.\n"
+        "\n"
+        "[2] No title here.\n"
+        "---------------------\n"
+        "Given the context information and not prior knowledge, answer the query.\n"
+        "Query: When do stores open?\n"
+        "Answer: "
+    )
+
+
+# --- extractive ---------------------------------------------------------------------------
+
+
+def test_extractive_picks_the_answering_sentence_and_cites_its_passage():
+    answer = ExtractiveGenerator().generate(query="How long do refunds take?", passages=PASSAGES)
+
+    assert answer.text == "Refunds are issued within 14 days of receiving the return. [2]"
+    assert answer.cited_passages == [2]
+    assert (answer.backend, answer.model, answer.log_likelihood) == ("extractive", "extractive-v1", None)
+
+
+def test_extractive_keeps_passage_order_when_two_sentences_answer():
+    answer = ExtractiveGenerator().generate(query="Is parking or shipping free?", passages=PASSAGES)
+
+    assert answer.text == "Parking is free for customers. [1] Shipping is free on orders over 50 euros. [2]"
+    assert answer.cited_passages == [1, 2]
+
+
+def test_extractive_leaves_out_weakly_matching_sentences():
+    passages = [
+        ContextPassage(text="Gift card refunds are not possible."),
+        ContextPassage(text="Refunds are issued within 14 days."),
+        ContextPassage(text="Returns are accepted in all stores."),
+    ]
+
+    answer = ExtractiveGenerator().generate(query="When are refunds issued?", passages=passages)
+
+    assert answer.text == "Refunds are issued within 14 days. [2]"
+    assert answer.cited_passages == [2]
+
+
+def test_extractive_rank_only_breaks_ties():
+    weak_first = [
+        ContextPassage(text="Refunds exist."),
+        ContextPassage(text="Nothing relevant here."),
+        ContextPassage(text="Refunds are issued within 14 days."),
+    ]
+    identical = [ContextPassage(text="Refunds are issued within 14 days.")] * 2
+    generator = ExtractiveGenerator(max_sentences=1)
+
+    assert generator.generate(query="When are refunds issued?", passages=weak_first).cited_passages == [3]
+    assert generator.generate(query="When are refunds issued?", passages=identical).cited_passages == [1]
+
+
+def test_extractive_without_supporting_sentence_says_so():
+    generator = ExtractiveGenerator()
+
+    unrelated = generator.generate(query="What is the capital of Peru?", passages=PASSAGES)
+    no_passages = generator.generate(query="How long do refunds take?", passages=[])
+    only_stopwords = generator.generate(query="what is it?", passages=PASSAGES)
+
+    for answer in (unrelated, no_passages, only_stopwords):
+        assert answer.text == NO_ANSWER_TEXT
+        assert answer.cited_passages == []
+
+
+def test_extractive_reads_only_the_top_passages():
+    answer = ExtractiveGenerator(max_passages=2).generate(query="Are you hiring engineers?", passages=PASSAGES)
+
+    assert answer.text == NO_ANSWER_TEXT
+
+
+# --- OpenAI-compatible --------------------------------------------------------------------
+
+
+class FakeChatServer(BaseHTTPRequestHandler):
+    """Answers /ok/v1, /unauthorized/v1 and /malformed/v1 chat completions like a real server."""
+
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeChatServer.requests.append(
+            {"path": self.path, "authorization": self.headers.get("Authorization"), "body": body}
+        )
+        if self.path.startswith("/unauthorized/"):
+            self.reply(401, json.dumps({"error": {"message": "Incorrect API key provided"}}).encode())
+        elif self.path.startswith("/malformed/"):
+            self.reply(200, b"<html>not json</html>")
+        else:
+            completion = {"choices": [{"message": {"role": "assistant", "content": " Within 14 days [2], see [9]. "}}]}
+            self.reply(200, json.dumps(completion).encode())
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def chat_server_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_openai_backend_sends_chat_request_and_parses_answer(chat_server_url: str):
+    FakeChatServer.requests.clear()
+    generator = OpenAIChatGenerator(base_url=f"{chat_server_url}/ok/v1/", model="llama-3-8b", api_key="sk-test")
+
+    answer = generator.generate(query="How long do refunds take?", passages=PASSAGES)
+
+    assert answer.text == "Within 14 days [2], see [9]."
+    assert answer.cited_passages == [2]  # [9] is not a passage
+    assert (answer.backend, answer.model) == ("openai", "llama-3-8b")
+    [request] = FakeChatServer.requests
+    assert request["path"] == "/ok/v1/chat/completions"
+    assert request["authorization"] == "Bearer sk-test"
+    body = request["body"]
+    assert body["model"] == "llama-3-8b"
+    assert body["temperature"] == 0
+    assert [message["role"] for message in body["messages"]] == ["system", "user"]
+    assert body["messages"][0]["content"] == SYSTEM_PROMPT
+    assert body["messages"][1]["content"] == build_prompt(query="How long do refunds take?", passages=PASSAGES)
+
+
+def test_openai_backend_without_key_sends_no_authorization(chat_server_url: str):
+    FakeChatServer.requests.clear()
+
+    OpenAIChatGenerator(base_url=f"{chat_server_url}/ok/v1", model="m").generate(query="q", passages=[])
+
+    assert FakeChatServer.requests[0]["authorization"] is None
+
+
+def test_openai_backend_reports_http_errors(chat_server_url: str):
+    generator = OpenAIChatGenerator(base_url=f"{chat_server_url}/unauthorized/v1", model="m", api_key="sk-secret")
+
+    with pytest.raises(GeneratorError, match=r"/unauthorized/v1/chat/completions returned 401: Incorrect API key") as raised:
+        generator.generate(query="q", passages=PASSAGES)
+    assert "sk-secret" not in str(raised.value)
+
+
+def test_openai_backend_reports_malformed_responses(chat_server_url: str):
+    generator = OpenAIChatGenerator(base_url=f"{chat_server_url}/malformed/v1", model="m")
+
+    with pytest.raises(GeneratorError, match="returned a response that is not a chat completion"):
+        generator.generate(query="q", passages=PASSAGES)
+
+
+def test_openai_backend_reports_unreachable_endpoints():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    generator = OpenAIChatGenerator(base_url=f"http://127.0.0.1:{closed_port}/v1", model="m", timeout=5)
+
+    with pytest.raises(GeneratorError, match=r"could not reach OpenAI-compatible endpoint http://127\.0\.0\.1"):
+        generator.generate(query="q", passages=PASSAGES)
+
+
+def test_openai_backend_refuses_non_http_urls():
+    with pytest.raises(ValueError, match="must start with http"):
+        OpenAIChatGenerator(base_url="file:///etc", model="m")
+
+
+# --- local Hugging Face model -------------------------------------------------------------
+
+QUERY = "What is the capital of France?"
+PASSAGE = ContextPassage(title="France", text="Paris is the capital of France.")
+TRAINED_ANSWER = "Paris is the capital"
+OTHER_ANSWER = "Berlin hiring engineers"
+
+
+def tiny_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over exactly the words of `texts`, built without any download."""
+    pre_tokenizer = pre_tokenizers.Whitespace()
+    words = sorted({word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(text)})
+    vocabulary = {token: index for index, token in enumerate(["[UNK]", "[PAD]", "[EOS]", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 that has briefly learnt to answer QUERY with TRAINED_ANSWER."""
+    prompt = build_prompt(query=QUERY, passages=[PASSAGE])
+    tokenizer = tiny_tokenizer([prompt, build_prompt(query=QUERY, passages=[]), TRAINED_ANSWER, OTHER_ANSWER])
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=len(tokenizer),
+        bos_token_id=eos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+
+    example = torch.tensor([tokenizer(prompt + TRAINED_ANSWER)["input_ids"]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(input_ids=example, labels=example).loss.backward()
+        optimizer.step()
+    model.eval()
+
+    path = tmp_path_factory.mktemp("tiny-lm")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def reference_mean_log_prob(model_path: Path, *, prompt: str, answer: str) -> float:
+    """The mean log-probability of the answer tokens, computed token by token."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_path)
+    model = GPT2LMHeadModel.from_pretrained(model_path).eval()
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0]
+    log_probs = [
+        torch.log_softmax(logits[len(prompt_ids) + offset - 1], dim=-1)[token].item()
+        for offset, token in enumerate(answer_ids)
+    ]
+    return sum(log_probs) / len(log_probs)
+
+
+def test_hf_answer_log_likelihood_matches_hand_computation(tiny_model_path: Path):
+    generator = HFGenerator(model_path=tiny_model_path, device="cpu")
+
+    score = generator.answer_log_likelihood(query=QUERY, passage=PASSAGE, answer=TRAINED_ANSWER)
+
+    expected = reference_mean_log_prob(
+        tiny_model_path, prompt=build_prompt(query=QUERY, passages=[PASSAGE]), answer=TRAINED_ANSWER
+    )
+    assert score == pytest.approx(expected, abs=1e-5)
+    assert math.isfinite(score) and score < 0
+
+
+def test_hf_trained_answer_is_more_likely_than_another(tiny_model_path: Path):
+    generator = HFGenerator(model_path=tiny_model_path, device="cpu")
+
+    trained = generator.answer_log_likelihood(query=QUERY, passage=PASSAGE, answer=TRAINED_ANSWER)
+    other = generator.answer_log_likelihood(query=QUERY, passage=PASSAGE, answer=OTHER_ANSWER)
+    without_passage = generator.answer_log_likelihood(query=QUERY, passage=None, answer=TRAINED_ANSWER)
+
+    assert trained > other + 1.0
+    assert math.isfinite(without_passage) and without_passage != pytest.approx(trained)
+
+
+def test_hf_generate_continues_the_prompt(tiny_model_path: Path):
+    generator = HFGenerator(model_path=tiny_model_path, max_new_tokens=6, device="cpu")
+
+    answer = generator.generate(query=QUERY, passages=[PASSAGE])
+
+    # The model has memorised the answer, so greedy decoding starts with it.
+    assert answer.text.startswith("Paris is")
+    assert (answer.backend, answer.model) == ("hf", str(tiny_model_path))
+    assert answer.log_likelihood is not None and math.isfinite(answer.log_likelihood)
+    assert answer.log_likelihood <= 0
+
+
+def test_hf_adapter_is_applied(tiny_model_path: Path, tmp_path: Path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    base = GPT2LMHeadModel.from_pretrained(tiny_model_path)
+    adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    # A fresh LoRA adapter is a no-op (B = 0); give it weights so it changes the output.
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    adapted.save_pretrained(tmp_path / "adapter")
+
+    base_score = HFGenerator(model_path=tiny_model_path).answer_log_likelihood(
+        query=QUERY, passage=PASSAGE, answer=TRAINED_ANSWER
+    )
+    adapted_score = HFGenerator(model_path=tiny_model_path, adapter_path=tmp_path / "adapter").answer_log_likelihood(
+        query=QUERY, passage=PASSAGE, answer=TRAINED_ANSWER
+    )
+
+    assert math.isfinite(adapted_score)
+    assert abs(adapted_score - base_score) > 1e-3
+
+
+def test_hf_missing_model_is_a_generator_error(tmp_path: Path):
+    generator = HFGenerator(model_path=tmp_path / "missing")
+
+    with pytest.raises(GeneratorError, match="generator model directory not found"):
+        generator.generate(query="q", passages=[])
+
+
+# --- factory ------------------------------------------------------------------------------
+
+
+def test_make_generator_builds_each_backend(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://llm.internal:8000/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    monkeypatch.setenv("OPENAI_MODEL", "env-model")
+
+    extractive = make_generator(backend="extractive")
+    from_env = make_generator(backend="openai")
+    from_options = make_generator(
+        backend="openai", model="gpt-4o-mini", options={"base_url": "https://example.test/v1", "api_key": "opt-key"}
+    )
+    local = make_generator(backend="hf", model="/models/qwen", options={"adapter_path": "/adapters/v3"})
+
+    assert isinstance(extractive, ExtractiveGenerator)
+    assert isinstance(from_env, OpenAIChatGenerator)
+    assert (from_env.base_url, from_env.model, from_env.api_key) == ("http://llm.internal:8000/v1", "env-model", "env-key")
+    assert (from_options.base_url, from_options.model, from_options.api_key) == (
+        "https://example.test/v1",
+        "gpt-4o-mini",
+        "opt-key",
+    )
+    assert isinstance(local, HFGenerator)
+    assert (local.model_path, local.adapter_path) == (Path("/models/qwen"), Path("/adapters/v3"))
+
+
+def test_make_generator_defaults_to_openai_url(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+    generator = make_generator(backend="openai", model="gpt-4o-mini")
+
+    assert generator.base_url == "https://api.openai.com/v1"
+
+
+def test_make_generator_errors(monkeypatch):
+    monkeypatch.delenv("OPENAI_MODEL", raising=False)
+
+    with pytest.raises(ValueError, match="unknown generator backend 'gpt'; valid backends: extractive, openai, hf"):
+        make_generator(backend="gpt")
+    with pytest.raises(ValueError, match="needs a model name"):
+        make_generator(backend="openai")
+    with pytest.raises(ValueError, match="needs a model directory"):
+        make_generator(backend="hf")
