@@ -7,11 +7,13 @@ is configured. With DATABASE_URL / REDIS_URL set, the app never touches these se
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -58,9 +60,17 @@ def service_urls() -> ServiceUrls | None:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-def _start_postgres() -> str:
-    import pgserver  # imported late: it is heavy and only needed here
+def _import_pgserver():
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset and falls back to /tmp: fine here.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported late: it is heavy and only needed here
+        import pgserver.utils
+    return pgserver
 
+
+def _start_postgres() -> str:
+    pgserver = _import_pgserver()
     pgdata = _postgres_dir()
     pgdata.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process; `stop` ends it explicitly.
@@ -69,15 +79,17 @@ def _start_postgres() -> str:
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+    # Drop pgserver's per-process handle now rather than at exit, when it logs to streams that
+    # may be closed already; with cleanup_mode=None it leaves the server running either way.
+    server._cleanup()
+    atexit.unregister(server._cleanup)
     # The socket directory travels in the host part, percent-encoded (dj-database-url and
     # libpq both read that as a Unix socket).
     return f"postgresql://postgres@{quote(str(socket_dir), safe='')}/{DATABASE_NAME}"
 
 
 def _postgres_running() -> bool:
-    from pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(_postgres_dir())
+    info = _import_pgserver().utils.PostmasterInfo.read_from_pgdata(_postgres_dir())
     return info is not None and info.is_running()
 
 

@@ -1,0 +1,55 @@
+"""Settings and embedded services: production refuses unsafe configuration; start is idempotent."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from config import devservices
+from tests.conftest import REPO_ROOT
+
+
+def _import_production_settings(**env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL"}}
+    return subprocess.run(
+        [sys.executable, "-c", "import config.settings.production"],
+        cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h:6379/0"}, "DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "dev-insecure-key-do-not-use-in-production", "DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h/0"}, "DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "x" * 50}, "DATABASE_URL"),
+    ],
+)
+def test_production_refuses_to_start_unsafely(env, message):
+    result = _import_production_settings(**env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr
+
+
+def test_production_starts_with_a_real_secret_and_external_services():
+    result = _import_production_settings(
+        DJANGO_SECRET_KEY="k" * 50, DATABASE_URL="postgresql://u@db.example/ragloop", REDIS_URL="redis://cache:6379/0"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_devservices_start_is_idempotent_and_reports_running():
+    first = devservices.start()
+    second = devservices.start()
+    assert first == second
+    assert devservices.status() == {"postgres": True, "redis": True}
+    assert first.database_url.endswith("/ragloop")
+    assert first.redis_url.startswith("redis://127.0.0.1:")
+
+
+def test_redis_refuses_to_evict_queued_tasks():
+    import redis
+
+    client = redis.Redis.from_url(devservices.service_urls().redis_url)
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
