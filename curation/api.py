@@ -5,14 +5,18 @@ selector, and serialise the result. Every error is a JSON `{"detail": "..."}` wi
 (502 when a generator backend fails).
 """
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest
+from django.utils.dateparse import parse_datetime
 from ninja import File, NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.files import UploadedFile
+from ninja.parser import Parser
 from ninja.security import HttpBearer
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, FiniteFloat, StrictInt
 
 from curation.errors import InvalidInput, NotFound, ServiceError
 from curation.models import ApiToken, EmbeddingJob, KnowledgeBase, Turn
@@ -28,12 +32,23 @@ class BearerToken(HttpBearer):
         return api_token_authenticate(plain=token)
 
 
+class JsonObjectParser(Parser):
+    """Every JSON body here is an object; saying so beats "query: Field required" for `[]`."""
+
+    def parse_body(self, request: HttpRequest) -> dict:
+        body = json.loads(request.body)
+        if not isinstance(body, dict):
+            raise ValueError(f"the body must be a JSON object, not {type(body).__name__}")
+        return body
+
+
 api = NinjaAPI(
     title="ragloop API",
     version="1",
     description="Serve RAG answers with the live model versions, log turns, ingest documents.",
     auth=BearerToken(),
     urls_namespace="api-v1",
+    parser=JsonObjectParser(),
 )
 
 
@@ -45,11 +60,20 @@ def on_service_error(request, error: ServiceError):
     return api.create_response(request, {"detail": str(error)}, status=error.status_code)
 
 
+# The first part of a pydantic error location is where the value came from, not its name.
+_PARAMETER_SOURCES = {"body", "query", "path", "file", "form", "header", "cookie"}
+
+
 @api.exception_handler(ValidationError)
 def on_validation_error(request, error: ValidationError):
     problems = []
     for item in error.errors:
-        where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "payload"))
+        loc = list(item.get("loc", ()))
+        if loc and loc[0] in _PARAMETER_SOURCES:
+            loc = loc[1:]
+            if loc and loc[0] == "payload":
+                loc = loc[1:]
+        where = ".".join(str(part) for part in loc)
         problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
     return api.create_response(request, {"detail": "; ".join(problems), "errors": error.errors}, status=422)
 
@@ -60,6 +84,14 @@ def on_http_error(request, error: HttpError):
     if error.__cause__ is not None:  # e.g. "Cannot parse request body" + why
         message = f"{message}: {error.__cause__}"
     return api.create_response(request, {"detail": message}, status=error.status_code)
+
+
+@api.exception_handler(SuspiciousOperation)
+def on_suspicious_request(request, error: SuspiciousOperation):
+    # Django's own limits (too many uploaded files or form fields, a body over
+    # DATA_UPLOAD_MAX_MEMORY_SIZE) would otherwise answer with its HTML error page.
+    status = 413 if isinstance(error, RequestDataTooBig) else 400
+    return api.create_response(request, {"detail": str(error) or "The request is malformed."}, status=status)
 
 
 @api.exception_handler(AuthenticationError)
@@ -76,10 +108,30 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _json_no_nul(value: Any) -> Any:
+    # jsonb cannot hold \u0000 either, in keys or in values.
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _json_no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _json_no_nul(item)
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_nul)]
+JsonObject = Annotated[dict, AfterValidator(_json_no_nul)]
+
+# A bound below Postgres's bigint OFFSET, so a huge offset is a 422 rather than a 500.
+MAX_OFFSET = 1_000_000_000
 
 
 def _knowledge_base_for(request: HttpRequest, slug: str) -> KnowledgeBase:
+    if "\x00" in slug:  # "%00" in the URL; no slug has one, and Postgres cannot compare it
+        raise NotFound(f"Knowledge base {slug!r} not found.")
     knowledge_base = knowledge_base_get(slug=slug)
     if not api_token_can_access(token=request.auth, knowledge_base=knowledge_base):
         # The same answer as an unknown KB: a token must not learn which KBs exist.
@@ -111,13 +163,17 @@ class KnowledgeBaseOut(Schema):
     generator: str
 
 
+# Numbers in bodies are StrictInt (JSON `true` is not the number 1, "5" is not 5) and
+# FiniteFloat (NaN and Infinity are not JSON; clients reading them back would break).
+
+
 class AskIn(Schema):
     query: Text = Field(min_length=1, max_length=4000)
-    k: int = Field(5, ge=1, le=100)
+    k: StrictInt = Field(5, ge=1, le=100)
 
 
 class RetrieveIn(AskIn):
-    k: int = Field(10, ge=1, le=100)
+    k: StrictInt = Field(10, ge=1, le=100)
     retriever_version: Text | None = Field(None, max_length=100)
 
 
@@ -155,7 +211,7 @@ class PassageIn(Schema):
     text: Text = Field(min_length=1, max_length=100_000)
     source_id: Text = Field("", max_length=512)
     title: Text = Field("", max_length=10_000)
-    score: float | None = None
+    score: FiniteFloat | None = None
 
 
 class TurnIn(Schema):
@@ -163,12 +219,12 @@ class TurnIn(Schema):
     query: Text = Field(min_length=1, max_length=20_000)
     answer: Text = Field("", max_length=100_000)
     passages: list[PassageIn] = Field(default_factory=list, max_length=200)
-    feedback: int | None = Field(None, description="-1 thumbs down, 1 thumbs up")
+    feedback: StrictInt | None = Field(None, description="-1 thumbs down, 1 thumbs up")
     feedback_comment: Text = Field("", max_length=10_000)
     retriever_version: Text = Field("", max_length=200)
     generator_version: Text = Field("", max_length=200)
-    latency_ms: float | None = Field(None, ge=0)
-    metadata: dict = Field(default_factory=dict)
+    latency_ms: FiniteFloat | None = Field(None, ge=0)
+    metadata: JsonObject = Field(default_factory=dict)
     created_at: str | None = Field(None, description="ISO 8601; defaults to the time of ingestion")
 
 
@@ -189,7 +245,7 @@ class TurnBatchOut(Schema):
 
 
 class FeedbackIn(Schema):
-    feedback: int | None = Field(description="-1 thumbs down, 1 thumbs up, null to clear")
+    feedback: StrictInt | None = Field(description="-1 thumbs down, 1 thumbs up, null to clear")
     comment: Text = Field("", max_length=10_000)
 
 
@@ -312,14 +368,15 @@ def retrieve(request, slug: str, payload: RetrieveIn):
 @kbs.post("/{slug}/turns", response={200: TurnBatchOut, **ERRORS})
 def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
     """Log turns from an external RAG app. Idempotent: a known external id is left as it is."""
-    from django.utils.dateparse import parse_datetime
-
     knowledge_base = _knowledge_base_for(request, slug)
     records = []
     for index, turn in enumerate(payload.turns):
         created_at = None
         if turn.created_at:
-            created_at = parse_datetime(turn.created_at)
+            try:
+                created_at = parse_datetime(turn.created_at)
+            except ValueError:  # well formed but impossible, e.g. month 13
+                created_at = None
             if created_at is None or created_at.tzinfo is None:
                 raise InvalidInput(f"turns.{index}.created_at: {turn.created_at!r} is not an ISO 8601 time with a zone.")
         records.append(
@@ -368,8 +425,8 @@ def documents_upload(request, slug: str, files: list[UploadedFile] = File(...)):
 @kbs.get("/{slug}/documents", response={200: DocumentPageOut, **ERRORS})
 def documents_list(request, slug: str, offset: int = 0, limit: int = 50):
     knowledge_base = _knowledge_base_for(request, slug)
-    if offset < 0 or not 1 <= limit <= 500:
-        raise InvalidInput("offset must be >= 0 and limit between 1 and 500.")
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= 500:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET} and limit between 1 and 500.")
     documents = knowledge_base.documents.order_by("external_id")
     from django.db.models import Count
 

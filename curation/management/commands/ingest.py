@@ -29,12 +29,14 @@ class Command(BaseCommand):
             documents = []
             for raw in paths:
                 path = Path(raw)
-                if not path.exists():
-                    raise CommandError(f"{raw}: no such file or folder", returncode=2)
                 try:
+                    if not path.exists():
+                        raise CommandError(f"{raw}: no such file or folder", returncode=2)
                     documents.extend(parse_path(path))
                 except DocumentParseError as error:
                     raise CommandError(str(error), returncode=2) from error
+                except OSError as error:  # unreadable, a name too long, ...
+                    raise CommandError(f"{raw}: cannot read ({error.strerror or error})", returncode=2) from error
             result = documents_ingest(knowledge_base=knowledge_base, documents=documents)
         summary = result.as_dict()
         if not options["json"]:

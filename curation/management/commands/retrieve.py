@@ -28,6 +28,12 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
             raise CommandError(f"{path}:{number}: not valid JSON ({error.msg})", returncode=2) from error
         if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "id" not in row:
             raise CommandError(f'{path}:{number}: expected an object with "id" and a string "text"', returncode=2)
+        if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
+            raise CommandError(f'{path}:{number}: "id" must be a string or an integer', returncode=2)
+        # Checked here, before any output, so a bad line fails the run with its line number
+        # instead of half-way through the results.
+        if not row["text"].strip():
+            raise CommandError(f'{path}:{number}: "text" is empty', returncode=2)
         queries.append((str(row["id"]), row["text"]))
     return queries
 
