@@ -131,6 +131,7 @@ def celery_worker_process(transactional_db):
 
     class Worker:
         process: subprocess.Popen | None = None
+        broker_url = settings.CELERY_BROKER_URL
         log_path = Path(settings.BASE_DIR) / ".data" / f"test-worker-{os.getpid()}.log"
 
         def start(self) -> None:

@@ -81,3 +81,26 @@ def test_a_killed_worker_loses_no_written_work_and_a_rerun_finishes(knowledge_ba
     assert ChunkEmbedding.objects.count() == total
     # every chunk has exactly one vector: nothing was embedded twice
     assert ChunkEmbedding.objects.values("chunk_id").distinct().count() == total
+
+
+def test_cli_ingest_wait_shows_progress_until_the_worker_is_done(knowledge_base, celery_worker_process, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, _test_database_url
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps(d) for d in SAMPLE_DOCUMENTS))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "ingest", "test-kb", str(corpus), "--wait", "--timeout", "180"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "DATABASE_URL": _test_database_url(),
+             "REDIS_URL": celery_worker_process.broker_url},
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr + celery_worker_process.log()
+    assert "test-kb: 4 created, 0 updated, 0 unchanged" in result.stdout
+    total = Chunk.objects.count()
+    assert f"100.0% {total}/{total}" in result.stderr  # the progress bar's last state
+    assert ChunkEmbedding.objects.count() == total
