@@ -164,9 +164,18 @@ class ExtractiveGenerator:
             return self._no_answer()
 
         scored.sort(key=lambda item: (-item[0], item[1], item[2]))
-        best_score = scored[0][0]
+        # Overlapping chunks of one document repeat sentences: keep each sentence once, cited
+        # by the best-ranked passage that holds it.
+        distinct: list[tuple[float, int, int, str]] = []
+        seen: set[str] = set()
+        for item in scored:
+            key = " ".join(item[3].split()).lower()
+            if key not in seen:
+                seen.add(key)
+                distinct.append(item)
+        best_score = distinct[0][0]
         # Later sentences must be nearly as good as the best, or they only add noise.
-        chosen = [item for item in scored[: self.max_sentences] if item[0] >= best_score / 2]
+        chosen = [item for item in distinct[: self.max_sentences] if item[0] >= best_score / 2]
         chosen.sort(key=lambda item: (item[1], item[2]))
         text = " ".join(f"{sentence} [{number}]" for _, number, _, sentence in chosen)
         return GeneratedAnswer(

@@ -396,3 +396,17 @@ def test_make_generator_errors(monkeypatch):
         make_generator(backend="openai")
     with pytest.raises(ValueError, match="needs a model directory"):
         make_generator(backend="hf")
+
+
+def test_extractive_does_not_repeat_a_sentence_shared_by_overlapping_chunks():
+    from rag.generation import ContextPassage, ExtractiveGenerator
+
+    shared = "Statins inhibit HMG-CoA reductase in the liver."
+    passages = [
+        ContextPassage(text=f"Cholesterol is made in the liver. {shared}"),
+        ContextPassage(text=f"{shared} Muscle pain is a side effect."),
+    ]
+    answer = ExtractiveGenerator().generate(query="Which enzyme do statins inhibit?", passages=passages)
+    assert answer.text.count(shared) == 1
+    assert answer.text == f"{shared} [1]"
+    assert answer.cited_passages == [1]
