@@ -27,6 +27,11 @@ class KnowledgeBase(models.Model):
     live_space = models.ForeignKey(
         "EmbeddingSpace", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Curation: how many curators judge each turn (overlap), how long "next" holds a turn,
+    # and the guidelines (Markdown) curators read while judging.
+    labels_per_turn = models.PositiveSmallIntegerField(default=1)
+    hold_minutes = models.PositiveSmallIntegerField(default=15)
+    guidelines = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -174,9 +179,27 @@ class Turn(models.Model):
     feedback_comment = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Curation queue (see curation.services.queue): tier 0 = negative feedback, 1 = low
+    # retrieval confidence, 2 = the rest; within a tier, ascending `queue_order`.
+    queue_tier = models.PositiveSmallIntegerField(default=2)
+    queue_order = models.FloatField(default=0.0)
+    # Submitted (non-skip) labels, kept in step by the label services; `needs_labels` is
+    # label_count < the KB's labels_per_turn, so the queue reads one partial index.
+    label_count = models.PositiveSmallIntegerField(default=0)
+    needs_labels = models.BooleanField(default=True)
+    # Two or more submitted labels that disagree, and no adjudication yet.
+    disputed = models.BooleanField(default=False)
+    imported = models.BooleanField(default=False, help_text="Created by a label import, with no model answer.")
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["knowledge_base", "queue_tier", "queue_order", "id"],
+                condition=Q(needs_labels=True),
+                name="turn_queue_open",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["knowledge_base", "external_id"],
@@ -219,3 +242,151 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.key_prefix}…)"
+
+
+# --- curation: membership, queue holds, labels, drafts, history, adjudication -------------
+
+
+class Membership(models.Model):
+    """A curator's access to one knowledge base (admins see every knowledge base)."""
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["knowledge_base", "user"], name="membership_unique")]
+
+
+class Invitation(models.Model):
+    """Sign-up is by invitation: an admin invites, the invitee sets a username and password."""
+
+    class Role(models.TextChoices):
+        CURATOR = "curator"
+        ADMIN = "admin"
+
+    email = models.EmailField()
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.CURATOR)
+    knowledge_bases = models.ManyToManyField(KnowledgeBase, blank=True, related_name="+")
+    key_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+
+class TurnHold(models.Model):
+    """A turn handed to a curator by "next", reserved for them until `expires_at`."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="holds")
+    curator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="turn_holds")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["turn", "curator"], name="hold_unique_per_curator")]
+
+
+class Relevance(models.TextChoices):
+    RELEVANT = "relevant"
+    PARTLY = "partly"
+    NOT_RELEVANT = "not_relevant"
+
+
+class AnswerRating(models.TextChoices):
+    CORRECT = "correct"
+    PARTLY = "partly"
+    WRONG = "wrong"
+
+
+class Label(models.Model):
+    """One curator's judgment of one turn. Every change is kept in LabelRevision."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="labels")
+    curator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="labels")
+    answer_rating = models.CharField(max_length=20, choices=AnswerRating.choices, blank=True)
+    gold_answer = models.TextField(blank=True)
+    rationale = models.TextField(blank=True, help_text="A short quote of the passage that supports the answer.")
+    has_personal_data = models.BooleanField(default=False)
+    comment = models.TextField(blank=True)
+    skipped = models.BooleanField(default=False)
+    skip_reason = models.CharField(max_length=500, blank=True)
+    imported = models.BooleanField(default=False)
+    # Incremented on every submit; a draft records the version it started from.
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["turn", "curator"], name="label_unique_per_curator")]
+
+
+class PassageJudgment(models.Model):
+    """The relevance of one passage in a label: a retrieved one, or one the curator attached."""
+
+    label = models.ForeignKey(Label, on_delete=models.CASCADE, related_name="passage_judgments")
+    retrieved_passage = models.ForeignKey(
+        RetrievedPassage, null=True, blank=True, on_delete=models.CASCADE, related_name="judgments"
+    )
+    # Set for a passage the curator found by search and attached (the retriever missed it).
+    chunk = models.ForeignKey(Chunk, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    document = models.ForeignKey(Document, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    attached = models.BooleanField(default=False)
+    text = models.TextField(blank=True, help_text="The attached passage's text as the curator saw it.")
+    relevance = models.CharField(max_length=20, choices=Relevance.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["label", "retrieved_passage"],
+                condition=Q(retrieved_passage__isnull=False),
+                name="judgment_unique_per_passage",
+            ),
+            models.UniqueConstraint(
+                fields=["label", "chunk"], condition=Q(chunk__isnull=False, attached=True), name="attached_chunk_unique"
+            ),
+        ]
+
+
+class LabelRevision(models.Model):
+    """Append-only history of a label: who changed it, when, and its state before and after."""
+
+    label = models.ForeignKey(Label, on_delete=models.CASCADE, related_name="revisions")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField()
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+
+class LabelDraft(models.Model):
+    """Work in progress on a label, saved as the curator types; never overwrites a newer label."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="drafts")
+    curator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="label_drafts")
+    payload = models.JSONField()
+    # The label version this draft started from (0: there was no label yet).
+    base_version = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["turn", "curator"], name="draft_unique_per_curator")]
+
+
+class Adjudication(models.Model):
+    """An admin's final judgment of a turn whose curators disagreed; it wins over their labels."""
+
+    turn = models.OneToOneField(Turn, on_delete=models.CASCADE, related_name="adjudication")
+    admin = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    answer_rating = models.CharField(max_length=20, choices=AnswerRating.choices, blank=True)
+    gold_answer = models.TextField(blank=True)
+    # {"<retrieved passage id>": "relevant" | "partly" | "not_relevant"}
+    passage_relevance = models.JSONField(default=dict)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)

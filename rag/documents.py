@@ -21,6 +21,10 @@ _MARKDOWN_TITLE = re.compile(r"^#[ \t]+(?P<title>.+?)(?:[ \t]+#+)?[ \t]*$")
 _CODE_FENCE = re.compile(r"^[ \t]*(```|~~~)")
 
 
+# The length of Document.external_id in the database; longer ids are refused here, by name.
+MAX_EXTERNAL_ID_LENGTH = 512
+
+
 @dataclass(frozen=True)
 class SourceDocument:
     """One document of a knowledge base as found in an uploaded file."""
@@ -133,7 +137,22 @@ def _decode_text(*, filename: str, data: bytes) -> str:
         ) from None
 
 
+def _contains_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
 def _file_document(*, filename: str, title: str, text: str) -> SourceDocument:
+    if len(filename) > MAX_EXTERNAL_ID_LENGTH:
+        raise DocumentParseError(
+            f"its path is used as the document id and is longer than {MAX_EXTERNAL_ID_LENGTH} characters",
+            filename=filename[:80] + "…",
+        )
     # Postgres text columns cannot store NUL, and a NUL in a text file means it is binary.
     if "\x00" in text:
         raise DocumentParseError("contains NUL bytes; is it a binary file?", filename=filename)
@@ -202,6 +221,8 @@ def _jsonl_document(*, filename: str, line_number: int, line: str) -> SourceDocu
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise problem(f'"{id_key}" must be a string or an integer, got {type(raw_id).__name__}')
     external_id = str(raw_id).strip()
+    if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
+        raise problem(f"document id is {len(external_id)} characters long; the limit is {MAX_EXTERNAL_ID_LENGTH}")
     if not external_id:
         raise problem(f'"{id_key}" is empty')
 
@@ -219,7 +240,8 @@ def _jsonl_document(*, filename: str, line_number: int, line: str) -> SourceDocu
             f'"metadata" of document {external_id!r} must be a JSON object, got {type(metadata).__name__}'
         )
 
-    if "\x00" in text or "\x00" in title or "\x00" in external_id:
+    # PostgreSQL refuses NUL in text and in jsonb alike.
+    if "\x00" in text or "\x00" in title or "\x00" in external_id or _contains_nul(metadata):
         raise problem(f"document {external_id!r} contains NUL characters")
     if not text.strip():
         raise problem(f'document {external_id!r} is empty ("text" is blank)')

@@ -12,6 +12,7 @@ from django.db import transaction
 from curation.errors import InvalidInput, UpstreamError
 from curation.models import Document, KnowledgeBase, RetrievedPassage, Turn
 from curation.selectors import embedding_space_for, passages_retrieve
+from curation.services.queue import turn_queue_position, turn_queue_refresh
 from rag.generation import ContextPassage, GeneratorError, make_generator
 
 MAX_TURNS_PER_BATCH = 1000
@@ -37,8 +38,11 @@ def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
     except (GeneratorError, ValueError) as error:
         raise UpstreamError(f"The generator ({knowledge_base.generator_version}) failed: {error}") from error
     latency_ms = (time.perf_counter() - started) * 1000
+    queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in retrieved])
     with transaction.atomic():
         turn = Turn.objects.create(
+            queue_tier=queue_tier,
+            queue_order=queue_order,
             knowledge_base=knowledge_base,
             source=Turn.Source.SERVED,
             query=query,
@@ -127,6 +131,14 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
                 "external_id", "pk"
             )
         )
+        positions = [
+            turn_queue_position(
+                feedback=r.feedback,
+                scores=[p.score for p in r.passages],
+                created=r.created_at.timestamp() if r.created_at else None,
+            )
+            for r in new_records
+        ]
         turns = Turn.objects.bulk_create(
             Turn(
                 knowledge_base=knowledge_base,
@@ -140,8 +152,10 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
                 feedback=r.feedback,
                 feedback_comment=r.feedback_comment,
                 metadata=r.metadata,
+                queue_tier=tier,
+                queue_order=order,
             )
-            for r in new_records
+            for r, (tier, order) in zip(new_records, positions)
         )
         stamped = [(turn, r.created_at) for turn, r in zip(turns, new_records) if r.created_at]
         for turn, created_at in stamped:  # auto_now_add ignores a given value on create
@@ -171,4 +185,5 @@ def turn_feedback_set(*, turn: Turn, feedback: int | None, comment: str = "") ->
     turn.feedback = feedback
     turn.feedback_comment = comment
     turn.save(update_fields=["feedback", "feedback_comment"])
+    turn_queue_refresh(turn=turn)  # negative feedback moves the turn to the front of the queue
     return turn

@@ -301,3 +301,21 @@ def test_content_hash_depends_on_content_not_id_or_key_order():
     assert content_hash(document) != content_hash(
         SourceDocument(external_id="a", title="T", text="Body", metadata={"x": 1, "y": 3})
     )
+
+
+def test_overlong_ids_and_nul_in_metadata_are_refused_by_name():
+    import json
+
+    import pytest
+
+    from rag.documents import MAX_EXTERNAL_ID_LENGTH, DocumentParseError, parse_upload
+
+    long_id = "x" * (MAX_EXTERNAL_ID_LENGTH + 1)
+    with pytest.raises(DocumentParseError, match="limit is 512") as error:
+        parse_upload(filename="c.jsonl", data=json.dumps({"_id": long_id, "text": "t"}).encode())
+    assert "c.jsonl" in str(error.value) and "line 1" in str(error.value)
+    with pytest.raises(DocumentParseError, match="NUL"):
+        parse_upload(filename="c.jsonl", data=json.dumps({"_id": "a", "text": "t", "metadata": {"k": ["ok", "bad\x00"]}}).encode())
+    # a literal backslash-u0000 text is not a NUL character
+    [document] = parse_upload(filename="c.jsonl", data=json.dumps({"_id": "a", "text": "t", "metadata": {"k": "\\u0000"}}).encode())
+    assert document.metadata == {"k": "\\u0000"}

@@ -1,0 +1,236 @@
+"""Labels: one curator's judgment of one turn (passage relevance, answer rating, gold answer),
+submitted, edited with an append-only history, and drafted as the curator works.
+
+A label's state travels as a *payload*, the same dict the workbench autosaves:
+    {"passages": {"<retrieved passage id>": "relevant" | "partly" | "not_relevant"},
+     "attached": [{"chunk_id": 12, "relevance": "relevant"}],
+     "answer_rating": "correct" | "partly" | "wrong" | "",
+     "gold_answer": "", "rationale": "", "has_personal_data": false, "comment": "",
+     "skipped": false, "skip_reason": ""}
+"""
+
+from dataclasses import dataclass, field
+
+from django.db import transaction
+
+from curation.errors import Conflict, InvalidInput
+from curation.models import (
+    AnswerRating,
+    Chunk,
+    Label,
+    LabelDraft,
+    LabelRevision,
+    PassageJudgment,
+    Relevance,
+    Turn,
+    TurnHold,
+)
+
+MAX_TEXT = 20_000
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    passages: dict[int, str] = field(default_factory=dict)  # retrieved passage id -> relevance
+    attached: dict[int, str] = field(default_factory=dict)  # chunk id -> relevance
+    answer_rating: str = ""
+    gold_answer: str = ""
+    rationale: str = ""
+    has_personal_data: bool = False
+    comment: str = ""
+    skipped: bool = False
+    skip_reason: str = ""
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "LabelInput":
+        """Validate a payload's shape and values; InvalidInput names the first problem."""
+        if not isinstance(payload, dict):
+            raise InvalidInput("The label must be a JSON object.")
+
+        def text(name: str) -> str:
+            value = payload.get(name, "")
+            if value is None:
+                return ""
+            if not isinstance(value, str):
+                raise InvalidInput(f"{name} must be a string.")
+            if "\x00" in value:
+                raise InvalidInput(f"{name} must not contain NUL characters.")
+            if len(value) > MAX_TEXT:
+                raise InvalidInput(f"{name} is longer than {MAX_TEXT} characters.")
+            return value
+
+        def flag(name: str) -> bool:
+            value = payload.get(name, False)
+            if not isinstance(value, bool):
+                raise InvalidInput(f"{name} must be true or false.")
+            return value
+
+        passages_raw = payload.get("passages", {}) or {}
+        if not isinstance(passages_raw, dict):
+            raise InvalidInput("passages must map passage ids to a relevance.")
+        passages = {}
+        for key, relevance in passages_raw.items():
+            try:
+                passage_id = int(key)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"passages: {key!r} is not a passage id.") from None
+            if relevance in ("", None):
+                continue
+            if relevance not in Relevance.values:
+                raise InvalidInput(f"passages: {relevance!r} is not one of {', '.join(Relevance.values)}.")
+            passages[passage_id] = relevance
+        attached_raw = payload.get("attached", []) or []
+        if not isinstance(attached_raw, list):
+            raise InvalidInput("attached must be a list of {chunk_id, relevance}.")
+        attached = {}
+        for item in attached_raw:
+            if not isinstance(item, dict) or not isinstance(item.get("chunk_id"), int):
+                raise InvalidInput("attached: each item needs an integer chunk_id.")
+            relevance = item.get("relevance", Relevance.RELEVANT)
+            if relevance not in Relevance.values:
+                raise InvalidInput(f"attached: {relevance!r} is not one of {', '.join(Relevance.values)}.")
+            attached[item["chunk_id"]] = relevance
+        rating = text("answer_rating")
+        if rating and rating not in AnswerRating.values:
+            raise InvalidInput(f"answer_rating: {rating!r} is not one of {', '.join(AnswerRating.values)}.")
+        return cls(
+            passages=passages,
+            attached=attached,
+            answer_rating=rating,
+            gold_answer=text("gold_answer"),
+            rationale=text("rationale"),
+            has_personal_data=flag("has_personal_data"),
+            comment=text("comment"),
+            skipped=flag("skipped"),
+            skip_reason=text("skip_reason"),
+        )
+
+
+def label_payload(label: Label) -> dict:
+    """A label's state as a payload (also what the history stores before and after)."""
+    judgments = list(label.passage_judgments.all())
+    return {
+        "passages": {str(j.retrieved_passage_id): j.relevance for j in judgments if j.retrieved_passage_id},
+        "attached": [{"chunk_id": j.chunk_id, "relevance": j.relevance} for j in judgments if j.attached and j.chunk_id],
+        "answer_rating": label.answer_rating,
+        "gold_answer": label.gold_answer,
+        "rationale": label.rationale,
+        "has_personal_data": label.has_personal_data,
+        "comment": label.comment,
+        "skipped": label.skipped,
+        "skip_reason": label.skip_reason,
+    }
+
+
+def _validate_against_turn(turn: Turn, data: LabelInput) -> dict[int, Chunk]:
+    if data.skipped:
+        if not data.skip_reason.strip():
+            raise InvalidInput("A skip needs a reason.")
+        return {}
+    passage_ids = set(turn.passages.values_list("pk", flat=True))
+    unknown = sorted(set(data.passages) - passage_ids)
+    if unknown:
+        raise InvalidInput(f"Passage(s) {unknown} do not belong to turn {turn.pk}.")
+    chunks = {c.pk: c for c in Chunk.objects.filter(pk__in=data.attached, knowledge_base_id=turn.knowledge_base_id)}
+    missing = sorted(set(data.attached) - set(chunks))
+    if missing:
+        raise InvalidInput(f"Chunk(s) {missing} are not in knowledge base {turn.knowledge_base.slug!r}.")
+    if not data.passages and not data.attached and not data.answer_rating and not data.gold_answer.strip():
+        raise InvalidInput("The label is empty: judge at least one passage or the answer.")
+    return chunks
+
+
+def label_submit(*, turn: Turn, curator, data: LabelInput, imported: bool = False) -> Label:
+    """Create or update the curator's label of the turn, record the change, drop the draft.
+
+    A label is stored even when the curator's hold has expired: no label is ever dropped.
+    """
+    chunks = _validate_against_turn(turn, data)
+    with transaction.atomic():
+        # Lock the turn: its label counts and dispute flag are recomputed below.
+        turn = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
+        label = Label.objects.select_for_update().filter(turn=turn, curator=curator).first()
+        before = label_payload(label) if label else None
+        if label is None:
+            label = Label(turn=turn, curator=curator, version=1)
+        else:
+            label.version += 1
+        label.answer_rating = "" if data.skipped else data.answer_rating
+        label.gold_answer = "" if data.skipped else data.gold_answer
+        label.rationale = "" if data.skipped else data.rationale
+        label.has_personal_data = data.has_personal_data
+        label.comment = data.comment
+        label.skipped = data.skipped
+        label.skip_reason = data.skip_reason if data.skipped else ""
+        label.imported = imported
+        label.save()
+        label.passage_judgments.all().delete()
+        if not data.skipped:
+            PassageJudgment.objects.bulk_create(
+                [PassageJudgment(label=label, retrieved_passage_id=pid, relevance=rel) for pid, rel in data.passages.items()]
+                + [
+                    PassageJudgment(
+                        label=label,
+                        chunk=chunks[chunk_id],
+                        document_id=chunks[chunk_id].document_id,
+                        attached=True,
+                        text=chunks[chunk_id].text,
+                        relevance=rel,
+                    )
+                    for chunk_id, rel in data.attached.items()
+                ]
+            )
+        LabelRevision.objects.create(label=label, actor=curator, before=before, after=label_payload(label))
+        LabelDraft.objects.filter(turn=turn, curator=curator).delete()
+        TurnHold.objects.filter(turn=turn, curator=curator).delete()
+        turn_label_state_refresh(turn=turn)
+    return label
+
+
+def turn_label_state_refresh(*, turn: Turn) -> None:
+    """Recount submitted labels and recompute `needs_labels` and `disputed` for the turn."""
+    from curation.services.agreement import labels_disagree
+
+    labels = list(Label.objects.filter(turn=turn, skipped=False).prefetch_related("passage_judgments"))
+    count = len(labels)
+    has_adjudication = hasattr(turn, "adjudication") and Turn.objects.filter(pk=turn.pk, adjudication__isnull=False).exists()
+    disputed = count >= 2 and not has_adjudication and labels_disagree(labels)
+    Turn.objects.filter(pk=turn.pk).update(
+        label_count=count,
+        needs_labels=count < turn.knowledge_base.labels_per_turn,
+        disputed=disputed,
+    )
+
+
+def label_draft_save(*, turn: Turn, curator, payload: dict, base_version: int) -> LabelDraft:
+    """Save work in progress. Refused (Conflict) if a newer label was submitted meanwhile,
+    say from another tab: the draft must not hide or overwrite it."""
+    LabelInput.from_payload(payload)  # same validation as a submit, minus completeness
+    current = Label.objects.filter(turn=turn, curator=curator).values_list("version", flat=True).first() or 0
+    if current > base_version:
+        raise Conflict(
+            f"A newer label (version {current}) was submitted after this draft started; reload to see it."
+        )
+    draft, _ = LabelDraft.objects.update_or_create(
+        turn=turn, curator=curator, defaults={"payload": payload, "base_version": base_version}
+    )
+    return draft
+
+
+def label_for_editing(*, turn: Turn, curator) -> tuple[dict, int, str]:
+    """(payload, base version, where it came from: "draft", "label" or "new") for the form.
+
+    A draft wins only if it started from the current label version; an older draft is stale
+    and is dropped rather than shown over a newer submitted label.
+    """
+    label = Label.objects.filter(turn=turn, curator=curator).prefetch_related("passage_judgments").first()
+    version = label.version if label else 0
+    draft = LabelDraft.objects.filter(turn=turn, curator=curator).first()
+    if draft is not None:
+        if draft.base_version >= version:
+            return draft.payload, version, "draft"
+        draft.delete()
+    if label is not None:
+        return label_payload(label), version, "label"
+    return {"passages": {}, "attached": [], "answer_rating": "", "gold_answer": turn.answer, "rationale": "",
+            "has_personal_data": False, "comment": "", "skipped": False, "skip_reason": ""}, 0, "new"

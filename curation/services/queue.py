@@ -1,0 +1,175 @@
+"""The curation queue: which turn a curator judges next, and holds so two curators are not
+handed the same turn (unless the knowledge base asks for overlap).
+
+Priority, in tiers (stored on the turn so the queue reads one partial index, in order):
+  0. negative user feedback (newest first);
+  1. low retrieval confidence: the top two passage scores are less than
+     LOW_CONFIDENCE_MARGIN apart (smallest margin first);
+  2. everything else, in a stable random order (a random sample, the same for everyone).
+Turns with fewer than two scored passages have no margin and go to tier 2.
+"""
+
+import random
+import time
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from curation.models import KnowledgeBase, Label, Turn, TurnHold
+
+LOW_CONFIDENCE_MARGIN = 0.05
+MAX_HOLDS_PER_CURATOR = 2  # the turn on screen and the preloaded next one
+
+
+def turn_queue_position(*, feedback: int | None, scores: list[float | None], created: float | None = None) -> tuple[int, float]:
+    """(tier, order within the tier) for a turn; see the module docstring."""
+    if feedback == -1:
+        return 0, -(created if created is not None else time.time())
+    known = sorted((s for s in scores if s is not None), reverse=True)
+    if len(known) >= 2 and known[0] - known[1] < LOW_CONFIDENCE_MARGIN:
+        return 1, known[0] - known[1]
+    return 2, random.random()
+
+
+def turn_queue_refresh(*, turn: Turn) -> Turn:
+    """Recompute a turn's place after its feedback or passages changed."""
+    scores = list(turn.passages.order_by("rank").values_list("score", flat=True))
+    turn.queue_tier, turn.queue_order = turn_queue_position(
+        feedback=turn.feedback, scores=scores, created=turn.created_at.timestamp() if turn.created_at else None
+    )
+    if turn.queue_tier == 2 and turn.pk:
+        # Keep a turn's random position when it stays in the random tier.
+        previous = Turn.objects.filter(pk=turn.pk).values_list("queue_tier", "queue_order").first()
+        if previous and previous[0] == 2:
+            turn.queue_order = previous[1]
+    Turn.objects.filter(pk=turn.pk).update(queue_tier=turn.queue_tier, queue_order=turn.queue_order)
+    return turn
+
+
+def _active_holds_by_others(curator, now):
+    return Coalesce(
+        Subquery(
+            TurnHold.objects.filter(turn=OuterRef("pk"), expires_at__gt=now)
+            .exclude(curator=curator)
+            .values("turn")
+            .annotate(n=Count("pk"))
+            .values("n")[:1]
+        ),
+        Value(0),
+    )
+
+
+def turn_next(*, knowledge_base: KnowledgeBase, curator, exclude: list[int] | tuple[int, ...] = ()) -> Turn | None:
+    """Hand the curator a turn to judge and hold it for them; None when the queue is empty.
+
+    A turn the curator already holds (and has not judged) comes back first, so a reload or a
+    second tab shows the same turn. `exclude` leaves out the turn on screen when preloading.
+    """
+    now = timezone.now()
+    expires = now + timedelta(minutes=knowledge_base.hold_minutes)
+    with transaction.atomic():
+        mine = (
+            TurnHold.objects.filter(curator=curator, turn__knowledge_base=knowledge_base, expires_at__gt=now)
+            .exclude(turn_id__in=exclude)
+            .exclude(turn__labels__curator=curator)
+            .order_by("created_at")
+            .first()
+        )
+        if mine is not None:
+            TurnHold.objects.filter(pk=mine.pk).update(expires_at=expires)
+            return Turn.objects.get(pk=mine.turn_id)
+        # SKIP LOCKED: two curators asking at once take different turns instead of waiting
+        # for (and then both taking) the same one.
+        candidate = (
+            Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
+            .exclude(pk__in=exclude)
+            .exclude(labels__curator=curator)
+            .annotate(held_by_others=_active_holds_by_others(curator, now))
+            .filter(held_by_others__lt=knowledge_base.labels_per_turn - F("label_count"))
+            .order_by("queue_tier", "queue_order", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .first()
+        )
+        if candidate is None:
+            return None
+        # Holding more than MAX_HOLDS_PER_CURATOR turns would starve other curators.
+        surplus = (
+            TurnHold.objects.filter(curator=curator, turn__knowledge_base=knowledge_base)
+            .exclude(turn_id__in=exclude)
+            .order_by("-created_at")
+            .values_list("pk", flat=True)[MAX_HOLDS_PER_CURATOR - 1 :]
+        )
+        TurnHold.objects.filter(pk__in=list(surplus)).delete()
+        TurnHold.objects.update_or_create(
+            turn=candidate, curator=curator, defaults={"expires_at": expires, "created_at": now}
+        )
+    return candidate
+
+
+def turn_hold_release(*, turn: Turn, curator) -> None:
+    TurnHold.objects.filter(turn=turn, curator=curator).delete()
+
+
+def turn_holds_expired_delete() -> int:
+    """Housekeeping: expired holds already count for nothing; this only removes the rows."""
+    deleted, _ = TurnHold.objects.filter(expires_at__lte=timezone.now()).delete()
+    return deleted
+
+
+class QueueFilter:
+    """Filters of the queue page: dates, feedback, status, free text over queries."""
+
+    STATUSES = ("all", "unlabelled", "labelled_by_me", "disputed")
+    FEEDBACK = ("any", "negative", "positive", "none")
+
+    def __init__(self, *, date_from=None, date_to=None, feedback: str = "any", status: str = "all", search: str = ""):
+        if status not in self.STATUSES:
+            raise ValueError(f"status must be one of {', '.join(self.STATUSES)}")
+        if feedback not in self.FEEDBACK:
+            raise ValueError(f"feedback must be one of {', '.join(self.FEEDBACK)}")
+        self.date_from, self.date_to = date_from, date_to
+        self.feedback, self.status, self.search = feedback, status, search.strip()
+
+
+def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: QueueFilter) -> QuerySet[Turn]:
+    """The knowledge base's turns in queue order, filtered; slice it to paginate."""
+    turns = Turn.objects.filter(knowledge_base=knowledge_base)
+    f = queue_filter
+    if f.date_from:
+        turns = turns.filter(created_at__date__gte=f.date_from)
+    if f.date_to:
+        turns = turns.filter(created_at__date__lte=f.date_to)
+    if f.feedback == "negative":
+        turns = turns.filter(feedback=-1)
+    elif f.feedback == "positive":
+        turns = turns.filter(feedback=1)
+    elif f.feedback == "none":
+        turns = turns.filter(feedback__isnull=True)
+    if f.status == "unlabelled":
+        turns = turns.filter(label_count=0)
+    elif f.status == "labelled_by_me":
+        turns = turns.filter(labels__curator=curator, labels__skipped=False)
+    elif f.status == "disputed":
+        turns = turns.filter(disputed=True)
+    if f.search:
+        turns = turns.filter(query__icontains=f.search)
+    return turns.order_by("queue_tier", "queue_order", "id")
+
+
+def knowledge_base_overlap_set(*, knowledge_base: KnowledgeBase, labels_per_turn: int) -> None:
+    """Change how many curators judge each turn, and reopen or close turns to match."""
+    if not 1 <= labels_per_turn <= 10:
+        from curation.errors import InvalidInput
+
+        raise InvalidInput("Labels per turn must be between 1 and 10.")
+    with transaction.atomic():
+        KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(labels_per_turn=labels_per_turn)
+        Turn.objects.filter(knowledge_base=knowledge_base).update(needs_labels=Q(label_count__lt=labels_per_turn))
+    knowledge_base.labels_per_turn = labels_per_turn
+
+
+def labels_submitted_count(*, turn: Turn) -> int:
+    return Label.objects.filter(turn=turn, skipped=False).count()
