@@ -14,14 +14,24 @@ def staff_client(client, admin_user):
     return client
 
 
-def test_pages_need_a_logged_in_staff_account(client, django_user_model, knowledge_base):
+def test_pages_need_login_and_membership(client, django_user_model, knowledge_base):
+    from django.contrib.auth.models import Group
+
+    from curation.models import Membership
+
     response = client.get("/")
     assert response.status_code == 302 and response["Location"].startswith("/login/")
-    plain = django_user_model.objects.create_user("plain", password="pw-plain-123")
-    client.force_login(plain)
-    assert client.get("/kbs/test-kb/").status_code == 302
-    assert client.post("/kbs/test-kb/ask/", {"query": "x"}).status_code == 302
+    curator = django_user_model.objects.create_user("cur", password="pw-cur-123")
+    curator.groups.add(Group.objects.get(name="curator"))
+    client.force_login(curator)
+    # not a member: the knowledge base does not exist as far as this curator can tell
+    assert b"Test KB" not in client.get("/").content
+    assert client.get("/kbs/test-kb/").status_code == 404
+    assert client.post("/kbs/test-kb/ask/", {"query": "x"}).status_code == 404
     assert Turn.objects.count() == 0
+    Membership.objects.create(knowledge_base=knowledge_base, user=curator)
+    assert b"Test KB" in client.get("/").content
+    assert client.get("/kbs/test-kb/").status_code == 200
 
 
 def test_login_page_logs_in(client, admin_user):

@@ -1,24 +1,18 @@
-"""Web pages (server-rendered, HTMX fragments). Views check access, call a service or selector,
-and render; fragments send `Vary: HX-Request` so caches keep them apart from full pages."""
+"""Knowledge base pages: the list, one knowledge base (documents, embedding progress, ask),
+a document, a turn. Views check access, call a service or selector, and render."""
 
-from django.contrib.auth.decorators import login_required, user_passes_test
+from django.contrib.auth.decorators import login_required
 from django.db.models import Count
+from django.http import Http404
 from django.shortcuts import get_object_or_404, render
-from django.utils.cache import patch_vary_headers
+from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.errors import ServiceError
 from curation.models import Document, EmbeddingJob, KnowledgeBase, Turn
+from curation.permissions import knowledge_bases_for, user_can_curate
 from curation.services.turns import turn_ask
-
-# Until curator roles land, the pages are for staff accounts (admins).
-staff_required = user_passes_test(lambda user: user.is_active and user.is_staff)
-
-
-def _fragment(request, template: str, context: dict):
-    response = render(request, template, context)
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+from curation.views.access import fragment, knowledge_base_page
 
 
 def _embedding_progress(knowledge_base: KnowledgeBase) -> list[EmbeddingJob]:
@@ -31,19 +25,19 @@ def _embedding_progress(knowledge_base: KnowledgeBase) -> list[EmbeddingJob]:
 
 @require_GET
 @login_required
-@staff_required
 def home(request):
-    knowledge_bases = KnowledgeBase.objects.select_related("live_space").annotate(
-        document_count=Count("documents", distinct=True)
+    knowledge_bases = (
+        knowledge_bases_for(request.user)
+        .select_related("live_space")
+        .annotate(document_count=Count("documents", distinct=True))
+        .order_by("slug")
     )
     return render(request, "curation/home.html", {"knowledge_bases": knowledge_bases})
 
 
 @require_GET
-@login_required
-@staff_required
-def knowledge_base_detail(request, slug: str):
-    knowledge_base = get_object_or_404(KnowledgeBase.objects.select_related("live_space"), slug=slug)
+@knowledge_base_page
+def knowledge_base_detail(request, knowledge_base: KnowledgeBase):
     context = {
         "kb": knowledge_base,
         "document_count": knowledge_base.documents.count(),
@@ -56,41 +50,47 @@ def knowledge_base_detail(request, slug: str):
 
 
 @require_GET
-@login_required
-@staff_required
-def knowledge_base_progress(request, slug: str):
-    knowledge_base = get_object_or_404(KnowledgeBase, slug=slug)
-    return _fragment(request, "curation/_progress.html", {"kb": knowledge_base, "jobs": _embedding_progress(knowledge_base)})
+@knowledge_base_page
+def knowledge_base_progress(request, knowledge_base: KnowledgeBase):
+    return fragment(render(request, "curation/_progress.html", {"kb": knowledge_base, "jobs": _embedding_progress(knowledge_base)}))
 
 
 @require_POST
-@login_required
-@staff_required
-def knowledge_base_ask(request, slug: str):
-    knowledge_base = get_object_or_404(KnowledgeBase.objects.select_related("live_space"), slug=slug)
+@knowledge_base_page
+def knowledge_base_ask(request, knowledge_base: KnowledgeBase):
     query = request.POST.get("query", "").replace("\x00", "").strip()
     context = {"kb": knowledge_base, "query": query}
     try:
         context["turn"] = turn_ask(knowledge_base=knowledge_base, query=query, k=5)
     except ServiceError as error:
         context["error"] = str(error)
-        response = _fragment(request, "curation/_answer.html", context)
+        response = fragment(render(request, "curation/_answer.html", context))
         response.status_code = error.status_code
         return response
-    return _fragment(request, "curation/_answer.html", context)
+    return fragment(render(request, "curation/_answer.html", context))
 
 
 @require_GET
-@login_required
-@staff_required
-def document_detail(request, slug: str, document_id: int):
-    document = get_object_or_404(Document.objects.select_related("knowledge_base"), pk=document_id, knowledge_base__slug=slug)
+@knowledge_base_page
+def document_detail(request, knowledge_base: KnowledgeBase, document_id: int):
+    document = get_object_or_404(Document, pk=document_id, knowledge_base=knowledge_base)
     return render(request, "curation/document_detail.html", {"document": document, "chunks": document.chunks.order_by("order")})
 
 
 @require_GET
 @login_required
-@staff_required
 def turn_detail(request, turn_id: int):
     turn = get_object_or_404(Turn.objects.select_related("knowledge_base"), pk=turn_id)
+    if not user_can_curate(request.user, turn.knowledge_base):
+        raise Http404("No such turn.")
     return render(request, "curation/turn_detail.html", {"turn": turn, "passages": turn.passages.all()})
+
+
+urlpatterns = [
+    path("", home, name="home"),
+    path("kbs/<slug:slug>/", knowledge_base_detail, name="kb_detail"),
+    path("kbs/<slug:slug>/progress/", knowledge_base_progress, name="kb_progress"),
+    path("kbs/<slug:slug>/ask/", knowledge_base_ask, name="kb_ask"),
+    path("kbs/<slug:slug>/documents/<int:document_id>/", document_detail, name="document_detail"),
+    path("turns/<int:turn_id>/", turn_detail, name="turn_detail"),
+]
