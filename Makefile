@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # without it pip takes torch==2.13.0 from its configured indexes.
 TORCH_INDEX_URL ?=
 
-.PHONY: install services run test test-fast bench clean-data stop
+.PHONY: install services run test test-fast browser clean-data stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,18 @@ run: services
 	$(PY) manage.py setup_demo
 	$(PY) manage.py run_local
 
-test: services
+test: services browser
 	$(PY) -m pytest
+
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download is not used). Installed here when missing and we may; otherwise those tests skip
+# with a loud reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "WARNING: chromium is not installed and cannot be installed here: browser tests will be SKIPPED"; fi
 
 # The suite without model-training tests, for quick local loops.
 test-fast: services

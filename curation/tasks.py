@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from curation.services import embeddings
+from curation.services import embeddings, queue
 
 
 @shared_task
@@ -23,3 +23,8 @@ def embedding_jobs_resume_stalled_task() -> None:
 @shared_task
 def embedding_space_index_build_task(space_id: int) -> None:
     embeddings.embedding_space_index_build(space_id=space_id)
+
+
+@shared_task
+def turn_holds_expired_delete_task() -> None:
+    queue.turn_holds_expired_delete()

@@ -139,6 +139,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "curation.tasks.embedding_jobs_resume_stalled_task",
         "schedule": 60.0,
     },
+    "delete-expired-turn-holds": {
+        "task": "curation.tasks.turn_holds_expired_delete_task",
+        "schedule": 3600.0,
+    },
 }
 
 LOGGING = {
