@@ -24,7 +24,8 @@ class RetrievedChunk:
 
 
 def knowledge_base_get(*, slug: str) -> KnowledgeBase:
-    knowledge_base = KnowledgeBase.objects.select_related("live_space").filter(slug=slug).first()
+    # A NUL cannot be in any slug, and PostgreSQL would reject it with an error, not "no row".
+    knowledge_base = None if "\x00" in slug else KnowledgeBase.objects.select_related("live_space").filter(slug=slug).first()
     if knowledge_base is None:
         raise NotFound(f"Knowledge base {slug!r} not found.")
     return knowledge_base

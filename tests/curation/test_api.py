@@ -12,6 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from curation.models import ApiToken, Chunk, Document, EmbeddingJob, EmbeddingSpace, RetrievedPassage, Turn
+from curation.services.documents import documents_ingest
 from curation.services.knowledge_bases import BASE_MODEL_REFERENCE, knowledge_base_create
 from curation.services.tokens import api_token_create, api_token_revoke
 from tests.conftest import embed_everything_now
@@ -143,9 +144,7 @@ def test_a_token_for_another_kb_sees_this_kb_and_its_turns_as_missing(served_tur
             response = post_json(other_kb_client, url, payload)
         # The same answer as for a KB that does not exist: a token must not learn which exist.
         assert assert_error(response, 404, "test-kb") == unknown.replace("no-such-kb", "test-kb")
-    assert_error(
-        upload(other_kb_client, "test-kb", SimpleUploadedFile("a.txt", b"Some text.")), 404, "test-kb"
-    )
+    assert_error(upload(other_kb_client, "test-kb", SimpleUploadedFile("a.txt", b"Some text.")), 404, "test-kb")
 
     assert_error(other_kb_client.get(f"{API}/turns/{served_turn.pk}"), 404, f"turn {served_turn.pk}")
     response = post_json(other_kb_client, f"{API}/turns/{served_turn.pk}/feedback", {"feedback": -1})
@@ -229,6 +228,19 @@ def test_ask_on_a_kb_without_documents_says_it_found_no_answer(api, knowledge_ba
     assert response.json()["passages"] == []
     assert response.json()["answer"]
     assert Turn.objects.filter(pk=response.json()["turn_id"]).exists()
+
+
+def test_a_generator_failure_is_a_502_and_stores_no_turn(admin_user, sample_documents):
+    broken = knowledge_base_create(slug="hf-kb", generator_backend="hf", generator_model="/no/such/model")
+    documents_ingest(knowledge_base=broken, documents=sample_documents)
+    embed_everything_now(broken)
+    _, plain = api_token_create(user=admin_user, name="hf", knowledge_bases=[broken])
+    before = row_counts()
+
+    response = post_json(client_with_token(plain), f"{API}/kbs/hf-kb/ask", {"query": VITAMIN_D_QUERY})
+
+    assert_error(response, 502, "generator (hf:/no/such/model) failed", "/no/such/model")
+    assert row_counts() == before
 
 
 def test_retrieve_logs_nothing_and_honours_k(api, embedded_knowledge_base):
@@ -406,7 +418,13 @@ def test_a_batch_with_one_bad_turn_is_refused_whole(api, knowledge_base, bad_tur
 
 @pytest.mark.parametrize(
     "payload,fragment",
-    [({}, "turns"), ({"turns": []}, "turns"), ({"turns": "chat-1"}, "turns"), ({"turns": [1]}, "turns.0")],
+    [
+        ({}, "turns"),
+        ({"turns": []}, "turns"),
+        ({"turns": "chat-1"}, "turns"),
+        ({"turns": [1]}, "turns.0"),
+        ({"turns": [{"external_id": f"t{i}", "query": "q"} for i in range(1001)]}, "turns: list should have at most 1000"),
+    ],
 )
 def test_a_batch_that_is_not_a_list_of_turns_is_refused(api, knowledge_base, payload, fragment):
     assert_error(post_json(api, f"{API}/kbs/test-kb/turns", payload), 422, fragment)
@@ -572,24 +590,22 @@ def test_an_upload_of_too_many_files_is_a_json_400(api, knowledge_base, settings
     assert Document.objects.count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug outside the API: a JSONL document id longer than Document.external_id (512) "
-    "reaches the INSERT (DataError, a 500); rag.documents or documents_ingest should refuse it",
-)
 def test_an_overlong_document_id_is_refused(api, knowledge_base):
     corpus = json.dumps({"_id": "x" * 600, "text": "Too long an id."}).encode()
-    assert_error(upload(api, "test-kb", SimpleUploadedFile("corpus.jsonl", corpus)), 422, "corpus.jsonl", "line 1")
+
+    response = upload(api, "test-kb", SimpleUploadedFile("corpus.jsonl", corpus))
+
+    assert_error(response, 422, "corpus.jsonl", "line 1", "512")
+    assert Document.objects.count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug outside the API: rag.documents checks text, title and id for NUL but not "
-    "metadata; jsonb cannot store \\u0000 (DataError, a 500)",
-)
 def test_nul_in_document_metadata_is_refused(api, knowledge_base):
-    corpus = json.dumps({"_id": "m", "text": "Text.", "metadata": {"note": "a\u0000b"}}).encode()
-    assert_error(upload(api, "test-kb", SimpleUploadedFile("corpus.jsonl", corpus)), 422, "corpus.jsonl", "NUL")
+    corpus = json.dumps({"_id": "m", "text": "Text.", "metadata": {"note": ["a\u0000b"]}}).encode()
+
+    response = upload(api, "test-kb", SimpleUploadedFile("corpus.jsonl", corpus))
+
+    assert_error(response, 422, "corpus.jsonl", "line 1", "NUL")
+    assert Document.objects.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -676,6 +692,17 @@ def test_oversized_bodies_are_413_and_write_nothing(api, embedded_knowledge_base
 
     # Just under the limit is served.
     assert post_json(api, f"{API}/kbs/test-kb/ask", {"query": "vitamin D " * 10}).status_code == 200
+
+
+def test_a_body_over_djangos_own_limit_is_a_json_413(api, knowledge_base, settings):
+    # Django's DATA_UPLOAD_MAX_MEMORY_SIZE still guards bodies the middleware lets through
+    # (one sent without a Content-Length, say).
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 200
+
+    response = post_json(api, f"{API}/kbs/test-kb/ask", {"query": "vitamin D " * 50})
+
+    assert_error(response, 413, "DATA_UPLOAD_MAX_MEMORY_SIZE")
+    assert Turn.objects.count() == 0
 
 
 def test_a_content_length_that_is_not_a_number_is_400(api, knowledge_base):
