@@ -4,10 +4,12 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from curation.views import knowledge_bases
+from curation.views import review
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("password/", auth_views.PasswordChangeView.as_view(success_url="/"), name="password_change"),
     *knowledge_bases.urlpatterns,
+    *review.urlpatterns,
 ]

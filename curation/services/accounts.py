@@ -1,0 +1,136 @@
+"""Accounts: sign-up by admin invitation only, and curators' memberships of knowledge bases.
+
+An invitation carries a random key that is shown once (in the invitation link); only its
+sha256 is stored, as for API tokens. Accepting it creates the user in the group of the
+invited role with memberships of the invited knowledge bases, and uses the invitation up.
+"""
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model, password_validation
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from curation.errors import InvalidInput, NotFound, ServiceError
+from curation.models import Invitation, KnowledgeBase, Membership, TurnHold
+from curation.permissions import ADMIN_GROUP, CURATOR_GROUP, user_is_curator
+
+INVITATION_VALID_FOR = timedelta(days=7)
+_ROLE_GROUPS = {Invitation.Role.CURATOR: CURATOR_GROUP, Invitation.Role.ADMIN: ADMIN_GROUP}
+
+
+class InvitationUnusable(ServiceError):
+    """The invitation exists but has expired or was already accepted."""
+
+    status_code = 410
+
+
+def _hash(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def invitation_create(
+    *,
+    invited_by: AbstractBaseUser,
+    email: str,
+    role: str = Invitation.Role.CURATOR,
+    knowledge_bases: list[KnowledgeBase] | None = None,
+    valid_for: timedelta = INVITATION_VALID_FOR,
+) -> tuple[Invitation, str]:
+    """Create an invitation; returns it and its key, which is never stored and must be
+    passed on now (as /invitations/<key>/accept/). The caller checks that the inviter is an admin."""
+    email = (email or "").strip()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise InvalidInput(f"{email!r} is not an email address.") from None
+    if role not in _ROLE_GROUPS:
+        raise InvalidInput(f"Role {role!r} is unknown; choose one of {', '.join(_ROLE_GROUPS)}.")
+    key = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        invitation = Invitation.objects.create(
+            email=email,
+            role=role,
+            key_hash=_hash(key),
+            invited_by=invited_by,
+            expires_at=timezone.now() + valid_for,
+        )
+        if knowledge_bases:
+            invitation.knowledge_bases.set(knowledge_bases)
+    return invitation, key
+
+
+def invitation_for_key(*, key: str, lock: bool = False) -> Invitation:
+    """The usable invitation with this key: NotFound for an unknown key, InvitationUnusable
+    for an expired or already accepted one."""
+    invitations = Invitation.objects.select_for_update() if lock else Invitation.objects.all()
+    invitation = invitations.filter(key_hash=_hash(key or "")).first()
+    if invitation is None:
+        raise NotFound("This invitation link is not valid. Ask an admin for a new one.")
+    if invitation.accepted_at is not None:
+        raise InvitationUnusable("This invitation has already been used. Log in, or ask an admin for a new one.")
+    if invitation.expires_at <= timezone.now():
+        raise InvitationUnusable("This invitation has expired. Ask an admin for a new one.")
+    return invitation
+
+
+def invitation_accept(*, key: str, username: str, password: str) -> AbstractBaseUser:
+    """Create the invitee's account: a user in the role's group, members of the invited
+    knowledge bases. Single use: a second accept (even a concurrent one) is refused."""
+    user_model = get_user_model()
+    username = (username or "").strip()
+    if not username:
+        raise InvalidInput("Choose a username.")
+    try:
+        user_model.username_validator(username)
+    except ValidationError as error:
+        raise InvalidInput(" ".join(error.messages)) from None
+    if len(username) > user_model._meta.get_field("username").max_length:
+        raise InvalidInput("The username is too long.")
+    with transaction.atomic():
+        # Lock the invitation: two tabs accepting at once must not create two accounts.
+        invitation = invitation_for_key(key=key, lock=True)
+        if user_model.objects.filter(username__iexact=username).exists():
+            raise InvalidInput(f"The username {username!r} is taken; choose another.")
+        candidate = user_model(username=username, email=invitation.email)
+        try:
+            password_validation.validate_password(password or "", user=candidate)
+        except ValidationError as error:
+            raise InvalidInput(" ".join(error.messages)) from None
+        try:
+            user = user_model.objects.create_user(username=username, email=invitation.email, password=password)
+        except IntegrityError:
+            raise InvalidInput(f"The username {username!r} is taken; choose another.") from None
+        user.groups.add(Group.objects.get(name=_ROLE_GROUPS[invitation.role]))
+        Membership.objects.bulk_create(
+            [Membership(knowledge_base=kb, user=user) for kb in invitation.knowledge_bases.all()],
+            ignore_conflicts=True,
+        )
+        invitation.accepted_by = user
+        invitation.accepted_at = timezone.now()
+        invitation.save(update_fields=["accepted_by", "accepted_at"])
+    return user
+
+
+def membership_add(*, knowledge_base: KnowledgeBase, username: str) -> Membership:
+    """Let a curator judge the knowledge base's turns (adding one twice changes nothing)."""
+    user = get_user_model().objects.filter(username=(username or "").strip()).first()
+    if user is None:
+        raise NotFound(f"No user {username!r}.")
+    if not user_is_curator(user):
+        raise InvalidInput(f"{user.get_username()} is not a curator (or is deactivated).")
+    membership, _ = Membership.objects.get_or_create(knowledge_base=knowledge_base, user=user)
+    return membership
+
+
+def membership_remove(*, knowledge_base: KnowledgeBase, user: AbstractBaseUser) -> None:
+    """Take a curator off the knowledge base; their labels stay, their held turns are freed."""
+    with transaction.atomic():
+        Membership.objects.filter(knowledge_base=knowledge_base, user=user).delete()
+        TurnHold.objects.filter(turn__knowledge_base=knowledge_base, curator=user).delete()

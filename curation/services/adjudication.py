@@ -1,0 +1,97 @@
+"""Adjudication: an admin's final judgment of a turn whose curators disagreed. It wins over the
+curators' labels (see curation.selectors_curation.turn_final_judgments) and ends the dispute."""
+
+from django.db import transaction
+
+from curation.errors import InvalidInput
+from curation.models import Adjudication, AnswerRating, Label, Relevance, Turn
+from curation.services.labels import MAX_TEXT, turn_label_state_refresh
+
+
+def _text(name: str, value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be text.")
+    if "\x00" in value:
+        raise InvalidInput(f"{name} must not contain NUL characters.")
+    if len(value) > MAX_TEXT:
+        raise InvalidInput(f"{name} is longer than {MAX_TEXT} characters.")
+    return value
+
+
+def _passage_relevance(turn: Turn, raw: dict) -> dict[int, str]:
+    relevance_by_passage: dict[int, str] = {}
+    for key, relevance in raw.items():
+        try:
+            passage_id = int(key)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{key!r} is not a passage id.") from None
+        if relevance in ("", None):
+            continue  # not judged
+        if relevance not in Relevance.values:
+            raise InvalidInput(f"Passage {passage_id}: {relevance!r} is not one of {', '.join(Relevance.values)}.")
+        relevance_by_passage[passage_id] = relevance
+    unknown = sorted(set(relevance_by_passage) - set(turn.passages.values_list("pk", flat=True)))
+    if unknown:
+        raise InvalidInput(f"Passage(s) {unknown} do not belong to turn {turn.pk}.")
+    return relevance_by_passage
+
+
+def _undecided_disagreements(turn: Turn, passages: dict[int, str], answer_rating: str) -> list[str]:
+    """What the curators disagree on that the judgment leaves open."""
+    labels = Label.objects.filter(turn=turn, skipped=False).prefetch_related("passage_judgments")
+    seen: dict[int, set[str]] = {}
+    ratings: set[str] = set()
+    for label in labels:
+        if label.answer_rating:
+            ratings.add(label.answer_rating)
+        for judgment in label.passage_judgments.all():
+            if judgment.retrieved_passage_id:
+                seen.setdefault(judgment.retrieved_passage_id, set()).add(judgment.relevance)
+    open_points = [f"passage {pid}" for pid, values in sorted(seen.items()) if len(values) > 1 and pid not in passages]
+    if len(ratings) > 1 and not answer_rating:
+        open_points.append("the answer rating")
+    return open_points
+
+
+def adjudication_record(
+    *,
+    turn: Turn,
+    admin,
+    passage_relevance: dict,
+    answer_rating: str = "",
+    gold_answer: str = "",
+    note: str = "",
+) -> Adjudication:
+    """Record (or replace) the admin's final judgment of the turn; the turn is then no longer
+    disputed. The caller checks that `admin` is an admin.
+
+    `passage_relevance` maps the turn's retrieved passage ids to a relevance ("" = not judged).
+    Every point the curators disagree on must be decided. InvalidInput names the first
+    problem, and then nothing is written.
+    """
+    passages = _passage_relevance(turn, passage_relevance or {})
+    answer_rating = _text("answer_rating", answer_rating or "")
+    if answer_rating and answer_rating not in AnswerRating.values:
+        raise InvalidInput(f"answer_rating: {answer_rating!r} is not one of {', '.join(AnswerRating.values)}.")
+    gold_answer = _text("gold_answer", gold_answer or "")
+    note = _text("note", note or "")
+    if not passages and not answer_rating and not gold_answer.strip():
+        raise InvalidInput("The judgment is empty: judge at least one passage or the answer.")
+    open_points = _undecided_disagreements(turn, passages, answer_rating)
+    if open_points:
+        raise InvalidInput(f"The curators disagree on {', '.join(open_points)}: decide it.")
+    with transaction.atomic():
+        # Lock the turn as label_submit does: its dispute flag is recomputed below.
+        locked = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
+        adjudication, _ = Adjudication.objects.update_or_create(
+            turn=locked,
+            defaults={
+                "admin": admin,
+                "answer_rating": answer_rating,
+                "gold_answer": gold_answer,
+                "passage_relevance": {str(pid): rel for pid, rel in sorted(passages.items())},
+                "note": note,
+            },
+        )
+        turn_label_state_refresh(turn=Turn.objects.select_related("knowledge_base").get(pk=turn.pk))
+    return adjudication

@@ -1,0 +1,366 @@
+"""The admin side of curation: a knowledge base's dashboard and guidelines (members too), and,
+for admins only, curator agreement, disputes and their adjudication, curation settings with
+members, and invitations (whose accept page is the one page open to anonymous visitors).
+
+Pages of a knowledge base answer 404 to non-members and 403 to members who are not admins.
+"""
+
+from django.contrib.auth import get_user_model, login
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from curation.errors import InvalidInput, ServiceError
+from curation.models import AnswerRating, Invitation, KnowledgeBase, Membership, Relevance, Turn
+from curation.permissions import CURATOR_GROUP, knowledge_bases_for, user_is_admin
+from curation.selectors_curation import (
+    DASHBOARD_DAYS,
+    adjudicated_turns,
+    dispute_comparison,
+    disputed_turns,
+    guidelines_html,
+    invitations_recent,
+    knowledge_base_agreement,
+    knowledge_base_dashboard,
+)
+from curation.services.accounts import (
+    invitation_accept,
+    invitation_create,
+    invitation_for_key,
+    membership_add,
+    membership_remove,
+)
+from curation.services.adjudication import adjudication_record
+from curation.services.curation_settings import knowledge_base_curation_settings_set, knowledge_base_guidelines_set
+from curation.views.access import admin_page, fragment, knowledge_base_page
+
+DISPUTES_SHOWN = 200
+CHART_HEIGHT = 120
+CHART_BAR = 16
+CHART_GAP = 4
+
+
+def knowledge_base_admin_page(view):
+    """A knowledge base page for admins: 404 for non-members first, then 403 for curators."""
+    return knowledge_base_page(admin_page(view))
+
+
+def _is_htmx(request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _int_field(data, name: str, label: str) -> int:
+    try:
+        return int(data.get(name, ""))
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{label} must be a whole number.") from None
+
+
+def _clean(value: str) -> str:
+    # A NUL byte cannot be stored in Postgres text; the services refuse it with a message.
+    return value.replace("\r\n", "\n")
+
+
+# --- dashboard ---------------------------------------------------------------------------
+
+
+def _label_chart(labels_per_day) -> dict:
+    """Bar geometry of the labels-per-day chart (inline SVG; no chart library)."""
+    most = max((n for _, n in labels_per_day), default=0)
+    bars = []
+    for i, (day, n) in enumerate(labels_per_day):
+        height = round(CHART_HEIGHT * n / most) if most else 0
+        if n and height < 2:
+            height = 2  # a day with labels stays visible next to a busy day
+        bars.append({
+            "x": i * (CHART_BAR + CHART_GAP),
+            "y": CHART_HEIGHT - height,
+            "height": height,
+            "day": day,
+            "count": n,
+            "tick": i % 7 == 0 or i == len(labels_per_day) - 1,
+        })
+    return {
+        "bars": bars,
+        "most": most,
+        "width": len(labels_per_day) * (CHART_BAR + CHART_GAP),
+        "height": CHART_HEIGHT,
+        "bar_width": CHART_BAR,
+        "total": sum(n for _, n in labels_per_day),
+    }
+
+
+@require_GET
+@knowledge_base_page
+def dashboard(request, knowledge_base: KnowledgeBase):
+    figures = knowledge_base_dashboard(knowledge_base=knowledge_base)
+    return render(request, "curation/review/dashboard.html", {
+        "kb": knowledge_base,
+        "figures": figures,
+        "chart": _label_chart(figures.labels_per_day),
+        "days": DASHBOARD_DAYS,
+        "is_admin": user_is_admin(request.user),
+    })
+
+
+# --- agreement ---------------------------------------------------------------------------
+
+
+@require_GET
+@knowledge_base_admin_page
+def agreement(request, knowledge_base: KnowledgeBase):
+    return render(request, "curation/review/agreement.html", {
+        "kb": knowledge_base,
+        "agreement": knowledge_base_agreement(knowledge_base=knowledge_base),
+    })
+
+
+# --- disputes and adjudication -----------------------------------------------------------
+
+
+@require_GET
+@knowledge_base_admin_page
+def disputes(request, knowledge_base: KnowledgeBase):
+    open_disputes = disputed_turns(knowledge_base=knowledge_base)
+    return render(request, "curation/review/disputes.html", {
+        "kb": knowledge_base,
+        "disputes": open_disputes[:DISPUTES_SHOWN],
+        "dispute_count": open_disputes.count(),
+        "shown": DISPUTES_SHOWN,
+        "adjudicated": adjudicated_turns(knowledge_base=knowledge_base)[:20],
+    })
+
+
+def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", status=200):
+    comparison = dispute_comparison(turn=turn)
+    submitted = submitted or {}
+    passages = submitted.get("passages", {})
+    rows = [
+        {"comparison": row, "selected": passages.get(row.passage.pk, row.final) if submitted else row.final}
+        for row in comparison.passages
+    ]
+    context = {
+        "kb": knowledge_base,
+        "turn": turn,
+        "comparison": comparison,
+        "rows": rows,
+        "relevances": Relevance.choices,
+        "ratings": AnswerRating.choices,
+        "selected_rating": submitted.get("answer_rating", comparison.final_rating),
+        "gold_answer": submitted.get("gold_answer", comparison.final_gold_answer),
+        "note": submitted.get("note", comparison.final_note),
+        "error": error,
+    }
+    return render(request, "curation/review/dispute_detail.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@knowledge_base_admin_page
+def dispute_detail(request, knowledge_base: KnowledgeBase, turn_id: int):
+    turn = get_object_or_404(Turn, pk=turn_id, knowledge_base=knowledge_base)
+    if request.method == "GET":
+        return _dispute_page(request, knowledge_base, turn)
+    passages = {}
+    for name, value in request.POST.items():
+        if name.startswith("passage-"):
+            passages[name.removeprefix("passage-")] = value
+    submitted = {
+        "passages": {int(k): v for k, v in passages.items() if k.isdigit()},
+        "answer_rating": request.POST.get("answer_rating", ""),
+        "gold_answer": _clean(request.POST.get("gold_answer", "")),
+        "note": _clean(request.POST.get("note", "")),
+    }
+    try:
+        adjudication_record(
+            turn=turn,
+            admin=request.user,
+            passage_relevance=passages,
+            answer_rating=submitted["answer_rating"],
+            gold_answer=submitted["gold_answer"],
+            note=submitted["note"],
+        )
+    except ServiceError as error:
+        return _dispute_page(request, knowledge_base, turn, submitted=submitted, error=str(error), status=error.status_code)
+    return redirect("review_disputes", slug=knowledge_base.slug)
+
+
+# --- guidelines --------------------------------------------------------------------------
+
+
+@require_GET
+@knowledge_base_page
+def guidelines(request, knowledge_base: KnowledgeBase):
+    return render(request, "curation/review/guidelines.html", {
+        "kb": knowledge_base,
+        "guidelines_html": guidelines_html(knowledge_base.guidelines),
+        "is_admin": user_is_admin(request.user),
+    })
+
+
+@require_http_methods(["GET", "POST"])
+@knowledge_base_admin_page
+def guidelines_edit(request, knowledge_base: KnowledgeBase):
+    if request.method == "GET":
+        return render(request, "curation/review/guidelines_edit.html", {
+            "kb": knowledge_base,
+            "guidelines": knowledge_base.guidelines,
+            "preview": guidelines_html(knowledge_base.guidelines),
+        })
+    text = _clean(request.POST.get("guidelines", ""))
+    try:
+        knowledge_base_guidelines_set(knowledge_base=knowledge_base, guidelines=text)
+    except ServiceError as error:
+        return render(request, "curation/review/guidelines_edit.html", {
+            "kb": knowledge_base, "guidelines": text, "error": str(error),
+        }, status=error.status_code)
+    return redirect("review_guidelines", slug=knowledge_base.slug)
+
+
+@require_POST
+@knowledge_base_admin_page
+def guidelines_preview(request, knowledge_base: KnowledgeBase):
+    text = _clean(request.POST.get("guidelines", "")).replace("\x00", "")
+    return fragment(render(request, "curation/review/_guidelines_preview.html", {"preview": guidelines_html(text)}))
+
+
+# --- curation settings and members -------------------------------------------------------
+
+
+def _members_context(knowledge_base: KnowledgeBase) -> dict:
+    members = (
+        Membership.objects.filter(knowledge_base=knowledge_base).select_related("user").order_by("user__username")
+    )
+    candidates = (
+        get_user_model().objects.filter(groups__name=CURATOR_GROUP, is_active=True)
+        .exclude(memberships__knowledge_base=knowledge_base)
+        .order_by("username")
+        .values_list("username", flat=True)
+    )
+    return {"kb": knowledge_base, "members": members, "candidates": candidates}
+
+
+@require_http_methods(["GET", "POST"])
+@knowledge_base_admin_page
+def settings_page(request, knowledge_base: KnowledgeBase):
+    context = {"kb": knowledge_base, **_members_context(knowledge_base)}
+    if request.method == "GET":
+        return render(request, "curation/review/settings.html", context)
+    try:
+        knowledge_base_curation_settings_set(
+            knowledge_base=knowledge_base,
+            labels_per_turn=_int_field(request.POST, "labels_per_turn", "Labels per turn"),
+            hold_minutes=_int_field(request.POST, "hold_minutes", "Hold minutes"),
+        )
+    except ServiceError as error:
+        context.update(error=str(error), submitted=request.POST)
+        return render(request, "curation/review/settings.html", context, status=error.status_code)
+    return redirect("review_settings", slug=knowledge_base.slug)
+
+
+def _members_response(request, knowledge_base, *, error: str = "", status: int = 200) -> HttpResponse:
+    """The members fragment for HTMX, else back to the settings page (with the error shown)."""
+    if _is_htmx(request):
+        context = {**_members_context(knowledge_base), "member_error": error}
+        return fragment(render(request, "curation/review/_members.html", context, status=status))
+    if error:
+        context = {"kb": knowledge_base, **_members_context(knowledge_base), "member_error": error}
+        return fragment(render(request, "curation/review/settings.html", context, status=status))
+    return fragment(redirect("review_settings", slug=knowledge_base.slug))
+
+
+@require_POST
+@knowledge_base_admin_page
+def member_add(request, knowledge_base: KnowledgeBase):
+    try:
+        membership_add(knowledge_base=knowledge_base, username=request.POST.get("username", ""))
+    except ServiceError as error:
+        return _members_response(request, knowledge_base, error=str(error), status=error.status_code)
+    return _members_response(request, knowledge_base)
+
+
+@require_POST
+@knowledge_base_admin_page
+def member_remove(request, knowledge_base: KnowledgeBase, user_id: int):
+    user = get_object_or_404(get_user_model(), pk=user_id)
+    membership_remove(knowledge_base=knowledge_base, user=user)
+    return _members_response(request, knowledge_base)
+
+
+# --- invitations -------------------------------------------------------------------------
+
+
+def _invitation_form_context(request, **extra) -> dict:
+    return {
+        "roles": Invitation.Role.choices,
+        "knowledge_bases": knowledge_bases_for(request.user).order_by("slug"),
+        "invitations": invitations_recent(),
+        **extra,
+    }
+
+
+@never_cache  # the page that shows the key must not be kept by any cache
+@require_http_methods(["GET", "POST"])
+@admin_page
+def invitation_new(request):
+    if request.method == "GET":
+        return render(request, "curation/review/invitation_new.html", _invitation_form_context(request))
+    slugs = request.POST.getlist("knowledge_bases")
+    chosen = list(KnowledgeBase.objects.filter(slug__in=slugs))
+    submitted = {"email": request.POST.get("email", ""), "role": request.POST.get("role", ""), "slugs": slugs}
+    try:
+        if len(chosen) != len(set(slugs)):
+            raise InvalidInput("One of the chosen knowledge bases does not exist.")
+        invitation, key = invitation_create(
+            invited_by=request.user, email=submitted["email"], role=submitted["role"], knowledge_bases=chosen
+        )
+    except ServiceError as error:
+        context = _invitation_form_context(request, error=str(error), submitted=submitted)
+        return render(request, "curation/review/invitation_new.html", context, status=error.status_code)
+    link = request.build_absolute_uri(reverse("invitation_accept", args=[key]))
+    return render(request, "curation/review/invitation_new.html", _invitation_form_context(
+        request, created=invitation, link=link, created_kbs=chosen
+    ))
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def invitation_accept_page(request, key: str):
+    try:
+        invitation = invitation_for_key(key=key)
+    except ServiceError as error:
+        return render(request, "registration/invitation_invalid.html", {"message": str(error)}, status=error.status_code)
+    context = {"invitation": invitation, "username": ""}
+    if request.method == "GET":
+        return render(request, "registration/invitation_accept.html", context)
+    username = request.POST.get("username", "")
+    password = request.POST.get("password1", "")
+    context["username"] = username
+    try:
+        if password != request.POST.get("password2", ""):
+            raise InvalidInput("The two passwords differ.")
+        user = invitation_accept(key=key, username=username, password=password)
+    except ServiceError as error:
+        template = "registration/invitation_accept.html"
+        if error.status_code in (404, 410):  # used up meanwhile, e.g. in another tab
+            template = "registration/invitation_invalid.html"
+        return render(request, template, {**context, "error": str(error), "message": str(error)}, status=error.status_code)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return redirect("home")
+
+
+urlpatterns = [
+    path("kbs/<slug:slug>/dashboard/", dashboard, name="review_dashboard"),
+    path("kbs/<slug:slug>/agreement/", agreement, name="review_agreement"),
+    path("kbs/<slug:slug>/disputes/", disputes, name="review_disputes"),
+    path("kbs/<slug:slug>/disputes/<int:turn_id>/", dispute_detail, name="review_dispute_detail"),
+    path("kbs/<slug:slug>/guidelines/", guidelines, name="review_guidelines"),
+    path("kbs/<slug:slug>/guidelines/edit/", guidelines_edit, name="review_guidelines_edit"),
+    path("kbs/<slug:slug>/guidelines/preview/", guidelines_preview, name="review_guidelines_preview"),
+    path("kbs/<slug:slug>/settings/", settings_page, name="review_settings"),
+    path("kbs/<slug:slug>/settings/members/", member_add, name="review_member_add"),
+    path("kbs/<slug:slug>/settings/members/<int:user_id>/remove/", member_remove, name="review_member_remove"),
+    path("invitations/new/", invitation_new, name="invitation_new"),
+    path("invitations/<str:key>/accept/", invitation_accept_page, name="invitation_accept"),
+]
