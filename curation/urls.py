@@ -4,6 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from curation.views import knowledge_bases
+from curation.views import workbench
 from curation.views import review
 
 urlpatterns = [
@@ -11,5 +12,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("password/", auth_views.PasswordChangeView.as_view(success_url="/"), name="password_change"),
     *knowledge_bases.urlpatterns,
+    *workbench.urlpatterns,
     *review.urlpatterns,
 ]

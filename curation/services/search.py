@@ -1,0 +1,97 @@
+"""Searching a knowledge base's chunks from the workbench, to attach a passage the retriever missed.
+
+Two searches are merged: vector search in the live embedding space (finds paraphrases) and
+keyword search (Postgres full text, plus a plain substring match so codes and names such as
+"HMG-CoA" are found as typed). They are merged by reciprocal rank fusion, which needs no
+calibration between cosine similarities and text-search ranks.
+"""
+
+from dataclasses import dataclass
+
+from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+from django.db.models import Q
+
+from curation.errors import InvalidInput
+from curation.models import Chunk, KnowledgeBase
+from curation.selectors import passages_retrieve
+
+MAX_QUERY_LENGTH = 500
+MAX_K = 50
+# The usual constant of reciprocal rank fusion (Cormack et al. 2009): damps the head of each list.
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    chunk_id: int
+    document_id: int
+    document_external_id: str
+    title: str
+    text: str
+    score: float  # fused score: higher is better; only comparable within one search
+    vector_score: float | None  # cosine similarity, when vector search found it
+    keyword_rank: int | None  # 1-based position in the keyword results, when keyword search found it
+
+    @property
+    def matched_by(self) -> tuple[str, ...]:
+        return tuple(name for name, hit in (("vector", self.vector_score is not None), ("keyword", self.keyword_rank)) if hit)
+
+
+def _keyword_chunk_ids(*, knowledge_base: KnowledgeBase, query: str, k: int) -> list[int]:
+    """Chunk ids by full-text rank over the chunk text and its document's title; substring
+    matches that full text misses (stop words, punctuation inside codes) come after."""
+    vector = SearchVector("text", weight="A", config="english") + SearchVector("document__title", weight="B", config="english")
+    text_query = SearchQuery(query, search_type="websearch", config="english")
+    rows = (
+        Chunk.objects.filter(knowledge_base=knowledge_base)
+        .annotate(search=vector, rank=SearchRank(vector, text_query))
+        .filter(Q(search=text_query) | Q(text__icontains=query))
+        .order_by("-rank", "pk")
+        .values_list("pk", flat=True)[:k]
+    )
+    return list(rows)
+
+
+def chunks_search(*, knowledge_base: KnowledgeBase, query: str, k: int = 10) -> list[ChunkHit]:
+    """The k best chunks for the query by vector and keyword search merged, best first.
+
+    Without a live embedding space only keyword search runs.
+    """
+    query = (query or "").replace("\x00", "").strip()
+    if not query:
+        raise InvalidInput("The search is empty.")
+    if len(query) > MAX_QUERY_LENGTH:
+        raise InvalidInput(f"The search is longer than {MAX_QUERY_LENGTH} characters.")
+    if not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}.")
+
+    vector_hits = {}
+    if knowledge_base.live_space is not None:
+        vector_hits = {
+            hit.chunk_id: hit for hit in passages_retrieve(space=knowledge_base.live_space, query=query, k=k)
+        }
+    keyword_ids = _keyword_chunk_ids(knowledge_base=knowledge_base, query=query, k=k)
+    keyword_rank = {chunk_id: position for position, chunk_id in enumerate(keyword_ids, start=1)}
+
+    fused: dict[int, float] = {}
+    for position, chunk_id in enumerate(vector_hits, start=1):
+        fused[chunk_id] = fused.get(chunk_id, 0.0) + 1 / (RRF_K + position)
+    for chunk_id, position in keyword_rank.items():
+        fused[chunk_id] = fused.get(chunk_id, 0.0) + 1 / (RRF_K + position)
+    best = sorted(fused, key=lambda chunk_id: (-fused[chunk_id], chunk_id))[:k]
+
+    chunks = Chunk.objects.filter(pk__in=best, knowledge_base=knowledge_base).select_related("document").in_bulk()
+    return [
+        ChunkHit(
+            chunk_id=chunk_id,
+            document_id=chunks[chunk_id].document_id,
+            document_external_id=chunks[chunk_id].document.external_id,
+            title=chunks[chunk_id].document.title,
+            text=chunks[chunk_id].text,
+            score=fused[chunk_id],
+            vector_score=vector_hits[chunk_id].score if chunk_id in vector_hits else None,
+            keyword_rank=keyword_rank.get(chunk_id),
+        )
+        for chunk_id in best
+        if chunk_id in chunks  # a chunk deleted between the searches and this read is left out
+    ]

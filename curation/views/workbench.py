@@ -1,0 +1,320 @@
+"""The curator workbench: the prioritised queue, "next", the judging page with its autosaved
+draft and submit endpoints, the preload of the following turn, and corpus search to attach a
+passage the retriever missed. Views check access, call a service, render or answer JSON."""
+
+import json
+from datetime import date
+
+import markdown
+import nh3
+from django.core.paginator import Paginator
+from django.db.models import Count, Exists, OuterRef, Subquery
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from curation.errors import Conflict, InvalidInput, ServiceError
+from curation.models import AnswerRating, Chunk, KnowledgeBase, Label, Relevance, RetrievedPassage, Turn, TurnHold
+from curation.services.labels import LabelInput, label_draft_save, label_for_editing, label_submit
+from curation.services.queue import QueueFilter, turn_next, turn_queue_list
+from curation.services.search import chunks_search
+from curation.views.access import fragment, knowledge_base_page
+
+QUEUE_PAGE_SIZE = 50
+# Queue tier (see curation.services.queue) -> badge text and CSS class.
+QUEUE_TIERS = {
+    0: ("negative feedback", "tier-feedback"),
+    1: ("low confidence", "tier-confidence"),
+    2: ("sample", "tier-sample"),
+}
+# (value, label, shortcut key): the order of the buttons on the page.
+RELEVANCE_CHOICES = [
+    (Relevance.RELEVANT, "Relevant", "1"),
+    (Relevance.PARTLY, "Partly", "2"),
+    (Relevance.NOT_RELEVANT, "Not relevant", "3"),
+]
+ANSWER_CHOICES = [
+    (AnswerRating.CORRECT, "Correct", "c"),
+    (AnswerRating.PARTLY, "Partly", "p"),
+    (AnswerRating.WRONG, "Wrong", "w"),
+]
+FEEDBACK_CHOICES = [("any", "Any"), ("negative", "Negative"), ("positive", "Positive"), ("none", "None")]
+STATUS_CHOICES = [("all", "All"), ("unlabelled", "Unlabelled"), ("labelled_by_me", "Labelled by me"), ("disputed", "Disputed")]
+# Guidelines are Markdown written by admins; rendered HTML keeps text formatting and links only
+# (no images: a self-hosted tool should not fetch from elsewhere).
+GUIDELINE_TAGS = nh3.ALLOWED_TAGS - {"img", "area", "map"}
+
+
+def _is_fragment_request(request) -> bool:
+    # A history restore asks for the whole page even though it comes from htmx.
+    return request.headers.get("HX-Request") == "true" and request.headers.get("HX-History-Restore-Request") != "true"
+
+
+def _queue_filter_from(params) -> tuple[QueueFilter, list[str]]:
+    """The queue filter the GET parameters describe, and messages about the ones ignored."""
+    errors = []
+    dates = {}
+    for name in ("from", "to"):
+        value = params.get(name, "").strip()
+        if value:
+            try:
+                dates[name] = date.fromisoformat(value)
+            except ValueError:
+                errors.append(f"{value!r} is not a date (YYYY-MM-DD); the {name} date is ignored.")
+    feedback = params.get("feedback", "any") or "any"
+    status = params.get("status", "all") or "all"
+    if feedback not in QueueFilter.FEEDBACK:
+        errors.append(f"Feedback must be one of {', '.join(QueueFilter.FEEDBACK)}.")
+        feedback = "any"
+    if status not in QueueFilter.STATUSES:
+        errors.append(f"Status must be one of {', '.join(QueueFilter.STATUSES)}.")
+        status = "all"
+    search = params.get("q", "").replace("\x00", "")[:500]
+    queue_filter = QueueFilter(
+        date_from=dates.get("from"), date_to=dates.get("to"), feedback=feedback, status=status, search=search
+    )
+    return queue_filter, errors
+
+
+def _queue_rows(turns, *, curator):
+    """Annotate the page's turns with what the table shows, so the page costs the same number of
+    queries however many turns, passages and labels there are."""
+    now = timezone.now()
+    passages = RetrievedPassage.objects.filter(turn=OuterRef("pk"))
+    return (
+        turns.defer("metadata", "feedback_comment")
+        .annotate(
+            labelled_by_me=Exists(Label.objects.filter(turn=OuterRef("pk"), curator=curator, skipped=False)),
+            skipped_by_me=Exists(Label.objects.filter(turn=OuterRef("pk"), curator=curator, skipped=True)),
+            held_by_others=Exists(
+                TurnHold.objects.filter(turn=OuterRef("pk"), expires_at__gt=now).exclude(curator=curator)
+            ),
+            top_score=Subquery(passages.order_by("rank").values("score")[:1]),
+            passage_count=Subquery(passages.values("turn").annotate(n=Count("pk")).values("n")[:1]),
+        )
+    )
+
+
+@require_GET
+@knowledge_base_page
+def queue(request, knowledge_base: KnowledgeBase):
+    queue_filter, errors = _queue_filter_from(request.GET)
+    turns = turn_queue_list(knowledge_base=knowledge_base, curator=request.user, queue_filter=queue_filter)
+    page = Paginator(_queue_rows(turns, curator=request.user), QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
+    for turn in page:
+        turn.tier_name, turn.tier_class = QUEUE_TIERS.get(turn.queue_tier, QUEUE_TIERS[2])
+    params = request.GET.copy()
+    params.pop("page", None)
+    context = {
+        "kb": knowledge_base,
+        "page": page,
+        "filter": queue_filter,
+        "filter_values": {
+            "from": request.GET.get("from", ""),
+            "to": request.GET.get("to", ""),
+            "feedback": queue_filter.feedback,
+            "status": queue_filter.status,
+            "q": queue_filter.search,
+        },
+        "feedback_choices": FEEDBACK_CHOICES,
+        "status_choices": STATUS_CHOICES,
+        "filter_query": params.urlencode(),
+        "errors": errors,
+        "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
+        .exclude(labels__curator=request.user)
+        .count(),
+    }
+    template = "curation/workbench/_queue_table.html" if _is_fragment_request(request) else "curation/workbench/queue.html"
+    response = render(request, template, context, status=400 if errors else 200)
+    return fragment(response)
+
+
+@require_GET
+@knowledge_base_page
+def judge_next(request, knowledge_base: KnowledgeBase):
+    """Hand the curator the next turn (held for them) and send them to its judging page."""
+    turn = turn_next(knowledge_base=knowledge_base, curator=request.user)
+    if turn is None:
+        return render(request, "curation/workbench/queue_empty.html", {"kb": knowledge_base})
+    return redirect("turn_judge", slug=knowledge_base.slug, turn_id=turn.pk)
+
+
+def _turn_of(knowledge_base: KnowledgeBase, turn_id: int) -> Turn:
+    return get_object_or_404(Turn.objects.select_related("knowledge_base"), pk=turn_id, knowledge_base=knowledge_base)
+
+
+def _guidelines_html(knowledge_base: KnowledgeBase) -> str:
+    if not knowledge_base.guidelines.strip():
+        return ""
+    html = markdown.markdown(knowledge_base.guidelines, extensions=["sane_lists"])
+    return nh3.clean(html, tags=GUIDELINE_TAGS, url_schemes={"http", "https", "mailto"})
+
+
+@require_GET
+@knowledge_base_page
+def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
+    turn = _turn_of(knowledge_base, turn_id)
+    payload, base_version, source = label_for_editing(turn=turn, curator=request.user)
+    passages = list(turn.passages.order_by("rank"))
+    judged = payload.get("passages") or {}
+    attached_relevance = {
+        item["chunk_id"]: item.get("relevance", Relevance.RELEVANT)
+        for item in payload.get("attached") or []
+        if isinstance(item, dict) and isinstance(item.get("chunk_id"), int)
+    }
+    attached_chunks = Chunk.objects.filter(pk__in=attached_relevance, knowledge_base=knowledge_base).select_related("document")
+    attached = [
+        {"chunk": chunk, "relevance": attached_relevance[chunk.pk]}
+        for chunk in sorted(attached_chunks, key=lambda chunk: list(attached_relevance).index(chunk.pk))
+    ]
+    state = {
+        "turn_id": turn.pk,
+        "knowledge_base": knowledge_base.slug,
+        "curator_id": request.user.pk,
+        "payload": payload,
+        "base_version": base_version,
+        "source": source,
+        "urls": {
+            "draft": reverse("turn_label_draft", args=[knowledge_base.slug, turn.pk]),
+            "submit": reverse("turn_label_submit", args=[knowledge_base.slug, turn.pk]),
+            "search": reverse("turn_search", args=[knowledge_base.slug, turn.pk]),
+            "preload": reverse("turn_preload_next", args=[knowledge_base.slug, turn.pk]),
+            "next": reverse("kb_judge_next", args=[knowledge_base.slug]),
+        },
+    }
+    tier_name, tier_class = QUEUE_TIERS.get(turn.queue_tier, QUEUE_TIERS[2])
+    context = {
+        "kb": knowledge_base,
+        "turn": turn,
+        "tier_name": tier_name,
+        "tier_class": tier_class,
+        "passage_rows": [{"passage": p, "relevance": judged.get(str(p.pk), "")} for p in passages],
+        "attached": attached,
+        "payload": payload,
+        "base_version": base_version,
+        "source": source,
+        "state": state,
+        "relevance_choices": RELEVANCE_CHOICES,
+        "answer_choices": ANSWER_CHOICES,
+        "guidelines_html": _guidelines_html(knowledge_base),
+        "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
+        .exclude(labels__curator=request.user)
+        .count(),
+    }
+    return render(request, "curation/workbench/judge.html", context)
+
+
+def _label_request_body(request) -> tuple[dict, int | None]:
+    """(payload, base version) from a JSON body, or from form fields `payload` (JSON) and
+    `base_version`: navigator.sendBeacon cannot set the CSRF header, so drafts sent while the
+    page closes come as a form with the CSRF token in it."""
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise InvalidInput("The request body must be a JSON object.")
+        payload, base_version = body.get("payload"), body.get("base_version")
+    else:
+        try:
+            payload = json.loads(request.POST.get("payload", ""))
+        except ValueError:
+            raise InvalidInput("payload is not valid JSON.") from None
+        base_version = request.POST.get("base_version")
+    if base_version in (None, ""):
+        return payload, None
+    try:
+        base_version = int(base_version)
+    except (TypeError, ValueError):
+        raise InvalidInput("base_version must be an integer.") from None
+    if base_version < 0:
+        raise InvalidInput("base_version must not be negative.")
+    return payload, base_version
+
+
+def _error_response(error: ServiceError) -> JsonResponse:
+    return JsonResponse({"error": str(error)}, status=error.status_code)
+
+
+@require_POST
+@knowledge_base_page
+def turn_label_draft(request, knowledge_base: KnowledgeBase, turn_id: int):
+    turn = _turn_of(knowledge_base, turn_id)
+    try:
+        payload, base_version = _label_request_body(request)
+        if base_version is None:
+            raise InvalidInput("A draft needs the base_version it started from.")
+        draft = label_draft_save(turn=turn, curator=request.user, payload=payload, base_version=base_version)
+    except ServiceError as error:
+        return _error_response(error)
+    return JsonResponse({"saved_at": draft.updated_at.isoformat(), "base_version": draft.base_version})
+
+
+def _next_turn_answer(knowledge_base: KnowledgeBase, turn: Turn | None) -> dict:
+    if turn is None:
+        return {"next_turn_id": None, "next_url": reverse("kb_judge_next", args=[knowledge_base.slug])}
+    return {"next_turn_id": turn.pk, "next_url": reverse("turn_judge", args=[knowledge_base.slug, turn.pk])}
+
+
+@require_POST
+@knowledge_base_page
+def turn_label_submit(request, knowledge_base: KnowledgeBase, turn_id: int):
+    """Submit (or skip, with a reason) the curator's label; the answer names the next turn."""
+    turn = _turn_of(knowledge_base, turn_id)
+    try:
+        payload, base_version = _label_request_body(request)
+        data = LabelInput.from_payload(payload)
+        # label_submit has no expected-version argument yet; until it does, refuse here a
+        # submit from a page that predates a label submitted elsewhere (another tab), as
+        # label_draft_save does for drafts. (A race between two submits is still possible.)
+        current = Label.objects.filter(turn=turn, curator=request.user).values_list("version", flat=True).first() or 0
+        if base_version is not None and current > base_version:
+            raise Conflict(f"A newer label (version {current}) was submitted after this page was opened; reload to see it.")
+        label = label_submit(turn=turn, curator=request.user, data=data)
+    except ServiceError as error:
+        return _error_response(error)
+    next_turn = turn_next(knowledge_base=knowledge_base, curator=request.user)
+    return JsonResponse({"label_id": label.pk, "version": label.version, "skipped": label.skipped,
+                         **_next_turn_answer(knowledge_base, next_turn)})
+
+
+@require_POST
+@knowledge_base_page
+def turn_preload_next(request, knowledge_base: KnowledgeBase, turn_id: int):
+    """Hold the turn after this one now, so the page can fetch it while the curator works."""
+    turn = _turn_of(knowledge_base, turn_id)
+    next_turn = turn_next(knowledge_base=knowledge_base, curator=request.user, exclude=[turn.pk])
+    return JsonResponse(_next_turn_answer(knowledge_base, next_turn))
+
+
+@require_GET
+@knowledge_base_page
+def turn_search(request, knowledge_base: KnowledgeBase, turn_id: int):
+    """Search fragment: chunks of the knowledge base to attach to the turn's label."""
+    turn = _turn_of(knowledge_base, turn_id)
+    query = request.GET.get("q", "")
+    context = {"kb": knowledge_base, "turn": turn, "query": query.strip(), "hits": []}
+    status = 200
+    if query.strip():
+        try:
+            hits = chunks_search(knowledge_base=knowledge_base, query=query, k=10)
+        except ServiceError as error:
+            context["error"], status = str(error), error.status_code
+        else:
+            retrieved = dict(turn.passages.exclude(chunk=None).values_list("chunk_id", "rank"))
+            context["hits"] = [{"hit": hit, "retrieved_rank": retrieved.get(hit.chunk_id)} for hit in hits]
+    return fragment(render(request, "curation/workbench/_search_results.html", context, status=status))
+
+
+urlpatterns = [
+    path("kbs/<slug:slug>/queue/", queue, name="kb_queue"),
+    path("kbs/<slug:slug>/judge/", judge_next, name="kb_judge_next"),
+    path("kbs/<slug:slug>/turns/<int:turn_id>/judge/", turn_judge, name="turn_judge"),
+    path("kbs/<slug:slug>/turns/<int:turn_id>/draft/", turn_label_draft, name="turn_label_draft"),
+    path("kbs/<slug:slug>/turns/<int:turn_id>/label/", turn_label_submit, name="turn_label_submit"),
+    path("kbs/<slug:slug>/turns/<int:turn_id>/next/", turn_preload_next, name="turn_preload_next"),
+    path("kbs/<slug:slug>/turns/<int:turn_id>/search/", turn_search, name="turn_search"),
+]
