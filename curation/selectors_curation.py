@@ -443,7 +443,8 @@ def guidelines_html(markdown_text: str) -> str:
     if not markdown_text.strip():
         return ""
     rendered = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", "sane_lists"])
-    return nh3.clean(rendered)
+    # No images (they would load from anywhere while a curator works) and only web/mail links.
+    return nh3.clean(rendered, tags=nh3.ALLOWED_TAGS - {"img", "area", "map"}, url_schemes={"http", "https", "mailto"})
 
 
 # --- invitations -------------------------------------------------------------------------

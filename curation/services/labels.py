@@ -140,16 +140,25 @@ def _validate_against_turn(turn: Turn, data: LabelInput) -> dict[int, Chunk]:
     return chunks
 
 
-def label_submit(*, turn: Turn, curator, data: LabelInput, imported: bool = False) -> Label:
+def label_submit(
+    *, turn: Turn, curator, data: LabelInput, imported: bool = False, expected_version: int | None = None
+) -> Label:
     """Create or update the curator's label of the turn, record the change, drop the draft.
 
     A label is stored even when the curator's hold has expired: no label is ever dropped.
+    `expected_version` is the label version the curator's page started from; a submit from
+    a page that predates a newer label (another tab) is refused with Conflict, not applied.
     """
     chunks = _validate_against_turn(turn, data)
     with transaction.atomic():
         # Lock the turn: its label counts and dispute flag are recomputed below.
         turn = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
         label = Label.objects.select_for_update().filter(turn=turn, curator=curator).first()
+        current_version = label.version if label else 0
+        if expected_version is not None and current_version > expected_version:
+            raise Conflict(
+                f"A newer label (version {current_version}) was submitted after this page was opened; reload to see it."
+            )
         before = label_payload(label) if label else None
         if label is None:
             label = Label(turn=turn, curator=curator, version=1)

@@ -109,6 +109,13 @@ def turn_next(*, knowledge_base: KnowledgeBase, curator, exclude: list[int] | tu
     return candidate
 
 
+def turn_hold_take(*, turn: Turn, curator) -> TurnHold:
+    """Hold a turn the curator opened directly (from the queue page or a link), as "next" would."""
+    expires = timezone.now() + timedelta(minutes=turn.knowledge_base.hold_minutes)
+    hold, _ = TurnHold.objects.update_or_create(turn=turn, curator=curator, defaults={"expires_at": expires})
+    return hold
+
+
 def turn_hold_release(*, turn: Turn, curator) -> None:
     TurnHold.objects.filter(turn=turn, curator=curator).delete()
 

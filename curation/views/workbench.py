@@ -5,8 +5,6 @@ passage the retriever missed. Views check access, call a service, render or answ
 import json
 from datetime import date
 
-import markdown
-import nh3
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, OuterRef, Subquery
 from django.http import JsonResponse
@@ -15,10 +13,11 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from curation.errors import Conflict, InvalidInput, ServiceError
+from curation.errors import InvalidInput, ServiceError
 from curation.models import AnswerRating, Chunk, KnowledgeBase, Label, Relevance, RetrievedPassage, Turn, TurnHold
 from curation.services.labels import LabelInput, label_draft_save, label_for_editing, label_submit
-from curation.services.queue import QueueFilter, turn_next, turn_queue_list
+from curation.services.queue import QueueFilter, turn_hold_take, turn_next, turn_queue_list
+from curation.selectors_curation import guidelines_html
 from curation.services.search import chunks_search
 from curation.views.access import fragment, knowledge_base_page
 
@@ -44,7 +43,6 @@ FEEDBACK_CHOICES = [("any", "Any"), ("negative", "Negative"), ("positive", "Posi
 STATUS_CHOICES = [("all", "All"), ("unlabelled", "Unlabelled"), ("labelled_by_me", "Labelled by me"), ("disputed", "Disputed")]
 # Guidelines are Markdown written by admins; rendered HTML keeps text formatting and links only
 # (no images: a self-hosted tool should not fetch from elsewhere).
-GUIDELINE_TAGS = nh3.ALLOWED_TAGS - {"img", "area", "map"}
 
 
 def _is_fragment_request(request) -> bool:
@@ -145,17 +143,11 @@ def _turn_of(knowledge_base: KnowledgeBase, turn_id: int) -> Turn:
     return get_object_or_404(Turn.objects.select_related("knowledge_base"), pk=turn_id, knowledge_base=knowledge_base)
 
 
-def _guidelines_html(knowledge_base: KnowledgeBase) -> str:
-    if not knowledge_base.guidelines.strip():
-        return ""
-    html = markdown.markdown(knowledge_base.guidelines, extensions=["sane_lists"])
-    return nh3.clean(html, tags=GUIDELINE_TAGS, url_schemes={"http", "https", "mailto"})
-
-
 @require_GET
 @knowledge_base_page
 def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
     turn = _turn_of(knowledge_base, turn_id)
+    turn_hold_take(turn=turn, curator=request.user)  # opened from the queue or a link: hold it too
     payload, base_version, source = label_for_editing(turn=turn, curator=request.user)
     passages = list(turn.passages.order_by("rank"))
     judged = payload.get("passages") or {}
@@ -198,7 +190,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "state": state,
         "relevance_choices": RELEVANCE_CHOICES,
         "answer_choices": ANSWER_CHOICES,
-        "guidelines_html": _guidelines_html(knowledge_base),
+        "guidelines_html": guidelines_html(knowledge_base.guidelines),
         "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
         .exclude(labels__curator=request.user)
         .count(),
@@ -267,13 +259,7 @@ def turn_label_submit(request, knowledge_base: KnowledgeBase, turn_id: int):
     try:
         payload, base_version = _label_request_body(request)
         data = LabelInput.from_payload(payload)
-        # label_submit has no expected-version argument yet; until it does, refuse here a
-        # submit from a page that predates a label submitted elsewhere (another tab), as
-        # label_draft_save does for drafts. (A race between two submits is still possible.)
-        current = Label.objects.filter(turn=turn, curator=request.user).values_list("version", flat=True).first() or 0
-        if base_version is not None and current > base_version:
-            raise Conflict(f"A newer label (version {current}) was submitted after this page was opened; reload to see it.")
-        label = label_submit(turn=turn, curator=request.user, data=data)
+        label = label_submit(turn=turn, curator=request.user, data=data, expected_version=base_version)
     except ServiceError as error:
         return _error_response(error)
     next_turn = turn_next(knowledge_base=knowledge_base, curator=request.user)

@@ -170,3 +170,23 @@ def test_disagreeing_labels_make_a_turn_disputed(knowledge_base, curators):
     assert turn.disputed and not turn.needs_labels
     listed = turn_queue_list(knowledge_base=knowledge_base, curator=alice, queue_filter=QueueFilter(status="disputed"))
     assert [t.pk for t in listed] == [turn.pk]
+
+
+def test_a_submit_from_a_page_older_than_the_label_is_refused(knowledge_base, curators):
+    turns = _turns(knowledge_base, [("t", None, [0.9, 0.1])])
+    turn, alice = turns["t"], curators[0]
+    label_submit(turn=turn, curator=alice, data=LabelInput(answer_rating="correct"), expected_version=0)
+    with pytest.raises(Conflict, match="version 1"):
+        label_submit(turn=turn, curator=alice, data=LabelInput(answer_rating="wrong"), expected_version=0)
+    assert Label.objects.get().answer_rating == "correct"
+    assert label_submit(turn=turn, curator=alice, data=LabelInput(answer_rating="wrong"), expected_version=1).version == 2
+
+
+def test_opening_a_turn_directly_holds_it(knowledge_base, curators):
+    from curation.services.queue import turn_hold_take
+
+    turns = _turns(knowledge_base, [("t", None, [0.9, 0.1])])
+    alice, bob, _ = curators
+    turn_hold_take(turn=turns["t"], curator=alice)
+    assert turn_next(knowledge_base=knowledge_base, curator=bob) is None
+    assert turn_next(knowledge_base=knowledge_base, curator=alice).pk == turns["t"].pk
