@@ -1,0 +1,378 @@
+"""Generator fine-tuning: LoRA adapters for a local Hugging Face causal LM, in RA-DIT or RAFT style.
+
+Training examples are (prompt, target) pairs built with rag.generation.build_prompt, so the
+model learns on exactly the prompt layout HFGenerator serves with; the loss covers only
+the answer tokens and a closing EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
+from rag.training import (
+    ProgressCallback,
+    StopCheck,
+    linear_schedule,
+    pick_device,
+    raise_if_cancelled,
+    seed_everything,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+GENERATOR_DESCRIPTION = "generator.json"
+GENERATOR_TRAINING_MODES = ("radit", "raft", "custom")
+TRAINING_PAD_TOKEN = "<|pad|>"
+IGNORED_LABEL = -100  # the index torch's cross-entropy skips
+
+# Attention projection names by model family, most specific first: LoRA on the attention
+# projections is the usual, cheap choice (the LoRA paper adapts W_q and W_v).
+ATTENTION_PROJECTIONS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "v_proj"),  # Llama, Mistral, Qwen, Gemma, OPT, Phi-2
+    ("c_attn",),  # GPT-2 (a fused query/key/value Conv1D)
+    ("query_key_value",),  # GPT-NeoX, Falcon, BLOOM
+    ("qkv_proj",),  # Phi-3
+    ("Wqkv",),  # MPT
+    ("query", "value"),
+    ("q", "v"),  # T5-style
+)
+
+
+@dataclass(frozen=True)
+class GeneratorTrainingExample:
+    """A curated question with its gold answer and the passages to train with.
+
+    RA-DIT mode: `passages` are the top-k retrieved chunks. RAFT mode: the context documents
+    the caller assembled (oracle plus distractors), and `cot_answer` the chain-of-thought
+    answer quoting them, when there is one.
+    """
+
+    query: str
+    answer: str
+    passages: list[str]
+    cot_answer: str | None = None
+
+
+@dataclass
+class GeneratorTrainingResult:
+    """Where a trained adapter was saved, how its loss went, and what it was trained with."""
+
+    output_path: Path
+    training_curve: list[dict[str, float]]
+    parameters: dict[str, Any]
+    steps: int
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Token ids of prompt + target, and labels that are IGNORED_LABEL everywhere but the target."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+# --- training pairs --------------------------------------------------------------------
+
+
+def build_radit_examples(examples: Sequence[GeneratorTrainingExample]) -> list[tuple[str, str]]:
+    """RA-DIT LM-ft pairs: one (prompt, answer) per retrieved chunk, the chunk alone as context.
+
+    Seeing each chunk separately, good and bad, teaches the model to use a relevant passage
+    and to fall back on what it knows when the passage is not. An example with no chunks
+    still yields one pair, with the empty-context prompt.
+    """
+    pairs = []
+    for example in examples:
+        contexts = [[ContextPassage(text=chunk)] for chunk in example.passages] or [[]]
+        pairs.extend((build_prompt(query=example.query, passages=context), example.answer) for context in contexts)
+    return pairs
+
+
+def build_raft_examples(examples: Sequence[GeneratorTrainingExample]) -> list[tuple[str, str]]:
+    """RAFT pairs: one per example, all its documents in the prompt, the chain of thought as target."""
+    return [
+        (
+            build_prompt(query=example.query, passages=[ContextPassage(text=text) for text in example.passages]),
+            example.cot_answer or example.answer,
+        )
+        for example in examples
+    ]
+
+
+# --- tokenisation ----------------------------------------------------------------------
+
+
+def ensure_distinct_pad_token(tokenizer: Any) -> bool:
+    """Give the tokenizer a padding token that is not EOS; True if one had to be added.
+
+    With pad == EOS, a collator that masks padding by token id also masks the EOS that
+    ends each answer, and the model never learns to stop.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the generator's tokenizer has no EOS token, so it cannot learn where answers end")
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    tokenizer.add_special_tokens({"pad_token": TRAINING_PAD_TOKEN})
+    return True
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of `prompt` as HFGenerator feeds it: in the chat format when the model has one."""
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The chat template already holds any BOS token.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def tokenize_pair(tokenizer: Any, *, prompt: str, target: str, max_length: int) -> TokenizedPair:
+    """Prompt and target ids, EOS after the target, cut to max_length.
+
+    The target is tokenised on its own, as HFGenerator.answer_log_likelihood does, so the
+    training loss and the evaluation score read the same tokens. An over-long prompt loses
+    its beginning (the oldest context), never the query at its end.
+    """
+    if max_length < 2:
+        raise ValueError("max_length must leave room for at least one prompt and one target token")
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    # An answer longer than the window is cut, EOS included: it did not end there.
+    target_ids = target_ids[: max_length - 1]
+    prompt_ids = prompt_ids[-(max_length - len(target_ids)) :]
+    return TokenizedPair(
+        input_ids=prompt_ids + target_ids,
+        labels=[IGNORED_LABEL] * len(prompt_ids) + target_ids,
+    )
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair], *, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A right-padded batch: input_ids, attention_mask, and labels with padding ignored.
+
+    Right padding keeps every real token before the padding, so under causal attention no
+    real position ever sees a pad token.
+    """
+    import torch
+
+    width = max(len(pair.input_ids) for pair in pairs)
+    input_ids, attention_mask, labels = [], [], []
+    for pair in pairs:
+        padding = width - len(pair.input_ids)
+        input_ids.append(pair.input_ids + [pad_token_id] * padding)
+        attention_mask.append([1] * len(pair.input_ids) + [0] * padding)
+        labels.append(pair.labels + [IGNORED_LABEL] * padding)
+    return {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+
+
+def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor, *, vocabulary_size: int) -> torch.Tensor:
+    """Mean cross-entropy of the labelled (answer) tokens; the logits at i predict token i + 1.
+
+    Only the first `vocabulary_size` logits count: a pad row added for training is not part
+    of the vocabulary the model answers with, so it must not take probability mass here.
+    """
+    import torch
+
+    predictions = logits[:, :-1, :vocabulary_size].float()
+    return torch.nn.functional.cross_entropy(
+        predictions.reshape(-1, vocabulary_size), labels[:, 1:].reshape(-1), ignore_index=IGNORED_LABEL
+    )
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+def attention_projection_names(language_model: Any) -> list[str]:
+    """The attention projection module names of a model's family, for LoRA to adapt."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    present = {
+        name.rsplit(".", 1)[-1]
+        for name, module in language_model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D)
+    }
+    for candidates in ATTENTION_PROJECTIONS:
+        if all(name in present for name in candidates):
+            return list(candidates)
+    raise ValueError(
+        "could not find the attention projections of this model; pass target_modules, "
+        f"choosing from its linear layers: {', '.join(sorted(present))}"
+    )
+
+
+def load_trained_generator(path: str | Path) -> tuple[Path, Path]:
+    """(base model directory, adapter directory) of a trained generator, for HFGenerator."""
+    path = Path(path)
+    description_path = path / GENERATOR_DESCRIPTION
+    try:
+        description = json.loads(description_path.read_text(encoding="utf-8"))
+        return Path(description["base_model_path"]), path
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not a trained generator: {GENERATOR_DESCRIPTION} is missing") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{description_path} is not a valid generator description: {error}") from None
+
+
+def train_lora(
+    *,
+    base_model_path: str | Path,
+    pairs: Sequence[tuple[str, str]],
+    output_path: str | Path,
+    mode: str = "custom",
+    epochs: int = 1,
+    learning_rate: float = 1e-4,
+    warmup_ratio: float = 0.0,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    batch_size: int = 4,
+    max_length: int = 512,
+    seed: int = 0,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> GeneratorTrainingResult:
+    """Train a LoRA adapter on (prompt, target) pairs and save it for HFGenerator.
+
+    `mode` records how the pairs were built ("radit", "raft" or "custom"). The output folder
+    holds the peft adapter, the base model's tokenizer and generator.json; load it with
+    HFGenerator(model_path=base_model_path, adapter_path=output_path).
+
+    Padding: when the tokenizer has no pad token distinct from EOS, TRAINING_PAD_TOKEN is
+    added and the embeddings grow by a row for training only. The pad row is never read by a
+    real position (right padding, causal attention) and is left out of the loss's softmax,
+    so the adapter is exact on the unresized base model: only the LoRA weights are saved,
+    together with the base's own tokenizer, and the adapter loads on the base as it is.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.pytorch_utils import Conv1D
+
+    if mode not in GENERATOR_TRAINING_MODES:
+        valid = ", ".join(GENERATOR_TRAINING_MODES)
+        raise ValueError(f"unknown generator training mode {mode!r}; valid modes: {valid}")
+    if not pairs:
+        raise ValueError("LoRA training needs at least one (prompt, target) pair")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be at least 1")
+    base_model_path = Path(base_model_path)
+    if not base_model_path.is_dir():
+        # Without this check transformers would treat the path as a hub name.
+        raise FileNotFoundError(f"generator model directory not found: {base_model_path}")
+
+    device = pick_device(device)
+    seed_everything(seed)
+    output_path = Path(output_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
+    # Half precision on a GPU that has bf16; CPUs train in float32, which is also their fast path.
+    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    language_model = AutoModelForCausalLM.from_pretrained(base_model_path, local_files_only=True, dtype=dtype)
+
+    vocabulary_size = language_model.get_input_embeddings().weight.shape[0]
+    pad_token_added = ensure_distinct_pad_token(tokenizer)
+    embeddings_resized = len(tokenizer) > vocabulary_size
+    if embeddings_resized:
+        # The pad row's values never matter (see the docstring), so skip the costly mean init.
+        language_model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+
+    # GPT-2 style configs map max_position_embeddings to n_positions.
+    window = getattr(language_model.config, "max_position_embeddings", None)
+    max_length = min(max_length, window) if window else max_length
+    tokenized = [
+        tokenize_pair(tokenizer, prompt=prompt, target=target, max_length=max_length) for prompt, target in pairs
+    ]
+
+    target_modules = list(target_modules) if target_modules else attention_projection_names(language_model)
+    # GPT-2's projections are Conv1D, whose weight is stored transposed.
+    fan_in_fan_out = any(
+        isinstance(module, Conv1D)
+        for name, module in language_model.named_modules()
+        if name.rsplit(".", 1)[-1] in target_modules
+    )
+    lora_config = LoraConfig(
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules,
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    language_model = get_peft_model(language_model, lora_config)
+    language_model.to(device)
+
+    trainable = [parameter for parameter in language_model.parameters() if parameter.requires_grad]
+    total_steps = epochs * math.ceil(len(tokenized) / batch_size)
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate)
+    schedule = linear_schedule(optimizer, total_steps=total_steps, warmup_ratio=warmup_ratio)
+    # A private generator: the order depends on the seed alone, not on what else drew numbers.
+    shuffler = random.Random(seed)
+    curve: list[dict[str, float]] = []
+    language_model.train()
+    for epoch in range(1, epochs + 1):
+        order = list(tokenized)
+        shuffler.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            step = len(curve) + 1
+            raise_if_cancelled(should_stop, step=step)
+            batch = collate_pairs(order[start : start + batch_size], pad_token_id=tokenizer.pad_token_id)
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            logits = language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = answer_token_loss(logits, batch["labels"], vocabulary_size=vocabulary_size)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, max_norm=1.0)
+            optimizer.step()
+            schedule.step()
+            point = {"step": step, "loss": float(loss.detach())}
+            curve.append(point)
+            if progress is not None:
+                progress(step / total_steps, {**point, "epoch": epoch})
+    language_model.eval()
+
+    output_path.mkdir(parents=True, exist_ok=True)
+    # Only the LoRA weights: the training pad row is not part of the served model (see above).
+    language_model.save_pretrained(str(output_path), save_embedding_layers=False)
+    AutoTokenizer.from_pretrained(base_model_path, local_files_only=True).save_pretrained(output_path)
+    parameters = {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "warmup_ratio": warmup_ratio,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "target_modules": target_modules,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "seed": seed,
+        "pairs": len(pairs),
+    }
+    description = {
+        "format": "peft-lora",
+        "base_model_path": str(base_model_path),
+        "mode": mode,
+        "parameters": parameters,
+        "training_pad_token": TRAINING_PAD_TOKEN if pad_token_added else tokenizer.pad_token,
+        "pad_token_added_for_training": pad_token_added,
+        "embeddings_resized_for_training": embeddings_resized,
+    }
+    (output_path / GENERATOR_DESCRIPTION).write_text(
+        json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return GeneratorTrainingResult(
+        output_path=output_path, training_curve=curve, parameters=parameters, steps=len(curve)
+    )
