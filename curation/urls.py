@@ -6,6 +6,7 @@ from django.urls import path
 from curation.views import knowledge_bases
 from curation.views import workbench
 from curation.views import review
+from curation.views import label_io
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -14,4 +15,5 @@ urlpatterns = [
     *knowledge_bases.urlpatterns,
     *workbench.urlpatterns,
     *review.urlpatterns,
+    *label_io.urlpatterns,
 ]
