@@ -20,7 +20,7 @@ from pydantic import AfterValidator, Field, FiniteFloat, StrictInt
 
 from curation.errors import InvalidInput, NotFound, ServiceError
 from curation.models import ApiToken, EmbeddingJob, KnowledgeBase, Turn
-from curation.selectors import embedding_space_for, knowledge_base_get, passages_retrieve
+from curation.selectors import knowledge_base_get, passages_retrieve, retriever_for
 from curation.services.documents import documents_ingest
 from curation.services.tokens import api_token_authenticate, api_token_can_access
 from curation.services.turns import PassageRecord, TurnRecord, turn_ask, turn_feedback_set, turns_ingest
@@ -347,10 +347,12 @@ def ask(request, slug: str, payload: AskIn):
 def retrieve(request, slug: str, payload: RetrieveIn):
     """Passages only; nothing is logged. `retriever_version` picks a ready non-live version."""
     knowledge_base = _knowledge_base_for(request, slug)
-    space = embedding_space_for(knowledge_base=knowledge_base, retriever_version=payload.retriever_version)
-    passages = passages_retrieve(space=space, query=payload.query, k=payload.k)
+    retriever = retriever_for(knowledge_base=knowledge_base, retriever_version=payload.retriever_version)
+    passages = passages_retrieve(
+        space=retriever.space, query=payload.query, k=payload.k, query_model_reference=retriever.query_model_reference
+    )
     return {
-        "retriever_version": space.retriever_version,
+        "retriever_version": retriever.version,
         "passages": [
             {
                 "rank": p.rank,

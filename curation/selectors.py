@@ -45,8 +45,49 @@ def embedding_space_for(*, knowledge_base: KnowledgeBase, retriever_version: str
     return space
 
 
-def passages_retrieve(*, space: EmbeddingSpace, query: str, k: int) -> list[RetrievedChunk]:
+@dataclass(frozen=True)
+class RetrieverChoice:
+    """What serves retrieval: the version name logged on turns, the space holding the document
+    vectors, and the query encoder (a query-only version shares its parent's space)."""
+
+    version: str
+    space: EmbeddingSpace
+    query_model_reference: str
+
+
+def retriever_for(*, knowledge_base: KnowledgeBase, retriever_version: str | None = None) -> RetrieverChoice:
+    """The live retriever (a promoted model version, else the base space), or a named one.
+
+    A named version must be ready: its space fully embedded. Model versions live in the
+    training app; they are looked up here so that serving reads one source of truth.
+    """
+    from training.models import Component, ModelVersion  # training depends on curation, not the reverse
+
+    versions = ModelVersion.objects.filter(knowledge_base=knowledge_base, component=Component.RETRIEVER).select_related(
+        "embedding_space"
+    )
+    if not retriever_version:
+        live = versions.filter(status=ModelVersion.Status.LIVE).first()
+        if live is not None and live.embedding_space is not None:
+            return RetrieverChoice(live.name, live.embedding_space, live.query_model_reference or live.embedding_space.model_reference)
+        space = embedding_space_for(knowledge_base=knowledge_base)
+        return RetrieverChoice(space.retriever_version, space, space.model_reference)
+    named = versions.filter(name=retriever_version).first()
+    if named is None:
+        space = embedding_space_for(knowledge_base=knowledge_base, retriever_version=retriever_version)
+        return RetrieverChoice(space.retriever_version, space, space.model_reference)
+    if named.embedding_space is None or named.embedding_space.status != EmbeddingSpace.Status.READY:
+        raise InvalidInput(f"Retriever version {retriever_version!r} is not ready to serve (its chunks are still being embedded).")
+    return RetrieverChoice(named.name, named.embedding_space, named.query_model_reference or named.embedding_space.model_reference)
+
+
+def passages_retrieve(
+    *, space: EmbeddingSpace, query: str, k: int, query_model_reference: str | None = None
+) -> list[RetrievedChunk]:
     """The k chunks nearest to the query by cosine similarity, best first.
+
+    The query is encoded with `query_model_reference` (a query-only retriever version's own
+    encoder), or with the space's model.
 
     Small spaces are scanned exactly; past RAGLOOP_EXACT_SEARCH_MAX_CHUNKS the space's
     partial HNSW index answers, with ef_search raised to at least 2k so a top-k query gets
@@ -56,7 +97,7 @@ def passages_retrieve(*, space: EmbeddingSpace, query: str, k: int) -> list[Retr
         raise InvalidInput("The query is empty.")
     if not 1 <= k <= settings.RAGLOOP_MAX_K:
         raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
-    embedder = load_embedder(retriever_model_path(space.model_reference))
+    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
     query_vector = as_vector_literal(embedder.encode_queries([query])[0])
     dims = int(space.dimensions)
     if space.hnsw_index_built:

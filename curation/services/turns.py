@@ -11,7 +11,7 @@ from django.db import transaction
 
 from curation.errors import InvalidInput, UpstreamError
 from curation.models import Document, KnowledgeBase, RetrievedPassage, Turn
-from curation.selectors import embedding_space_for, passages_retrieve
+from curation.selectors import passages_retrieve, retriever_for
 from curation.services.queue import turn_queue_position, turn_queue_refresh
 from rag.generation import ContextPassage, GeneratorError, make_generator
 
@@ -19,24 +19,39 @@ MAX_TURNS_PER_BATCH = 1000
 
 
 @functools.lru_cache(maxsize=8)
-def _generator(backend: str, model: str):
+def _generator(backend: str, model: str, adapter_path: str = ""):
     # A local model loads once per process, not once per question.
-    return make_generator(backend=backend, model=model)
+    return make_generator(backend=backend, model=model, options={"adapter_path": adapter_path} if adapter_path else None)
+
+
+def generator_for(*, knowledge_base: KnowledgeBase):
+    """(generator, version name): the live generator model version, else the KB's configured one."""
+    from training.models import Component, ModelVersion  # training depends on curation, not the reverse
+
+    live = ModelVersion.objects.filter(
+        knowledge_base=knowledge_base, component=Component.GENERATOR, status=ModelVersion.Status.LIVE
+    ).first()
+    if live is not None:
+        return _generator(live.generator_backend, live.generator_model, live.generator_adapter_path), live.name
+    return _generator(knowledge_base.generator_backend, knowledge_base.generator_model), knowledge_base.generator_version
 
 
 def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
     """Retrieve with the live retriever, generate with the KB's generator, store the turn."""
     started = time.perf_counter()
-    space = embedding_space_for(knowledge_base=knowledge_base)
-    retrieved = passages_retrieve(space=space, query=query, k=k)
+    retriever = retriever_for(knowledge_base=knowledge_base)
+    retrieved = passages_retrieve(
+        space=retriever.space, query=query, k=k, query_model_reference=retriever.query_model_reference
+    )
+    generator_version = knowledge_base.generator_version
     try:
-        generator = _generator(knowledge_base.generator_backend, knowledge_base.generator_model)
+        generator, generator_version = generator_for(knowledge_base=knowledge_base)
         answer = generator.generate(
             query=query,
             passages=[ContextPassage(text=p.text, title=p.title, source_id=p.document_external_id) for p in retrieved],
         )
     except (GeneratorError, ValueError) as error:
-        raise UpstreamError(f"The generator ({knowledge_base.generator_version}) failed: {error}") from error
+        raise UpstreamError(f"The generator ({generator_version}) failed: {error}") from error
     latency_ms = (time.perf_counter() - started) * 1000
     queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in retrieved])
     with transaction.atomic():
@@ -47,8 +62,8 @@ def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
             source=Turn.Source.SERVED,
             query=query,
             answer=answer.text,
-            retriever_version=space.retriever_version,
-            generator_version=knowledge_base.generator_version,
+            retriever_version=retriever.version,
+            generator_version=generator_version,
             latency_ms=latency_ms,
             metadata={"cited_passages": answer.cited_passages},
         )

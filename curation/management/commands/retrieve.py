@@ -10,7 +10,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from curation.management.cli import service_errors_as_command_errors
-from curation.selectors import embedding_space_for, knowledge_base_get, passages_retrieve
+from curation.selectors import knowledge_base_get, passages_retrieve, retriever_for
 
 
 def _read_queries(path: Path) -> list[tuple[str, str]]:
@@ -55,19 +55,25 @@ class Command(BaseCommand):
         if (query is None) == (queries is None):
             raise CommandError("give either a query or --queries FILE.jsonl", returncode=2)
         with service_errors_as_command_errors():
-            space = embedding_space_for(knowledge_base=knowledge_base_get(slug=kb), retriever_version=retriever_version)
+            retriever = retriever_for(knowledge_base=knowledge_base_get(slug=kb), retriever_version=retriever_version)
+
+            def search(text: str):
+                return passages_retrieve(
+                    space=retriever.space, query=text, k=k, query_model_reference=retriever.query_model_reference
+                )
+
             if queries is not None:
                 for query_id, text in _read_queries(queries):
-                    passages = passages_retrieve(space=space, query=text, k=k)
+                    passages = search(text)
                     out = [{"document": p.document_external_id, "chunk": p.chunk_id, "score": p.score} for p in passages]
                     self.stdout.write(json.dumps({"id": query_id, "passages": out}))
                 return
-            passages = passages_retrieve(space=space, query=query, k=k)
+            passages = search(query)
         if options["json"]:
             self.stdout.write(
                 json.dumps(
                     {
-                        "retriever_version": space.retriever_version,
+                        "retriever_version": retriever.version,
                         "passages": [
                             {"rank": p.rank, "document": p.document_external_id, "chunk": p.chunk_id, "score": p.score, "text": p.text}
                             for p in passages

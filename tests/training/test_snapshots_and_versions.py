@@ -1,0 +1,126 @@
+"""Dataset snapshots from final judgments; promotion and rollback switch what serving uses."""
+
+import pytest
+from django.contrib.auth.models import Group
+
+from curation.errors import Conflict, InvalidInput
+from curation.models import EmbeddingSpace, Membership, Turn
+from curation.selectors import retriever_for
+from curation.services.labels import LabelInput, label_submit
+from curation.services.turns import turn_ask
+from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
+from training.services.snapshots import dataset_snapshot_create, snapshot_dataset_examples
+from training.services.versions import model_version_promote, model_version_register, model_version_rollback
+
+
+@pytest.fixture
+def curator(db, django_user_model, knowledge_base):
+    user = django_user_model.objects.create_user("alice", password="pw-alice-123")
+    user.groups.add(Group.objects.get_or_create(name="curator")[0])
+    Membership.objects.create(knowledge_base=knowledge_base, user=user)
+    return user
+
+
+def _judge(turn, curator, *, relevant_rank=1, answer="correct", gold=""):
+    passages = list(turn.passages.order_by("rank"))
+    judgments = {p.pk: ("relevant" if p.rank == relevant_rank else "not_relevant") for p in passages}
+    return label_submit(turn=turn, curator=curator, data=LabelInput(passages=judgments, answer_rating=answer, gold_answer=gold))
+
+
+def test_a_snapshot_freezes_final_judgments_with_lineage(embedded_knowledge_base, curator):
+    statins = turn_ask(knowledge_base=embedded_knowledge_base, query="Which enzyme do statins inhibit?", k=3)
+    sleep = turn_ask(knowledge_base=embedded_knowledge_base, query="What does sleep do to memory?", k=3)
+    unlabelled = turn_ask(knowledge_base=embedded_knowledge_base, query="coffee", k=3)
+    label_a = _judge(statins, curator, gold="HMG-CoA reductase.")
+    label_b = _judge(sleep, curator, relevant_rank=1)
+
+    snapshot = dataset_snapshot_create(knowledge_base=embedded_knowledge_base, created_by=curator, heldout_share=0.5)
+
+    assert snapshot.example_count == 2 == snapshot.train_count + snapshot.heldout_count
+    assert snapshot.label_ids == sorted([label_a.pk, label_b.pk])
+    assert snapshot.curator_ids == [curator.pk]
+    example = SnapshotExample.objects.get(snapshot=snapshot, turn=statins)
+    top = statins.passages.get(rank=1)
+    assert example.example_id == f"turn-{statins.pk}"
+    assert [p["text"] for p in example.relevant] == [top.text]
+    assert [p["document_id"] for p in example.relevant] == ["d-statins"]
+    assert len(example.irrelevant) == 2 and len(example.retrieved) == 3
+    assert example.gold_answer == "HMG-CoA reductase." and example.answer_rating == "correct"
+    assert not SnapshotExample.objects.filter(turn=unlabelled).exists()
+    # the split is the stable hash of the id: the same in a later snapshot
+    later = dataset_snapshot_create(knowledge_base=embedded_knowledge_base, heldout_share=0.5)
+    assert SnapshotExample.objects.get(snapshot=later, turn=statins).split == example.split
+    [as_dataclass] = [e for e in snapshot_dataset_examples(snapshot=snapshot) if e.example_id == example.example_id]
+    assert as_dataclass.relevant[0].text == top.text and as_dataclass.gold_answer == "HMG-CoA reductase."
+
+
+def test_a_snapshot_needs_curated_turns(knowledge_base):
+    with pytest.raises(InvalidInput, match="no curated turns"):
+        dataset_snapshot_create(knowledge_base=knowledge_base)
+
+
+def _retriever_version(knowledge_base, name, *, space=None):
+    return model_version_register(
+        knowledge_base=knowledge_base, component=Component.RETRIEVER, artifact_folder=None, name=name,
+        embedding_space=space or knowledge_base.live_space, query_model_reference="base:all-MiniLM-L6-v2",
+    )
+
+
+def test_promote_and_roll_back_switch_serving_and_keep_an_audit_log(embedded_knowledge_base, admin_user):
+    kb = embedded_knowledge_base
+    v1 = _retriever_version(kb, "retriever-v1")
+    v2 = _retriever_version(kb, "retriever-v2")
+    assert retriever_for(knowledge_base=kb).version == "base"
+
+    model_version_promote(version=v1, actor=admin_user, reason="better nDCG")
+    assert retriever_for(knowledge_base=kb).version == "retriever-v1"
+    assert turn_ask(knowledge_base=kb, query="statins", k=2).retriever_version == "retriever-v1"
+    model_version_promote(version=v2, actor=admin_user)
+    v1.refresh_from_db(); v2.refresh_from_db()
+    assert (v1.status, v2.status) == ("retired", "live")
+
+    model_version_rollback(knowledge_base=kb, component=Component.RETRIEVER, actor=admin_user, reason="regression")
+    v1.refresh_from_db(); v2.refresh_from_db()
+    assert (v1.status, v2.status) == ("live", "retired")
+    assert retriever_for(knowledge_base=kb).version == "retriever-v1"
+    model_version_rollback(knowledge_base=kb, component=Component.RETRIEVER, actor=admin_user)
+    assert retriever_for(knowledge_base=kb).version == "base"
+    with pytest.raises(Conflict, match="already serves the base"):
+        model_version_rollback(knowledge_base=kb, component=Component.RETRIEVER, actor=admin_user)
+
+    log = [(e.action, e.from_version and e.from_version.name, e.to_version and e.to_version.name)
+           for e in PromotionEvent.objects.order_by("created_at", "pk")]
+    assert log == [
+        ("promote", None, "retriever-v1"),
+        ("promote", "retriever-v1", "retriever-v2"),
+        ("rollback", "retriever-v2", "retriever-v1"),
+        ("rollback", "retriever-v1", None),
+    ]
+    assert ModelVersion.objects.filter(status="live").count() == 0
+
+
+def test_a_retriever_whose_space_is_still_building_cannot_go_live(embedded_knowledge_base, admin_user):
+    kb = embedded_knowledge_base
+    building = EmbeddingSpace.objects.create(knowledge_base=kb, retriever_version="retriever-v1", model_reference="x", dimensions=384)
+    version = _retriever_version(kb, "retriever-v1", space=building)
+    with pytest.raises(Conflict, match="embedded"):
+        model_version_promote(version=version, actor=admin_user)
+    assert not PromotionEvent.objects.exists()
+    assert retriever_for(knowledge_base=kb).version == "base"
+
+
+def test_a_tampered_artifact_is_refused_at_promotion(embedded_knowledge_base, admin_user, settings, tmp_path):
+    settings.RAGLOOP_ARTIFACTS_DIR = tmp_path
+    folder = tmp_path / "kb" / "generator-v1"
+    folder.mkdir(parents=True)
+    (folder / "adapter.bin").write_bytes(b"weights")
+    version = model_version_register(
+        knowledge_base=embedded_knowledge_base, component=Component.GENERATOR, artifact_folder=folder,
+        generator_backend="extractive",
+    )
+    assert version.artifact_path == "kb/generator-v1" and len(version.artifact_checksum) == 64
+    (folder / "adapter.bin").write_bytes(b"tampered")
+    with pytest.raises(InvalidInput, match="adapter.bin"):
+        model_version_promote(version=version, actor=admin_user)
+    version.refresh_from_db()
+    assert version.status == "candidate"

@@ -1,0 +1,1 @@
+"""Write operations of the training app: snapshots, runs, versions, evaluation (one module each)."""

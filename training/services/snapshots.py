@@ -1,0 +1,127 @@
+"""Dataset snapshots: the knowledge base's final judgments frozen into immutable examples.
+
+Each turn with a final judgment (see curation.selectors_curation.turn_final_judgments:
+adjudication, else agreeing labels, else the single label) becomes one example. Passages
+judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly" is neither
+(too uncertain to train on either way). The split comes from a stable hash of the example id
+(rag.datasets.split_for), so a query never moves between train and held-out as labels grow.
+"""
+
+from django.db import transaction
+
+from curation.errors import InvalidInput
+from curation.models import Chunk, Label, Relevance, Turn
+from curation.selectors_curation import turn_final_judgments
+from rag.datasets import DatasetExample, LabeledPassage, split_for
+from training.models import DatasetSnapshot, SnapshotExample
+
+
+def _passage(*, text: str, document_id: str = "", chunk_id: int | None = None, title: str = "") -> dict:
+    return {"text": text, "document_id": document_id, "chunk_id": chunk_id, "title": title}
+
+
+def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: float = 0.2) -> DatasetSnapshot:
+    if not 0.0 <= heldout_share <= 1.0:
+        raise InvalidInput(f"heldout_share must be between 0 and 1, got {heldout_share}.")
+    turns = Turn.objects.filter(knowledge_base=knowledge_base).filter(label_count__gte=1) | Turn.objects.filter(
+        knowledge_base=knowledge_base, adjudication__isnull=False
+    )
+    judgments = {pk: j for pk, j in turn_final_judgments(turns=turns.distinct()).items() if j.is_final}
+    if not judgments:
+        raise InvalidInput(f"Knowledge base {knowledge_base.slug!r} has no curated turns to snapshot yet.")
+    turn_rows = {t.pk: t for t in Turn.objects.filter(pk__in=judgments).prefetch_related("passages__document")}
+    labels = list(Label.objects.filter(turn_id__in=judgments, skipped=False).order_by("updated_at", "pk"))
+    rationale_by_turn = {label.turn_id: label.rationale for label in labels if label.rationale.strip()}
+    label_ids_by_turn: dict[int, list[int]] = {}
+    for label in labels:
+        label_ids_by_turn.setdefault(label.turn_id, []).append(label.pk)
+    attached_ids = {chunk_id for j in judgments.values() for chunk_id in j.attached}
+    attached_chunks = {c.pk: c for c in Chunk.objects.filter(pk__in=attached_ids).select_related("document")}
+
+    examples = []
+    for turn_id, judgment in sorted(judgments.items()):
+        turn = turn_rows[turn_id]
+        retrieved, relevant, irrelevant = [], [], []
+        for passage in turn.passages.all():
+            item = _passage(
+                text=passage.text,
+                document_id=passage.document.external_id if passage.document else passage.source_id,
+                chunk_id=passage.chunk_id,
+                title=passage.title,
+            )
+            retrieved.append(item)
+            relevance = judgment.passages.get(passage.pk)
+            if relevance == Relevance.RELEVANT:
+                relevant.append(item)
+            elif relevance == Relevance.NOT_RELEVANT:
+                irrelevant.append(item)
+        for chunk_id, relevance in judgment.attached.items():
+            chunk = attached_chunks.get(chunk_id)
+            if chunk is None:
+                continue
+            item = _passage(text=chunk.text, document_id=chunk.document.external_id, chunk_id=chunk.pk, title=chunk.document.title)
+            if relevance == Relevance.RELEVANT:
+                relevant.append(item)
+            elif relevance == Relevance.NOT_RELEVANT:
+                irrelevant.append(item)
+        if not relevant and not judgment.gold_answer.strip():
+            continue  # nothing to learn from: no positive passage and no answer
+        example_id = f"turn-{turn_id}"
+        examples.append(
+            SnapshotExample(
+                turn_id=turn_id,
+                example_id=example_id,
+                split=split_for(example_id, heldout_share=heldout_share),
+                query=turn.query,
+                gold_answer=judgment.gold_answer,
+                answer_rating=judgment.answer_rating,
+                rationale=rationale_by_turn.get(turn_id, ""),
+                relevant=relevant,
+                irrelevant=irrelevant,
+                retrieved=retrieved,
+                label_ids=label_ids_by_turn.get(turn_id, []),
+            )
+        )
+    if not examples:
+        raise InvalidInput("No curated turn has a relevant passage or a gold answer yet.")
+    with transaction.atomic():
+        snapshot = DatasetSnapshot.objects.create(
+            knowledge_base=knowledge_base,
+            created_by=created_by,
+            heldout_share=heldout_share,
+            example_count=len(examples),
+            train_count=sum(e.split == SnapshotExample.Split.TRAIN for e in examples),
+            heldout_count=sum(e.split == SnapshotExample.Split.HELDOUT for e in examples),
+            label_ids=sorted(label.pk for label in labels if label.turn_id in {e.turn_id for e in examples}),
+            adjudication_ids=sorted(
+                turn_rows[e.turn_id].adjudication.pk for e in examples if hasattr(turn_rows[e.turn_id], "adjudication")
+            ),
+            curator_ids=sorted({label.curator_id for label in labels}),
+        )
+        for example in examples:
+            example.snapshot = snapshot
+        SnapshotExample.objects.bulk_create(examples, batch_size=1000)
+    return snapshot
+
+
+def snapshot_dataset_examples(*, snapshot: DatasetSnapshot, split: str | None = None) -> list[DatasetExample]:
+    """The snapshot's examples as rag.datasets.DatasetExample (for exports and trainers)."""
+    rows = snapshot.examples.all()
+    if split:
+        rows = rows.filter(split=split)
+
+    def passages(items: list[dict]) -> list[LabeledPassage]:
+        return [LabeledPassage(text=i["text"], document_id=i.get("document_id") or "", chunk_id=i.get("chunk_id"), title=i.get("title") or "") for i in items]
+
+    return [
+        DatasetExample(
+            example_id=row.example_id,
+            query=row.query,
+            gold_answer=row.gold_answer,
+            relevant=passages(row.relevant),
+            irrelevant=passages(row.irrelevant),
+            retrieved=passages(row.retrieved),
+            rationale=row.rationale,
+        )
+        for row in rows
+    ]

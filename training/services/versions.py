@@ -1,0 +1,140 @@
+"""Model versions: registering a trained version with its checksummed artifact, and promoting
+or rolling back the live version of a component atomically, with an append-only audit log.
+
+Serving reads the live version from these rows (curation.selectors.retriever_for,
+curation.services.turns.generator_for), so a promotion takes effect on the next request.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from curation.errors import Conflict, InvalidInput
+from curation.models import EmbeddingSpace, KnowledgeBase
+from rag.training.artifacts import ArtifactIntegrityError, verify_manifest, write_manifest
+from training.models import Component, ModelVersion, PromotionEvent
+
+
+def artifacts_root() -> Path:
+    return Path(settings.RAGLOOP_ARTIFACTS_DIR)
+
+
+def model_version_next_name(*, knowledge_base: KnowledgeBase, component: str) -> str:
+    count = ModelVersion.objects.filter(knowledge_base=knowledge_base, component=component).count()
+    return f"{component}-v{count + 1}"
+
+
+def model_version_register(*, knowledge_base: KnowledgeBase, component: str, artifact_folder: Path | None, **fields) -> ModelVersion:
+    """Create a candidate version; its artifact folder gets a checksum manifest written last."""
+    checksum = ""
+    relative = ""
+    if artifact_folder is not None:
+        manifest = write_manifest(artifact_folder)
+        checksum = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        relative = str(Path(artifact_folder).resolve().relative_to(artifacts_root().resolve()))
+    name = fields.pop("name", None) or model_version_next_name(knowledge_base=knowledge_base, component=component)
+    try:
+        return ModelVersion.objects.create(
+            knowledge_base=knowledge_base,
+            component=component,
+            name=name,
+            artifact_path=relative,
+            artifact_checksum=checksum,
+            **fields,
+        )
+    except IntegrityError:
+        raise Conflict(f"A model version named {name!r} already exists in {knowledge_base.slug!r}.") from None
+
+
+def model_version_verify(*, version: ModelVersion) -> None:
+    """Refuse to load an artifact whose manifest is missing or whose files changed."""
+    if not version.artifact_path:
+        return
+    try:
+        verify_manifest(artifacts_root() / version.artifact_path)
+    except ArtifactIntegrityError as error:
+        raise InvalidInput(f"Model version {version.name!r} cannot be loaded: {error}") from error
+
+
+def _serving_ready(version: ModelVersion) -> None:
+    if version.status == ModelVersion.Status.FAILED:
+        raise Conflict(f"Model version {version.name!r} failed and cannot go live.")
+    if version.component == Component.RETRIEVER:
+        space = version.embedding_space
+        if space is None or space.status != EmbeddingSpace.Status.READY:
+            raise Conflict(
+                f"Model version {version.name!r} cannot go live until its chunks are embedded (space is "
+                f"{space.status if space else 'missing'})."
+            )
+    model_version_verify(version=version)
+
+
+def model_version_promote(*, version: ModelVersion, actor=None, reason: str = "", automatic: bool = False) -> PromotionEvent:
+    """Make `version` live and retire the previous live version, in one transaction."""
+    with transaction.atomic():
+        KnowledgeBase.objects.select_for_update().get(pk=version.knowledge_base_id)  # one promotion at a time
+        version = ModelVersion.objects.select_related("embedding_space").get(pk=version.pk)
+        if version.status == ModelVersion.Status.LIVE:
+            raise Conflict(f"Model version {version.name!r} is already live.")
+        _serving_ready(version)
+        previous = ModelVersion.objects.filter(
+            knowledge_base_id=version.knowledge_base_id, component=version.component, status=ModelVersion.Status.LIVE
+        ).first()
+        if previous is not None:
+            ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.RETIRED)
+        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.LIVE)
+        if version.component == Component.RETRIEVER:
+            KnowledgeBase.objects.filter(pk=version.knowledge_base_id).update(live_space=version.embedding_space)
+        return PromotionEvent.objects.create(
+            knowledge_base_id=version.knowledge_base_id,
+            component=version.component,
+            action=PromotionEvent.Action.AUTO_PROMOTE if automatic else PromotionEvent.Action.PROMOTE,
+            from_version=previous,
+            to_version=version,
+            actor=actor,
+            reason=reason,
+        )
+
+
+def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, actor=None, reason: str = "") -> PromotionEvent:
+    """Put back the version that was live before the current one (or the base model)."""
+    if component not in Component.values:
+        raise InvalidInput(f"Component must be one of {', '.join(Component.values)}.")
+    with transaction.atomic():
+        KnowledgeBase.objects.select_for_update().get(pk=knowledge_base.pk)
+        current = ModelVersion.objects.filter(
+            knowledge_base=knowledge_base, component=component, status=ModelVersion.Status.LIVE
+        ).first()
+        if current is None:
+            raise Conflict(f"No {component} version is live in {knowledge_base.slug!r}: it already serves the base model.")
+        # What was live before the current version was *promoted* (not before a rollback put
+        # it back): rolling back twice walks down the promotion history instead of flip-flopping.
+        went_live = (
+            PromotionEvent.objects.filter(knowledge_base=knowledge_base, component=component, to_version=current)
+            .exclude(action=PromotionEvent.Action.ROLLBACK)
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+        previous = went_live.from_version if went_live else None
+        if previous is not None:
+            _serving_ready(previous)
+        ModelVersion.objects.filter(pk=current.pk).update(status=ModelVersion.Status.RETIRED)
+        if previous is not None:
+            ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.LIVE)
+        if component == Component.RETRIEVER:
+            base_space = knowledge_base.embedding_spaces.filter(retriever_version="base").first()
+            KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(
+                live_space=previous.embedding_space if previous is not None else base_space
+            )
+        return PromotionEvent.objects.create(
+            knowledge_base=knowledge_base,
+            component=component,
+            action=PromotionEvent.Action.ROLLBACK,
+            from_version=current,
+            to_version=previous,
+            actor=actor,
+            reason=reason,
+        )
