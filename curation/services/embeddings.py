@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from curation.models import Chunk, ChunkEmbedding, EmbeddingJob, EmbeddingSpace
 from curation.services.knowledge_bases import retriever_model_path
+from curation.signals import embedding_space_ready
 from rag.embedding import load_embedder
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,13 @@ def embedding_job_refresh(*, job_id: int) -> EmbeddingJob:
             job.status = EmbeddingJob.Status.SUCCEEDED
             job.finished_at = job.heartbeat_at
             fields += ["status", "finished_at"]
+            # A new retriever version's space becomes servable once every chunk has a vector.
+            became_ready = EmbeddingSpace.objects.filter(
+                pk=job.space_id, status=EmbeddingSpace.Status.BUILDING
+            ).update(status=EmbeddingSpace.Status.READY)
+            if became_ready:
+                space = job.space
+                transaction.on_commit(lambda: embedding_space_ready.send(sender=EmbeddingSpace, space=space))
         job.save(update_fields=fields)
     if job.status == EmbeddingJob.Status.SUCCEEDED and _needs_hnsw_index(job.space):
         from curation.tasks import embedding_space_index_build_task

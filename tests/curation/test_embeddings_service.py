@@ -94,3 +94,29 @@ def test_refresh_counts_chunks_added_while_the_job_runs(knowledge_base, ingested
     job = embedding_job_refresh(job_id=ingested.pk)
     assert job.total_chunks == Chunk.objects.count()
     assert EmbeddingJob.objects.filter(space=knowledge_base.live_space).count() == 1  # the same job took them on
+
+
+def test_a_building_space_becomes_ready_and_says_so_when_every_chunk_has_a_vector(knowledge_base, ingested, django_capture_on_commit_callbacks):
+    from curation.models import EmbeddingSpace
+    from curation.services.embeddings import embedding_job_start
+    from curation.signals import embedding_space_ready
+
+    chunk_batch_embed(job_id=ingested.pk, chunk_ids=list(Chunk.objects.values_list("pk", flat=True)))
+    candidate = EmbeddingSpace.objects.create(
+        knowledge_base=knowledge_base, retriever_version="retriever-v1", model_reference="base:all-MiniLM-L6-v2", dimensions=384
+    )
+    heard = []
+    embedding_space_ready.connect(lambda sender, space, **kw: heard.append(space.pk), weak=False, dispatch_uid="t")
+    try:
+        job = embedding_job_start(space=candidate)
+        ids = sorted(Chunk.objects.values_list("pk", flat=True))
+        with django_capture_on_commit_callbacks(execute=True):
+            chunk_batch_embed(job_id=job.pk, chunk_ids=ids[:1])
+        candidate.refresh_from_db()
+        assert candidate.status == "building" and heard == []
+        with django_capture_on_commit_callbacks(execute=True):
+            chunk_batch_embed(job_id=job.pk, chunk_ids=ids[1:])
+        candidate.refresh_from_db()
+        assert candidate.status == "ready" and heard == [candidate.pk]
+    finally:
+        embedding_space_ready.disconnect(dispatch_uid="t")
