@@ -81,6 +81,22 @@ def retriever_for(*, knowledge_base: KnowledgeBase, retriever_version: str | Non
     return RetrieverChoice(named.name, named.embedding_space, named.query_model_reference or named.embedding_space.model_reference)
 
 
+def live_version_names(*, knowledge_base: KnowledgeBase) -> dict[str, str]:
+    """{"retriever": name, "generator": name} of what serves now, without loading any model."""
+    from training.models import Component, ModelVersion  # training depends on curation, not the reverse
+
+    live = dict(
+        ModelVersion.objects.filter(knowledge_base=knowledge_base, status=ModelVersion.Status.LIVE).values_list(
+            "component", "name"
+        )
+    )
+    base_space = knowledge_base.live_space.retriever_version if knowledge_base.live_space else "none"
+    return {
+        "retriever": live.get(Component.RETRIEVER, base_space),
+        "generator": live.get(Component.GENERATOR, knowledge_base.generator_version),
+    }
+
+
 def passages_retrieve(
     *, space: EmbeddingSpace, query: str, k: int, query_model_reference: str | None = None
 ) -> list[RetrievedChunk]:
@@ -90,8 +106,8 @@ def passages_retrieve(
     encoder), or with the space's model.
 
     Small spaces are scanned exactly; past RAGLOOP_EXACT_SEARCH_MAX_CHUNKS the space's
-    partial HNSW index answers, with ef_search raised to at least 2k so a top-k query gets
-    k results.
+    partial HNSW index answers, with ef_search raised to at least max(RAGLOOP_HNSW_EF_SEARCH,
+    2k) so a top-k query gets k results.
     """
     if not query.strip():
         raise InvalidInput("The query is empty.")
@@ -121,7 +137,7 @@ def passages_retrieve(
     """
     with transaction.atomic(), connection.cursor() as cursor:
         if space.hnsw_index_built:
-            cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(40, 2 * k))])
+            cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(settings.RAGLOOP_HNSW_EF_SEARCH, 2 * k))])
         cursor.execute(sql, [query_vector, k])
         rows = cursor.fetchall()
     return [

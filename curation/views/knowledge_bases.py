@@ -10,7 +10,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from curation.errors import ServiceError
 from curation.models import Document, EmbeddingJob, KnowledgeBase, Turn
-from curation.permissions import knowledge_bases_for, user_can_curate
+from curation.permissions import knowledge_bases_for, user_can_curate, user_is_admin
+from curation.selectors import live_version_names
 from curation.services.turns import turn_ask
 from curation.views.access import fragment, knowledge_base_page
 
@@ -40,6 +41,8 @@ def home(request):
 def knowledge_base_detail(request, knowledge_base: KnowledgeBase):
     context = {
         "kb": knowledge_base,
+        "is_admin": user_is_admin(request.user),
+        "live_versions": live_version_names(knowledge_base=knowledge_base),
         "document_count": knowledge_base.documents.count(),
         "chunk_count": knowledge_base.chunks.count(),
         "jobs": _embedding_progress(knowledge_base),
