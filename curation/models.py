@@ -2,8 +2,11 @@
 with their retrieved passages, embedding jobs, and API tokens."""
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 from pgvector.django import VectorField
 
 
@@ -75,6 +78,11 @@ class Chunk(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["document", "order"], name="chunk_order_unique_per_document")]
+        indexes = [
+            # Keyword search in the workbench (curation.services.search) queries exactly this
+            # expression, so the planner can use the index.
+            GinIndex(SearchVector("text", config="english"), name="chunk_text_search"),
+        ]
 
 
 class EmbeddingSpace(models.Model):
@@ -178,7 +186,8 @@ class Turn(models.Model):
     feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)
     feedback_comment = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # A default, not auto_now_add: turns logged by an external app keep the time they give.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     # Curation queue (see curation.services.queue): tier 0 = negative feedback, 1 = low
     # retrieval confidence, 2 = the rest; within a tier, ascending `queue_order`.
     queue_tier = models.PositiveSmallIntegerField(default=2)
@@ -198,6 +207,14 @@ class Turn(models.Model):
                 fields=["knowledge_base", "queue_tier", "queue_order", "id"],
                 condition=Q(needs_labels=True),
                 name="turn_queue_open",
+            ),
+            # The queue page lists turns of every status in queue order, and pages deep into
+            # them: the columns its filters read are included, so even a filtered page is
+            # picked by an index-only walk instead of a sort of all the turns.
+            models.Index(
+                fields=["knowledge_base", "queue_tier", "queue_order", "id"],
+                include=["label_count", "disputed", "feedback", "created_at"],
+                name="turn_queue_all",
             ),
         ]
         constraints = [

@@ -141,8 +141,14 @@ class QueueFilter:
         self.feedback, self.status, self.search = feedback, status, search.strip()
 
 
+# Queue order; the index `turn_queue_all` (and, for open turns, `turn_queue_open`) is in this order.
+QUEUE_ORDER = ("queue_tier", "queue_order", "id")
+
+
 def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: QueueFilter) -> QuerySet[Turn]:
-    """The knowledge base's turns in queue order, filtered; slice it to paginate."""
+    """The knowledge base's turns in queue order, filtered, without annotations: slice it (or
+    its ids) to paginate, then annotate the page's rows only, since an annotation in the select
+    list is evaluated for every row an OFFSET skips."""
     turns = Turn.objects.filter(knowledge_base=knowledge_base)
     f = queue_filter
     if f.date_from:
@@ -163,7 +169,7 @@ def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: Que
         turns = turns.filter(disputed=True)
     if f.search:
         turns = turns.filter(query__icontains=f.search)
-    return turns.order_by("queue_tier", "queue_order", "id")
+    return turns.order_by(*QUEUE_ORDER)
 
 
 def knowledge_base_overlap_set(*, knowledge_base: KnowledgeBase, labels_per_turn: int) -> None:

@@ -1,9 +1,10 @@
 """Searching a knowledge base's chunks from the workbench, to attach a passage the retriever missed.
 
 Two searches are merged: vector search in the live embedding space (finds paraphrases) and
-keyword search (Postgres full text, plus a plain substring match so codes and names such as
-"HMG-CoA" are found as typed). They are merged by reciprocal rank fusion, which needs no
-calibration between cosine similarities and text-search ranks.
+keyword search (Postgres full text over the chunk text, through a GIN index; when that finds
+too few, a plain substring match so codes and names such as "HMG-CoA" are found as typed, and
+chunks of documents whose title matches). They are merged by reciprocal rank fusion, which
+needs no calibration between cosine similarities and text-search ranks.
 """
 
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.db.models import Q
 
 from curation.errors import InvalidInput
-from curation.models import Chunk, KnowledgeBase
+from curation.models import Chunk, Document, KnowledgeBase
 from curation.selectors import passages_retrieve
 
 MAX_QUERY_LENGTH = 500
@@ -38,18 +39,38 @@ class ChunkHit:
 
 
 def _keyword_chunk_ids(*, knowledge_base: KnowledgeBase, query: str, k: int) -> list[int]:
-    """Chunk ids by full-text rank over the chunk text and its document's title; substring
-    matches that full text misses (stop words, punctuation inside codes) come after."""
-    vector = SearchVector("text", weight="A", config="english") + SearchVector("document__title", weight="B", config="english")
+    """Chunk ids by full-text rank over the chunk text; when that finds fewer than k, chunks
+    whose text holds the query as typed (what full text misses: stop words, parts of words,
+    punctuation inside codes) or whose document's title matches come after, by id.
+
+    The full-text query uses exactly the expression of the GIN index `chunk_text_search`
+    (`to_tsvector('english', text)`, no weights, no joined title), so it reads the index rather
+    than parsing every chunk of the knowledge base. The fallback has no index and scans the
+    chunks (up to the first k - found matches): it runs only when full text came up short.
+    """
+    vector = SearchVector("text", config="english")
     text_query = SearchQuery(query, search_type="websearch", config="english")
-    rows = (
-        Chunk.objects.filter(knowledge_base=knowledge_base)
-        .annotate(search=vector, rank=SearchRank(vector, text_query))
-        .filter(Q(search=text_query) | Q(text__icontains=query))
+    chunks = Chunk.objects.filter(knowledge_base=knowledge_base)
+    found = list(
+        chunks.annotate(search=vector)
+        .filter(search=text_query)
+        .annotate(rank=SearchRank(vector, text_query))
         .order_by("-rank", "pk")
         .values_list("pk", flat=True)[:k]
     )
-    return list(rows)
+    if len(found) < k:
+        titled = (
+            Document.objects.filter(knowledge_base=knowledge_base)
+            .annotate(search=SearchVector("title", config="english"))
+            .filter(search=text_query)
+        )
+        found += (
+            chunks.filter(Q(text__icontains=query) | Q(document__in=titled.values("pk")))
+            .exclude(pk__in=found)
+            .order_by("pk")
+            .values_list("pk", flat=True)[: k - len(found)]
+        )
+    return found
 
 
 def chunks_search(*, knowledge_base: KnowledgeBase, query: str, k: int = 10) -> list[ChunkHit]:

@@ -3,11 +3,14 @@ external RAG apps (idempotent by external id), and user feedback."""
 
 import functools
 import time
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from curation.errors import InvalidInput, UpstreamError
 from curation.models import Document, KnowledgeBase, RetrievedPassage, Turn
@@ -32,7 +35,10 @@ def generator_for(*, knowledge_base: KnowledgeBase):
         knowledge_base=knowledge_base, component=Component.GENERATOR, status=ModelVersion.Status.LIVE
     ).first()
     if live is not None:
-        return _generator(live.generator_backend, live.generator_model, live.generator_adapter_path), live.name
+        adapter = live.generator_adapter_path
+        if adapter and not Path(adapter).is_absolute():  # artifact paths are relative to the artifacts folder
+            adapter = str(Path(settings.RAGLOOP_ARTIFACTS_DIR) / adapter)
+        return _generator(live.generator_backend, live.generator_model, adapter), live.name
     return _generator(knowledge_base.generator_backend, knowledge_base.generator_model), knowledge_base.generator_version
 
 
@@ -169,14 +175,10 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
                 metadata=r.metadata,
                 queue_tier=tier,
                 queue_order=order,
+                created_at=r.created_at or timezone.now(),
             )
             for r, (tier, order) in zip(new_records, positions)
         )
-        stamped = [(turn, r.created_at) for turn, r in zip(turns, new_records) if r.created_at]
-        for turn, created_at in stamped:  # auto_now_add ignores a given value on create
-            turn.created_at = created_at
-        if stamped:
-            Turn.objects.bulk_update([turn for turn, _ in stamped], ["created_at"])
         RetrievedPassage.objects.bulk_create(
             RetrievedPassage(
                 turn=turn,

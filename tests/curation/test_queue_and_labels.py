@@ -190,3 +190,24 @@ def test_opening_a_turn_directly_holds_it(knowledge_base, curators):
     turn_hold_take(turn=turns["t"], curator=alice)
     assert turn_next(knowledge_base=knowledge_base, curator=bob) is None
     assert turn_next(knowledge_base=knowledge_base, curator=alice).pk == turns["t"].pk
+
+
+@pytest.mark.parametrize("queue_filter", [
+    QueueFilter(),
+    QueueFilter(status="unlabelled"),
+    QueueFilter(status="disputed"),
+    QueueFilter(status="labelled_by_me"),
+    QueueFilter(feedback="negative", search="query"),
+], ids=["all", "unlabelled", "disputed", "labelled_by_me", "negative+search"])
+def test_every_queue_listing_can_walk_an_index_in_queue_order(knowledge_base, curators, queue_filter):
+    """A page deep in the queue must not sort all the knowledge base's turns: with sorting
+    priced out, the listing reads the index `turn_queue_all`, already in queue order."""
+    from django.db import connection
+
+    _turns(knowledge_base, [(f"t{i}", -1 if i % 2 else None, [0.9, 0.1]) for i in range(4)])
+    turns = turn_queue_list(knowledge_base=knowledge_base, curator=curators[0], queue_filter=queue_filter)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    plan = turns.values_list("pk", flat=True)[5000:5050].explain()
+    assert "turn_queue_all" in plan and "Sort" not in plan, plan

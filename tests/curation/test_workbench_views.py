@@ -170,6 +170,61 @@ def test_queue_costs_the_same_number_of_queries_for_few_and_many_turns(
     assert queries_for_page() == small
 
 
+def _queue_table(response) -> list[tuple[int, str, int]]:
+    """(turn id, top score as shown, passage count) of each row of a queue page."""
+    import re
+
+    rows = re.findall(
+        r'<tr data-turn-id="(\d+)">.*?<td class="score">(\S+)\s*<span class="muted" title="retrieved passages">\((\d+)\)',
+        response.content.decode(), re.S,
+    )
+    return [(int(pk), score, int(count)) for pk, score, count in rows]
+
+
+@pytest.mark.parametrize("params, keep", [
+    ({}, lambda turn, mine: True),
+    ({"feedback": "none", "q": "QUERY Q"}, lambda turn, mine: turn.feedback is None and "query q" in turn.query),
+    ({"status": "labelled_by_me"}, lambda turn, mine: turn.pk in mine),
+    ({"status": "unlabelled", "from": "2024-01-01", "to": "2024-12-31"},
+     lambda turn, mine: turn.label_count == 0 and turn.created_at.year == 2024),
+])
+def test_queue_pages_list_the_rows_of_the_whole_ordered_queue_with_their_scores(alice_client, alice, knowledge_base, params, keep):
+    """Picking a page's ids before annotating them changes no row, order or figure: each page
+    is the matching 50-turn slice of all the knowledge base's turns sorted by (tier, order, id)."""
+    old = datetime(2024, 3, 1, 12, tzinfo=dt_timezone.utc)
+    specs = []
+    for i in range(160):
+        feedback = -1 if i % 7 == 0 else 1 if i % 11 == 0 else None
+        # ties on the tier-0 order (same created_at) and on scores, so the id decides
+        scores = [0.80, 0.79, 0.2] if i % 3 == 0 else [0.9, 0.5] if i % 3 == 1 else [0.7]
+        specs.append((f"{'q' if i % 2 else 'p'}{i:03}", feedback, scores, old if i % 4 else None))
+    turns = _turns(knowledge_base, specs)
+    mine = set()
+    for i, turn in enumerate(turns.values()):
+        if i % 5 < 2:
+            label_submit(turn=turn, curator=alice, data=LabelInput(answer_rating="correct"))
+            mine.add(turn.pk)
+    expected = sorted(
+        (turn for turn in Turn.objects.filter(knowledge_base=knowledge_base) if keep(turn, mine)),
+        key=lambda turn: (turn.queue_tier, turn.queue_order, turn.pk),
+    )
+    assert len(expected) > 50 and len({t.queue_tier for t in expected}) > 1
+    pages = -(-len(expected) // 50)
+    for number in range(1, pages + 1):
+        response = alice_client.get("/kbs/test-kb/queue/", {**params, "page": number})
+        assert response.status_code == 200
+        want = []
+        for turn in expected[(number - 1) * 50 : number * 50]:
+            passages = list(turn.passages.order_by("rank"))
+            want.append((turn.pk, f"{passages[0].score:.3f}", len(passages)))
+        assert _queue_table(response) == want, f"page {number}"
+        assert f"{len(expected)} turns".encode() in response.content
+        assert f"page {number} of {pages}".encode() in response.content
+    # a page past the end shows the last one, as before
+    beyond = alice_client.get("/kbs/test-kb/queue/", {**params, "page": pages + 5})
+    assert _row_ids(beyond) == [turn.pk for turn in expected[(pages - 1) * 50 :]]
+
+
 # --- next, holds, the judging page ------------------------------------------------------------
 
 
@@ -358,6 +413,70 @@ def test_search_merges_vector_and_keyword_results(embedded_knowledge_base):
     embedded_knowledge_base.live_space = None
     keyword_only = chunks_search(knowledge_base=embedded_knowledge_base, query="adenosine receptors", k=3)
     assert [(h.document_external_id, h.matched_by) for h in keyword_only] == [("d-coffee", ("keyword",))]
+
+
+def test_keyword_search_finds_codes_as_typed_full_text_first_then_substrings_and_titles(knowledge_base):
+    from curation.models import Chunk
+    from curation.services.documents import documents_ingest
+    from rag.documents import SourceDocument
+
+    documents_ingest(knowledge_base=knowledge_base, documents=[
+        SourceDocument(external_id=eid, title=title, text=text, metadata={}) for eid, title, text in [
+            ("d-statins", "Statins and cholesterol", "Statins inhibit HMG-CoA reductase, the rate-limiting enzyme."),
+            ("d-mevalonate", "Mevalonate pathway", "The pathway runs from acetyl-CoA through HMG-CoA to mevalonate."),
+            ("d-utr", "Untranslated regions", "A 5'-UTR variant lowers translation; the 3'-UTR holds miRNA sites."),
+            ("d-coffee", "Coffee consumption", "Caffeine blocks adenosine receptors in the brain."),
+            ("d-decaf", "Decaffeinated drinks", "Caffeineless substitutes taste of roasted barley."),
+        ]
+    ])
+    knowledge_base.live_space = None  # keyword search alone
+
+    def found(query, k=10):
+        return [hit.document_external_id for hit in chunks_search(knowledge_base=knowledge_base, query=query, k=k)]
+
+    # full text finds the code (the parser splits it into its parts too); the whole query must match
+    assert set(found("HMG-CoA")) == {"d-statins", "d-mevalonate"}
+    assert found("hmg-coa reductase") == ["d-statins"]
+    # what full text cannot find comes from the substring match: part of a word, a code with quotes
+    assert found("HMG-Co") == ["d-statins", "d-mevalonate"]
+    assert found("CoA reduct") == ["d-statins"]
+    assert found("5'-UTR") == ["d-utr"]
+    # a word only in a document's title finds its chunks
+    assert found("consumption") == ["d-coffee"]
+    # full-text hits come first; the fallback only fills the list up to k
+    assert found("caffeine") == ["d-coffee", "d-decaf"]
+    assert found("caffeine", k=1) == ["d-coffee"]
+    assert found("acetyl-CoA") == ["d-mevalonate"]
+    assert found("nothing like this") == []
+
+
+def test_keyword_search_reads_the_full_text_index(knowledge_base):
+    """The full-text query is the indexed expression, so the GIN index `chunk_text_search`
+    serves it (the planner could not use it if the expression differed in any way)."""
+    import random
+
+    from curation.models import Chunk, Document
+
+    rng = random.Random(0)
+    words = "protein cell dose trial risk patient enzyme receptor gene blood brain sleep".split()
+    document = Document.objects.create(knowledge_base=knowledge_base, external_id="d", text="-", content_hash="-")
+    Chunk.objects.bulk_create(
+        Chunk(document=document, knowledge_base=knowledge_base, order=i, token_count=12,
+              text=" ".join(rng.choices(words, k=12)) + (" adenosine" if i % 500 == 0 else ""))
+        for i in range(3000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE curation_chunk")
+    knowledge_base.live_space = None  # keyword search alone
+    with CaptureQueriesContext(connection) as captured:
+        hits = chunks_search(knowledge_base=knowledge_base, query="adenosine", k=6)
+    assert len(hits) == 6 and len(captured) == 2  # full text found k: no fallback scan
+    full_text = captured.captured_queries[0]["sql"]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # prices out only the plan without an index
+        cursor.execute(f"EXPLAIN {full_text}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Bitmap Index Scan on chunk_text_search" in plan, plan
 
 
 def test_search_endpoint_renders_attachable_hits_and_marks_retrieved_ones(alice_client, embedded_knowledge_base):
