@@ -7,6 +7,7 @@ from curation.views import knowledge_bases
 from curation.views import workbench
 from curation.views import review
 from curation.views import label_io
+from training import views as training_views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -16,4 +17,5 @@ urlpatterns = [
     *workbench.urlpatterns,
     *review.urlpatterns,
     *label_io.urlpatterns,
+    *training_views.urlpatterns,
 ]

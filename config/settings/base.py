@@ -123,6 +123,8 @@ RAGLOOP_HNSW_BUILD_MEMORY = os.environ.get("RAGLOOP_HNSW_BUILD_MEMORY", "512MB")
 RAGLOOP_HNSW_EF_SEARCH = env_int("RAGLOOP_HNSW_EF_SEARCH", 100)
 # An embedding job whose heartbeat is older than this is re-dispatched by the beat sweeper.
 RAGLOOP_EMBEDDING_STALL_SECONDS = env_int("RAGLOOP_EMBEDDING_STALL_SECONDS", 300)
+# A running training run whose heartbeat is older than this is failed by the beat sweeper.
+RAGLOOP_TRAINING_STALL_SECONDS = env_int("RAGLOOP_TRAINING_STALL_SECONDS", 600)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -------------
 CELERY_BROKER_URL = REDIS_URL
@@ -137,11 +139,18 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "curation.tasks.embedding_job_dispatch_task": {"queue": "embedding"},
     "curation.tasks.chunk_batch_embed_task": {"queue": "embedding"},
+    # Training and evaluation load models: one at a time, on the (GPU) training worker.
+    "training.tasks.training_run_execute_task": {"queue": "training"},
+    "training.tasks.model_version_evaluate_task": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "resume-stalled-embedding-jobs": {
         "task": "curation.tasks.embedding_jobs_resume_stalled_task",
+        "schedule": 60.0,
+    },
+    "fail-stalled-training-runs": {
+        "task": "training.tasks.training_runs_fail_stalled_task",
         "schedule": 60.0,
     },
     "delete-expired-turn-holds": {

@@ -1,0 +1,183 @@
+"""Training with a real Celery worker process on the `training` queue: `manage.py train --wait`
+follows a run the worker trains, and a worker killed mid-run leaves the run running until the
+sweeper fails it, after which a new run succeeds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group
+
+from curation.models import Membership
+from tests.conftest import REPO_ROOT, _test_database_url, wait_until
+from tests.training.test_runs import label_questions
+from training.models import ModelVersion, TrainingRun
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+TINY_RUN = ["--param", "epochs=1", "--param", "batch_size=2", "--param", "heldout_share=0", "--param", "device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def training_broker(settings):
+    """A Redis database of this test run's own (other test runs flush and consume database 1),
+    used by this process's Celery app, the CLI and the worker alike."""
+    import redis
+
+    from config.celery import app
+
+    number = 8 + zlib.crc32(os.environ.get("RAGLOOP_TEST_DB_SUFFIX", "").encode()) % 8
+    url = settings.CELERY_BROKER_URL.rsplit("/", 1)[0] + f"/{number}"
+    redis.Redis.from_url(url).flushdb()
+    previous = app.conf.broker_url
+
+    def use(broker_url: str) -> None:
+        app.conf.broker_url = broker_url
+        app._pool = None  # connections are pooled per URL: drop the pool of the old one
+        app.amqp._producer_pool = None
+
+    use(url)
+    yield url
+    use(previous)
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def artifacts(settings, tmp_path) -> Path:
+    settings.RAGLOOP_ARTIFACTS_DIR = tmp_path / "artifacts"
+    return settings.RAGLOOP_ARTIFACTS_DIR
+
+
+@pytest.fixture
+def environment(training_broker, artifacts, transactional_db) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _test_database_url(),
+        "REDIS_URL": training_broker,
+        "RAGLOOP_ARTIFACTS_DIR": str(artifacts),
+        "RAGLOOP_TRAINING_STALL_SECONDS": "3",
+        # The test machine's few cores are shared; OpenMP threads spinning against each other
+        # make small models many times slower.
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+@pytest.fixture
+def training_worker(environment, settings):
+    """A `celery worker -Q training` process (solo pool: SIGKILL kills the training with it)."""
+
+    class Worker:
+        process: subprocess.Popen | None = None
+        log_path = Path(settings.BASE_DIR) / ".data" / f"test-training-worker-{os.getpid()}.log"
+
+        def start(self) -> None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "training", "--pool", "solo",
+                 "-n", f"training-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+                cwd=REPO_ROOT, env=environment, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+        def stop(self, *, kill: bool = False) -> None:
+            if self.process is None or self.process.poll() is not None:
+                return
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+        def log(self) -> str:
+            return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    worker = Worker()
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def labelled_kb(embedded_knowledge_base, django_user_model):
+    curator = django_user_model.objects.create_user("alice", password="pw-alice-123")
+    curator.groups.add(Group.objects.get_or_create(name="curator")[0])
+    Membership.objects.create(knowledge_base=embedded_knowledge_base, user=curator)
+    label_questions(embedded_knowledge_base, curator)
+    return embedded_knowledge_base
+
+
+def manage(environment, *arguments, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *arguments], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_train_wait_follows_a_run_the_worker_trains_into_a_servable_candidate(labelled_kb, training_worker, environment, artifacts):
+    from curation.selectors import passages_retrieve, retriever_for
+    from rag.training.artifacts import verify_manifest
+
+    result = manage(
+        environment, "train", "test-kb", "--component", "retriever", "--mode", "contrastive_query_only",
+        *TINY_RUN, "--wait", "--timeout", "240", "--json",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr + training_worker.log()
+    summary = json.loads(result.stdout)
+    assert (summary["status"], summary["model_version"], summary["progress"]) == ("succeeded", "retriever-v1", 1.0)
+    assert "100.0% succeeded" in result.stderr and "registered candidate retriever-v1" in result.stderr
+    version = ModelVersion.objects.get(name="retriever-v1")
+    assert version.training_run_id == summary["id"] and version.status == "candidate"
+    verify_manifest(artifacts / version.artifact_path)
+    choice = retriever_for(knowledge_base=labelled_kb, retriever_version="retriever-v1")
+    top = passages_retrieve(space=choice.space, query="Which enzyme do statins inhibit?", k=1,
+                            query_model_reference=choice.query_model_reference)  # fmt: skip
+    assert top[0].document_external_id == "d-statins"
+
+
+def test_a_killed_worker_leaves_its_run_running_until_the_sweeper_fails_it_then_a_new_run_succeeds(
+    labelled_kb, training_worker, settings
+):
+    from curation.errors import Conflict
+    from training.services.runs import training_run_start, training_runs_fail_stalled
+
+    # Started through the service this time (the task goes to this test's broker): long enough
+    # to be killed mid-training, 2 steps an epoch for up to 1000 epochs.
+    parameters = {"epochs": 1000, "batch_size": 2, "heldout_share": 0.0, "device": "cpu"}
+    run_id = training_run_start(
+        knowledge_base=labelled_kb, component="retriever", mode="contrastive_query_only", parameters=parameters
+    ).pk
+
+    def training_steps_reported():
+        run = TrainingRun.objects.get(pk=run_id)
+        return run.status == "running" and run.progress > 0.06 and "step" in run.log
+
+    wait_until(training_steps_reported, timeout=180, message=f"the worker to start training\n{training_worker.log()}")
+    training_worker.stop(kill=True)
+
+    run = TrainingRun.objects.get(pk=run_id)
+    assert run.status == "running"  # nobody is left to say otherwise
+    with pytest.raises(Conflict, match=f"Training run #{run_id}"):
+        training_run_start(knowledge_base=labelled_kb, component="retriever", mode="contrastive_query_only", parameters=parameters)
+
+    settings.RAGLOOP_TRAINING_STALL_SECONDS = 3  # as in the worker's environment
+    wait_until(lambda: training_runs_fail_stalled() == [run_id], timeout=30, interval=0.5, message="the sweeper to fail the run")
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error.startswith("The worker stopped (no heartbeat since ")
+
+    # The killed worker's database session ended, so its advisory lock is gone: a new run trains.
+    training_worker.start()
+    second = training_run_start(
+        knowledge_base=labelled_kb, component="retriever", mode="contrastive_query_only", parameters={**parameters, "epochs": 1}
+    )
+    wait_until(lambda: TrainingRun.objects.get(pk=second.pk).is_finished, timeout=240,
+               message=f"the restarted worker to train\n{training_worker.log()}")  # fmt: skip
+    second.refresh_from_db()
+    assert second.status == "succeeded", second.log + training_worker.log()
+    assert not ModelVersion.objects.filter(training_run_id=run_id).exists()
+    assert ModelVersion.objects.get(training_run=second).name == "retriever-v1"

@@ -1,0 +1,40 @@
+"""`manage.py snapshot_create <kb> [--heldout-share 0.2] [--json]`: freeze the current labels."""
+
+import json
+
+from django.core.management.base import BaseCommand
+
+from curation.management.cli import service_errors_as_command_errors
+from curation.selectors import knowledge_base_get
+from training.services.snapshots import dataset_snapshot_create
+
+
+class Command(BaseCommand):
+    help = "Freeze a knowledge base's curated labels into a dataset snapshot with a stable train / held-out split."
+
+    def add_arguments(self, parser):
+        parser.add_argument("kb")
+        parser.add_argument("--heldout-share", type=float, default=0.2, help="share of queries held out (default 0.2)")
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args, kb, heldout_share, **options):
+        with service_errors_as_command_errors():
+            knowledge_base = knowledge_base_get(slug=kb)
+            snapshot = dataset_snapshot_create(knowledge_base=knowledge_base, heldout_share=heldout_share)
+        summary = {
+            "id": snapshot.pk,
+            "knowledge_base": kb,
+            "heldout_share": snapshot.heldout_share,
+            "examples": snapshot.example_count,
+            "train": snapshot.train_count,
+            "heldout": snapshot.heldout_count,
+            "labels": len(snapshot.label_ids),
+            "curators": len(snapshot.curator_ids),
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+        else:
+            self.stdout.write(
+                f"snapshot #{snapshot.pk} of {kb}: {snapshot.example_count} examples "
+                f"({snapshot.train_count} train / {snapshot.heldout_count} held-out) from {summary['labels']} labels"
+            )

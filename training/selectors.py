@@ -1,0 +1,259 @@
+"""Read operations of the training app: snapshots, model versions with their lineage and latest
+evaluation, training runs and the promotion log, each page in a fixed number of queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q
+
+from curation.errors import NotFound
+from curation.models import KnowledgeBase
+from training.models import (
+    Component,
+    DatasetSnapshot,
+    Evaluation,
+    EvaluationQueryResult,
+    ModelVersion,
+    PromotionEvent,
+    TrainingRun,
+)
+from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
+
+# A per-query delta smaller than this is "unchanged" (float noise, not a change in ranking).
+UNCHANGED_TOLERANCE = 1e-9
+QUERY_ROWS_SHOWN = 50
+RUNS_SHOWN = 20
+EVENTS_SHOWN = 50
+SNAPSHOTS_SHOWN = 10
+# The figures shown next to each version in the list, from its stored metrics.
+LIST_METRICS = {
+    Component.RETRIEVER: ("ndcg@10", "recall@10", "mrr@10"),
+    Component.GENERATOR: ("f1", "exact_match", "groundedness"),
+}
+
+
+# --- look-ups ---------------------------------------------------------------------------------
+
+
+def snapshot_get(*, knowledge_base: KnowledgeBase, snapshot_id: int | str | None = None) -> DatasetSnapshot:
+    """A snapshot of the knowledge base by id, or its latest when `snapshot_id` is None or "latest"."""
+    snapshots = DatasetSnapshot.objects.filter(knowledge_base=knowledge_base).select_related("knowledge_base")
+    if snapshot_id in (None, "", "latest"):
+        snapshot = snapshots.order_by("-created_at", "-pk").first()
+        if snapshot is None:
+            raise NotFound(f"Knowledge base {knowledge_base.slug!r} has no dataset snapshot yet.")
+        return snapshot
+    try:
+        snapshot = snapshots.filter(pk=int(snapshot_id)).first()
+    except (TypeError, ValueError):
+        snapshot = None
+    if snapshot is None:
+        raise NotFound(f"Snapshot {snapshot_id!r} not found in {knowledge_base.slug!r}.")
+    return snapshot
+
+
+def model_version_get(*, knowledge_base: KnowledgeBase, name: str) -> ModelVersion:
+    version = (
+        ModelVersion.objects.filter(knowledge_base=knowledge_base, name=name)
+        .select_related("knowledge_base", "parent", "snapshot", "embedding_space", "training_run")
+        .first()
+    )
+    if version is None:
+        raise NotFound(f"Model version {name!r} not found in {knowledge_base.slug!r}.")
+    return version
+
+
+def model_versions_list(*, knowledge_base: KnowledgeBase, component: str | None = None) -> list[ModelVersion]:
+    versions = ModelVersion.objects.filter(knowledge_base=knowledge_base).select_related("parent", "snapshot")
+    if component:
+        versions = versions.filter(component=component)
+    return list(versions.order_by("component", "-created_at", "-pk"))
+
+
+def evaluation_latest(*, version: ModelVersion) -> Evaluation | None:
+    return (
+        Evaluation.objects.filter(candidate=version)
+        .select_related("snapshot", "baseline", "candidate")
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+# --- the models page --------------------------------------------------------------------------
+
+
+@dataclass
+class ComponentVersions:
+    component: str
+    versions: list[ModelVersion]
+    live: ModelVersion | None
+    metric_names: tuple[str, ...]
+
+
+@dataclass
+class ModelsOverview:
+    components: list[ComponentVersions]
+    runs: list[TrainingRun]
+    active_runs: bool
+    events: list[PromotionEvent]
+    snapshots: list[DatasetSnapshot]
+
+
+def training_runs_recent(*, knowledge_base: KnowledgeBase) -> list[TrainingRun]:
+    return list(
+        TrainingRun.objects.filter(knowledge_base=knowledge_base)
+        .select_related("snapshot", "created_by", "model_version")
+        .order_by("-created_at", "-pk")[:RUNS_SHOWN]
+    )
+
+
+def runs_active(runs: list[TrainingRun]) -> bool:
+    return any(run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING) for run in runs)
+
+
+def models_overview(*, knowledge_base: KnowledgeBase) -> ModelsOverview:
+    """Versions per component (each with its headline figures), recent runs, the promotion log."""
+    versions = model_versions_list(knowledge_base=knowledge_base)
+    for version in versions:
+        version.headline = [(name, version.metrics.get(name)) for name in LIST_METRICS[version.component]]
+    components = [
+        ComponentVersions(
+            component=component,
+            versions=[v for v in versions if v.component == component],
+            live=next((v for v in versions if v.component == component and v.status == ModelVersion.Status.LIVE), None),
+            metric_names=LIST_METRICS[component],
+        )
+        for component in Component.values
+    ]
+    runs = training_runs_recent(knowledge_base=knowledge_base)
+    events = list(
+        PromotionEvent.objects.filter(knowledge_base=knowledge_base)
+        .select_related("from_version", "to_version", "actor")
+        .order_by("-created_at", "-pk")[:EVENTS_SHOWN]
+    )
+    snapshots = list(DatasetSnapshot.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-pk")[:SNAPSHOTS_SHOWN])
+    return ModelsOverview(components=components, runs=runs, active_runs=runs_active(runs), events=events, snapshots=snapshots)
+
+
+# --- one version ------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricRow:
+    name: str
+    candidate: float | None
+    baseline: float | None
+    headline: bool
+
+    @property
+    def delta(self) -> float | None:
+        if self.candidate is None or self.baseline is None:
+            return None
+        return self.candidate - self.baseline
+
+
+@dataclass
+class QueryDiff:
+    """One held-out query: both sides' figures and what each returned."""
+
+    result: EvaluationQueryResult
+    query: str
+    delta: float
+    candidate_score: float | None
+    baseline_score: float | None
+    candidate_documents: list[dict[str, Any]] = field(default_factory=list)
+    baseline_documents: list[dict[str, Any]] = field(default_factory=list)
+    candidate_answer: str = ""
+    baseline_answer: str = ""
+    gold_answer: str = ""
+    relevant_documents: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VersionReview:
+    version: ModelVersion
+    snapshot: DatasetSnapshot | None
+    snapshot_curators: list[str]
+    evaluation: Evaluation | None
+    metric_rows: list[MetricRow]
+    headline: str
+    counts: dict[str, int]
+    improved: list[QueryDiff]
+    regressed: list[QueryDiff]
+    unchanged: list[QueryDiff]
+    live: ModelVersion | None
+
+
+def _documents(side: dict, relevant: set[str]) -> list[dict[str, Any]]:
+    return [{**document, "relevant": document.get("id") in relevant} for document in side.get("documents", [])[:5]]
+
+
+def _query_diff(result: EvaluationQueryResult, headline: str) -> QueryDiff:
+    example = result.example
+    relevant = {p.get("document_id") for p in example.relevant} - {None, ""}
+    return QueryDiff(
+        result=result,
+        query=example.query,
+        delta=result.delta,
+        candidate_score=result.candidate.get(headline),
+        baseline_score=result.baseline.get(headline),
+        candidate_documents=_documents(result.candidate, relevant),
+        baseline_documents=_documents(result.baseline, relevant),
+        candidate_answer=result.candidate.get("answer", ""),
+        baseline_answer=result.baseline.get("answer", ""),
+        gold_answer=example.gold_answer,
+        relevant_documents=sorted(relevant),
+    )
+
+
+def model_version_review(*, version: ModelVersion) -> VersionReview:
+    """Lineage, the latest evaluation side by side, and the queries that improved or regressed."""
+    snapshot = version.snapshot
+    curators: list[str] = []
+    if snapshot is not None and snapshot.curator_ids:
+        curators = list(
+            get_user_model().objects.filter(pk__in=snapshot.curator_ids).order_by("username").values_list("username", flat=True)
+        )
+    live = (
+        ModelVersion.objects.filter(
+            knowledge_base_id=version.knowledge_base_id, component=version.component, status=ModelVersion.Status.LIVE
+        ).first()
+    )
+    evaluation = evaluation_latest(version=version)
+    headline = HEADLINE_METRIC[version.component]
+    names = RETRIEVER_METRICS if version.component == Component.RETRIEVER else GENERATOR_METRICS
+    rows: list[MetricRow] = []
+    counts = {"improved": 0, "regressed": 0, "unchanged": 0}
+    improved: list[QueryDiff] = []
+    regressed: list[QueryDiff] = []
+    unchanged: list[QueryDiff] = []
+    if evaluation is not None:
+        rows = [
+            MetricRow(name, evaluation.candidate_metrics.get(name), evaluation.baseline_metrics.get(name), name == headline)
+            for name in names
+        ]
+        results = EvaluationQueryResult.objects.filter(evaluation=evaluation).select_related("example")
+        up = Q(delta__gt=UNCHANGED_TOLERANCE)
+        down = Q(delta__lt=-UNCHANGED_TOLERANCE)
+        counts = results.aggregate(
+            improved=Count("pk", filter=up), regressed=Count("pk", filter=down), unchanged=Count("pk", filter=~up & ~down)
+        )
+        improved = [_query_diff(r, headline) for r in results.filter(up).order_by("-delta", "pk")[:QUERY_ROWS_SHOWN]]
+        regressed = [_query_diff(r, headline) for r in results.filter(down).order_by("delta", "pk")[:QUERY_ROWS_SHOWN]]
+        unchanged = [_query_diff(r, headline) for r in results.exclude(up | down).order_by("pk")[:QUERY_ROWS_SHOWN]]
+    return VersionReview(
+        version=version,
+        snapshot=snapshot,
+        snapshot_curators=curators,
+        evaluation=evaluation,
+        metric_rows=rows,
+        headline=headline,
+        counts=counts,
+        improved=improved,
+        regressed=regressed,
+        unchanged=unchanged,
+        live=live,
+    )

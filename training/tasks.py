@@ -1,0 +1,52 @@
+"""Celery tasks of the training app: each takes ids and calls one service (see training.services.runs).
+
+Training and evaluation go to the `training` queue (concurrency 1, possibly on a GPU machine);
+nothing here or in the services touches CUDA before a task runs.
+"""
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from curation.errors import ServiceError
+from training.services import runs
+
+logger = logging.getLogger(__name__)
+
+# How long a run whose component lock is held waits before its task tries again, and how many
+# times: the holder is a live run (it ends) or one the sweeper failed (it stops at its next step).
+LOCK_RETRY_SECONDS = 30
+LOCK_RETRIES = 240  # two hours
+
+
+@shared_task(bind=True, max_retries=LOCK_RETRIES)
+def training_run_execute_task(self, run_id: int) -> str:
+    outcome = runs.training_run_execute(run_id=run_id)
+    if outcome == runs.Outcome.WAITING_FOR_LOCK:
+        if self.request.retries >= self.max_retries:
+            runs.training_run_fail_waiting(run_id=run_id)
+            return outcome
+        countdown = getattr(settings, "RAGLOOP_TRAINING_LOCK_RETRY_SECONDS", LOCK_RETRY_SECONDS)
+        raise self.retry(countdown=countdown)
+    return outcome
+
+
+@shared_task
+def model_version_evaluate_task(version_id: int) -> None:
+    # Imported when the task runs: the evaluation service is its own module, loaded with its models.
+    from training.models import ModelVersion
+    from training.services import evaluation
+
+    version = ModelVersion.objects.select_related("snapshot").filter(pk=version_id).first()
+    if version is None:
+        return
+    try:
+        evaluation.model_version_evaluate(version=version, snapshot=version.snapshot)
+    except ServiceError as error:  # e.g. a snapshot with nothing held out: a reason, not a crash
+        logger.warning("Model version %s (%s) was not evaluated: %s", version.name, version.pk, error)
+
+
+@shared_task
+def training_runs_fail_stalled_task() -> None:
+    runs.training_runs_fail_stalled()

@@ -1,0 +1,207 @@
+"""Model review pages for admins: a knowledge base's model versions, training runs and promotion
+log; one version's lineage and latest evaluation against the baseline, with per-query diffs and
+the promote and roll back actions; and downloads of dataset snapshot exports.
+
+Every page is a knowledge base page for admins: 404 for non-members, 403 for curators.
+"""
+
+from django.contrib import messages
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import path
+from django.views.decorators.http import require_GET, require_POST
+
+from curation.errors import Conflict, NotFound, ServiceError
+from curation.models import KnowledgeBase
+from curation.views.access import fragment
+from curation.views.review import knowledge_base_admin_page
+from training.models import Component
+from training.selectors import (
+    model_version_get,
+    model_version_review,
+    models_overview,
+    runs_active,
+    snapshot_get,
+    training_runs_recent,
+)
+from training.services.exports import EXPORT_FORMATS, EXPORT_SPLITS, dataset_export_files
+from training.services.versions import model_version_promote, model_version_rollback
+
+CURVE_WIDTH = 480
+CURVE_HEIGHT = 120
+CURVE_MAX_POINTS = 400
+REASON_MAX_LENGTH = 2000
+
+
+def _curve_chart(curve: list) -> dict | None:
+    """Polyline geometry of a training loss curve (inline SVG; no chart library)."""
+    points = []
+    for point in curve if isinstance(curve, list) else []:
+        if not isinstance(point, dict):
+            continue
+        loss = point.get("loss", point.get("train_loss"))
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool) and loss == loss:  # loss == loss: not NaN
+            points.append((point.get("step", len(points) + 1), float(loss)))
+    if len(points) < 2:
+        return None
+    stride = max(1, len(points) // CURVE_MAX_POINTS)
+    shown = points[::stride]
+    if shown[-1] != points[-1]:
+        shown.append(points[-1])
+    low = min(loss for _, loss in points)
+    high = max(loss for _, loss in points)
+    spread = (high - low) or 1.0
+    last = len(shown) - 1
+    coordinates = " ".join(
+        f"{CURVE_WIDTH * i / last:.1f},{CURVE_HEIGHT - CURVE_HEIGHT * (loss - low) / spread:.1f}"
+        for i, (_, loss) in enumerate(shown)
+    )
+    return {
+        "points": coordinates,
+        "width": CURVE_WIDTH,
+        "height": CURVE_HEIGHT,
+        "first": points[0],
+        "last": points[-1],
+        "low": low,
+        "high": high,
+        "steps": len(points),
+    }
+
+
+def _reason(request) -> str:
+    return request.POST.get("reason", "").replace("\x00", "").replace("\r\n", "\n").strip()[:REASON_MAX_LENGTH]
+
+
+def _version_or_404(knowledge_base: KnowledgeBase, name: str):
+    try:
+        return model_version_get(knowledge_base=knowledge_base, name=name)
+    except NotFound:
+        raise Http404("No such model version.") from None
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+
+@require_GET
+@knowledge_base_admin_page
+def models_page(request, knowledge_base: KnowledgeBase):
+    return render(request, "training/models.html", {
+        "kb": knowledge_base,
+        "overview": models_overview(knowledge_base=knowledge_base),
+        "export_formats": [f for f in EXPORT_FORMATS if f != "beir"],
+    })
+
+
+@require_GET
+@knowledge_base_admin_page
+def training_runs_fragment(request, knowledge_base: KnowledgeBase):
+    runs = training_runs_recent(knowledge_base=knowledge_base)
+    return fragment(render(request, "training/_runs.html", {"kb": knowledge_base, "runs": runs, "active_runs": runs_active(runs)}))
+
+
+def _version_page(request, knowledge_base, version, *, error: str = "", reason: str = "", status: int = 200):
+    review = model_version_review(version=version)
+    return render(request, "training/version_detail.html", {
+        "kb": knowledge_base,
+        "version": version,
+        "review": review,
+        "curve": _curve_chart(version.training_curve),
+        "is_retriever": version.component == Component.RETRIEVER,
+        "error": error,
+        "reason": reason,
+    }, status=status)
+
+
+@require_GET
+@knowledge_base_admin_page
+def version_detail(request, knowledge_base: KnowledgeBase, name: str):
+    return _version_page(request, knowledge_base, _version_or_404(knowledge_base, name))
+
+
+@require_POST
+@knowledge_base_admin_page
+def version_promote(request, knowledge_base: KnowledgeBase, name: str):
+    version = _version_or_404(knowledge_base, name)
+    reason = _reason(request)
+    try:
+        event = model_version_promote(version=version, actor=request.user, reason=reason)
+    except ServiceError as error:
+        return _version_page(request, knowledge_base, version, error=str(error), reason=reason, status=error.status_code)
+    previous = event.from_version.name if event.from_version else "the base model"
+    messages.success(request, f"{version.name} is live; it replaced {previous}.")
+    return redirect("training_version_detail", slug=knowledge_base.slug, name=version.name)
+
+
+@require_POST
+@knowledge_base_admin_page
+def version_rollback(request, knowledge_base: KnowledgeBase, name: str):
+    version = _version_or_404(knowledge_base, name)
+    reason = _reason(request)
+    try:
+        # The button rolls back *this* version; if another one went live since the page was
+        # drawn, the admin is told instead of rolling back something they did not look at.
+        if version.status != version.Status.LIVE:
+            raise Conflict(f"{version.name} is not live ({version.status}); there is nothing to roll back.")
+        event = model_version_rollback(
+            knowledge_base=knowledge_base, component=version.component, actor=request.user, reason=reason
+        )
+    except ServiceError as error:
+        return _version_page(request, knowledge_base, version, error=str(error), reason=reason, status=error.status_code)
+    restored = event.to_version.name if event.to_version else "the base model"
+    messages.success(request, f"{version.name} was rolled back; {restored} serves {version.component} again.")
+    return redirect("training_version_detail", slug=knowledge_base.slug, name=version.name)
+
+
+# --- snapshot exports -------------------------------------------------------------------------
+
+
+def _export_response(request, knowledge_base: KnowledgeBase, snapshot_id: int, export_format: str) -> HttpResponse:
+    split = request.GET.get("split", "train")
+    if split not in EXPORT_SPLITS:
+        return HttpResponse(f"Unknown split; choose one of {', '.join(EXPORT_SPLITS)}.", status=400, content_type="text/plain")
+    try:
+        snapshot = snapshot_get(knowledge_base=knowledge_base, snapshot_id=snapshot_id)
+        export = dataset_export_files(snapshot=snapshot, format=export_format, split=split)
+    except NotFound:
+        raise Http404("No such snapshot.") from None
+    except ServiceError as error:
+        return HttpResponse(str(error), status=error.status_code, content_type="text/plain")
+    # Slugs, ids, format and split names are letters, digits and dashes: safe in the file name.
+    stem = f"{knowledge_base.slug}-snapshot-{snapshot.pk}-{split}-{export_format}"
+    if export_format == "beir":
+        response = HttpResponse(export.zip_bytes(folder=stem), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{stem}.zip"'
+    else:
+        [content] = export.files.values()
+        response = HttpResponse(content, content_type="application/jsonl; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{stem}.jsonl"'
+    return response
+
+
+@require_GET
+@knowledge_base_admin_page
+def snapshot_export_jsonl(request, knowledge_base: KnowledgeBase, snapshot_id: int, export_format: str):
+    if export_format not in EXPORT_FORMATS or export_format == "beir":
+        raise Http404("No such export format.")
+    return _export_response(request, knowledge_base, snapshot_id, export_format)
+
+
+@require_GET
+@knowledge_base_admin_page
+def snapshot_export_beir(request, knowledge_base: KnowledgeBase, snapshot_id: int):
+    return _export_response(request, knowledge_base, snapshot_id, "beir")
+
+
+urlpatterns = [
+    path("kbs/<slug:slug>/models/", models_page, name="training_models"),
+    path("kbs/<slug:slug>/training-runs/", training_runs_fragment, name="training_runs"),
+    path("kbs/<slug:slug>/models/<str:name>/", version_detail, name="training_version_detail"),
+    path("kbs/<slug:slug>/models/<str:name>/promote/", version_promote, name="training_version_promote"),
+    path("kbs/<slug:slug>/models/<str:name>/rollback/", version_rollback, name="training_version_rollback"),
+    path("kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/beir.zip", snapshot_export_beir, name="training_snapshot_export_beir"),
+    path(
+        "kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/<str:export_format>.jsonl",
+        snapshot_export_jsonl,
+        name="training_snapshot_export",
+    ),
+]
