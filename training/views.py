@@ -15,7 +15,7 @@ from curation.errors import Conflict, NotFound, ServiceError
 from curation.models import KnowledgeBase
 from curation.views.access import fragment
 from curation.views.review import knowledge_base_admin_page
-from training.models import Component
+from training.models import Component, TrainingRun
 from training.selectors import (
     model_version_get,
     model_version_review,
@@ -25,6 +25,7 @@ from training.selectors import (
     training_runs_recent,
 )
 from training.services.exports import EXPORT_FORMATS, EXPORT_SPLITS, dataset_export_files
+from training.services.runs import training_run_cancel
 from training.services.versions import model_version_promote, model_version_rollback
 
 CURVE_WIDTH = 480
@@ -97,6 +98,23 @@ def models_page(request, knowledge_base: KnowledgeBase):
 def training_runs_fragment(request, knowledge_base: KnowledgeBase):
     runs = training_runs_recent(knowledge_base=knowledge_base)
     return fragment(render(request, "training/_runs.html", {"kb": knowledge_base, "runs": runs, "active_runs": runs_active(runs)}))
+
+
+@require_POST
+@knowledge_base_admin_page
+def training_run_cancel_view(request, knowledge_base: KnowledgeBase, run_id: int):
+    """Cancel a run from the runs table; answers with the refreshed table (or its error)."""
+    run = TrainingRun.objects.filter(pk=run_id, knowledge_base=knowledge_base).first()
+    if run is None:
+        raise Http404("No such training run.")
+    status, error = 200, ""
+    try:
+        training_run_cancel(run=run)
+    except ServiceError as service_error:
+        status, error = service_error.status_code, str(service_error)
+    runs = training_runs_recent(knowledge_base=knowledge_base)
+    context = {"kb": knowledge_base, "runs": runs, "active_runs": runs_active(runs), "error": error}
+    return fragment(render(request, "training/_runs.html", context, status=status))
 
 
 def _version_page(request, knowledge_base, version, *, error: str = "", reason: str = "", status: int = 200):
@@ -195,6 +213,7 @@ def snapshot_export_beir(request, knowledge_base: KnowledgeBase, snapshot_id: in
 urlpatterns = [
     path("kbs/<slug:slug>/models/", models_page, name="training_models"),
     path("kbs/<slug:slug>/training-runs/", training_runs_fragment, name="training_runs"),
+    path("kbs/<slug:slug>/training-runs/<int:run_id>/cancel/", training_run_cancel_view, name="training_run_cancel"),
     path("kbs/<slug:slug>/models/<str:name>/", version_detail, name="training_version_detail"),
     path("kbs/<slug:slug>/models/<str:name>/promote/", version_promote, name="training_version_promote"),
     path("kbs/<slug:slug>/models/<str:name>/rollback/", version_rollback, name="training_version_rollback"),

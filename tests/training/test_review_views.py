@@ -276,3 +276,28 @@ def test_the_version_page_runs_a_fixed_number_of_queries(admin_client, knowledge
     with django_assert_max_num_queries(small_count):
         response = admin_client.get("/kbs/test-kb/models/retriever-v2/")
     assert b"<strong>10</strong> improved" in response.content
+
+
+def test_an_admin_cancels_a_queued_run_from_the_runs_table(client, admin_user, knowledge_base, django_user_model):
+    from django.contrib.auth.models import Group
+
+    from curation.models import Membership
+    from training.models import TrainingRun
+
+    run = TrainingRun.objects.create(knowledge_base=knowledge_base, component="retriever", mode="contrastive")
+    curator = django_user_model.objects.create_user("cur-x", password="pw-cur-x-123")
+    curator.groups.add(Group.objects.get_or_create(name="curator")[0])
+    Membership.objects.create(knowledge_base=knowledge_base, user=curator)
+    client.force_login(curator)
+    assert client.post(f"/kbs/test-kb/training-runs/{run.pk}/cancel/").status_code == 403
+    run.refresh_from_db()
+    assert run.status == "queued"
+
+    client.force_login(admin_user)
+    response = client.post(f"/kbs/test-kb/training-runs/{run.pk}/cancel/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and "HX-Request" in response["Vary"]
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    again = client.post(f"/kbs/test-kb/training-runs/{run.pk}/cancel/", HTTP_HX_REQUEST="true")
+    assert again.status_code == 409 and b"already cancelled" in again.content
+    assert client.post("/kbs/test-kb/training-runs/999999/cancel/").status_code == 404
