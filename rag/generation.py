@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rag.chunking import sentence_spans
+from rag.http_errors import body_snippet, http_error_detail
 
 NO_ANSWER_TEXT = "I could not find an answer in the knowledge base."
 
@@ -228,7 +229,7 @@ class OpenAIChatGenerator:
                 raw_body = response.read()
         except urllib.error.HTTPError as error:
             raise GeneratorError(
-                f"OpenAI-compatible endpoint {url} returned {error.code}: {_error_detail(error)}"
+                f"OpenAI-compatible endpoint {url} returned {error.code}: {http_error_detail(error)}"
             ) from None
         except (OSError, http.client.HTTPException) as error:  # URLError and timeouts are OSErrors
             reason = getattr(error, "reason", error)
@@ -240,7 +241,7 @@ class OpenAIChatGenerator:
         except (ValueError, KeyError, IndexError, TypeError):
             raise GeneratorError(
                 f"OpenAI-compatible endpoint {url} returned a response that is not a chat completion: "
-                f"{_snippet(raw_body)}"
+                f"{body_snippet(raw_body)}"
             ) from None
         if not isinstance(content, str):
             raise GeneratorError(f"OpenAI-compatible endpoint {url} returned a completion with no text content")
@@ -252,26 +253,6 @@ class OpenAIChatGenerator:
             model=self.model,
             cited_passages=cited_passage_numbers(answer, passage_count=len(passages)),
         )
-
-
-def _error_detail(error: urllib.error.HTTPError) -> str:
-    try:
-        raw_body = error.read()
-    except OSError:
-        return error.reason or "no details"
-    try:
-        # OpenAI-style servers put a readable message in {"error": {"message": ...}}.
-        message = json.loads(raw_body)["error"]["message"]
-        if isinstance(message, str) and message:
-            return message[:300]
-    except (ValueError, KeyError, TypeError):
-        pass
-    return _snippet(raw_body) or str(error.reason)
-
-
-def _snippet(raw_body: bytes, limit: int = 200) -> str:
-    text = raw_body.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --- Local Hugging Face causal LM -------------------------------------------------------

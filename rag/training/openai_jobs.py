@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rag.http_errors import body_snippet, http_error_detail
 from rag.training import ProgressCallback, StopCheck, TrainingCancelled
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -58,7 +59,7 @@ def _call(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw_body = response.read()
     except urllib.error.HTTPError as error:
-        raise FineTuningError(f"{method} {url} returned {error.code}: {_error_detail(error)}") from None
+        raise FineTuningError(f"{method} {url} returned {error.code}: {http_error_detail(error)}") from None
     except (OSError, http.client.HTTPException) as error:  # URLError and timeouts are OSErrors
         reason = getattr(error, "reason", error)
         raise FineTuningError(f"could not reach fine-tuning endpoint {url}: {reason}") from None
@@ -67,34 +68,14 @@ def _call(
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        raise FineTuningError(f"{method} {url} returned a response that is not a JSON object: {_snippet(raw_body)}")
+        raise FineTuningError(f"{method} {url} returned a response that is not a JSON object: {body_snippet(raw_body)}")
     return payload
-
-
-def _error_detail(error: urllib.error.HTTPError) -> str:
-    try:
-        raw_body = error.read()
-    except OSError:
-        return str(error.reason or "no details")
-    try:
-        # OpenAI-style servers put a readable message in {"error": {"message": ...}}.
-        message = json.loads(raw_body)["error"]["message"]
-        if isinstance(message, str) and message:
-            return message[:300]
-    except (ValueError, KeyError, TypeError):
-        pass
-    return _snippet(raw_body) or str(error.reason)
-
-
-def _snippet(raw_body: bytes, limit: int = 200) -> str:
-    text = raw_body.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _require(payload: dict[str, Any], key: str, *, what: str, url: str) -> Any:
     value = payload.get(key)
     if not isinstance(value, str) or not value:
-        raise FineTuningError(f"{url} returned {what} without an {key!r}: {_snippet(json.dumps(payload).encode())}")
+        raise FineTuningError(f"{url} returned {what} without an {key!r}: {body_snippet(json.dumps(payload).encode())}")
     return value
 
 
