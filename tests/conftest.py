@@ -109,12 +109,42 @@ def _test_database_url() -> str:
     return f"postgresql://{config['USER']}{password}@{host}{port}/{config['NAME']}"
 
 
+class CeleryWorker:
+    """A real `celery worker` process (solo pool, so SIGKILL takes its task down with it)."""
+
+    def __init__(self, *, queues: str, env: dict[str, str], name: str) -> None:
+        from django.conf import settings
+
+        self.queues, self.env, self.name = queues, env, name
+        self.process: subprocess.Popen | None = None
+        self.log_path = Path(settings.BASE_DIR) / ".data" / f"test-{name}-{os.getpid()}.log"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", self.queues, "--pool", "solo",
+             "-n", f"{self.name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+            cwd=REPO_ROOT, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db):
-    """Start a real `celery worker` process on the test database and the test Redis database.
-
-    Yields a handle with `stop(kill=False)` and `start()`; the worker is stopped at teardown.
-    """
+    """Start a real worker on the `default` and `embedding` queues, bound to the test database
+    and the test Redis database; `stop(kill=...)` and `start()` let a test kill and restart it."""
     import redis
     from django.conf import settings
 
@@ -128,37 +158,8 @@ def celery_worker_process(transactional_db):
         # Small batches, so a job spans many tasks and a killed worker leaves a partial state.
         "RAGLOOP_EMBED_BATCH_SIZE": "8",
     }
-
-    class Worker:
-        process: subprocess.Popen | None = None
-        broker_url = settings.CELERY_BROKER_URL
-        log_path = Path(settings.BASE_DIR) / ".data" / f"test-worker-{os.getpid()}.log"
-
-        def start(self) -> None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,embedding",
-                 "--pool", "solo", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=self.log_path.open("ab"),
-                stderr=subprocess.STDOUT,
-            )
-
-        def stop(self, *, kill: bool = False) -> None:
-            if self.process is None or self.process.poll() is not None:
-                return
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-        def log(self) -> str:
-            return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
-
-    worker = Worker()
+    worker = CeleryWorker(queues="default,embedding", env=env, name="worker")
+    worker.broker_url = broker_url
     worker.start()
     yield worker
     worker.stop()

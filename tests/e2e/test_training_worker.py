@@ -4,7 +4,6 @@ sweeper fails it, after which a new run succeeds."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import zlib
@@ -14,7 +13,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from curation.models import Membership
-from tests.conftest import REPO_ROOT, _test_database_url, wait_until
+from tests.conftest import REPO_ROOT, CeleryWorker, _test_database_url, wait_until
 from tests.training.test_runs import label_questions
 from training.models import ModelVersion, TrainingRun
 
@@ -69,35 +68,9 @@ def environment(training_broker, artifacts, transactional_db) -> dict[str, str]:
 
 
 @pytest.fixture
-def training_worker(environment, settings):
+def training_worker(environment):
     """A `celery worker -Q training` process (solo pool: SIGKILL kills the training with it)."""
-
-    class Worker:
-        process: subprocess.Popen | None = None
-        log_path = Path(settings.BASE_DIR) / ".data" / f"test-training-worker-{os.getpid()}.log"
-
-        def start(self) -> None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "training", "--pool", "solo",
-                 "-n", f"training-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-                cwd=REPO_ROOT, env=environment, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        def stop(self, *, kill: bool = False) -> None:
-            if self.process is None or self.process.poll() is not None:
-                return
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-        def log(self) -> str:
-            return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
-
-    worker = Worker()
+    worker = CeleryWorker(queues="training", env=environment, name="training-worker")
     worker.start()
     yield worker
     worker.stop()
