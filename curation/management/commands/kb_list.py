@@ -3,7 +3,6 @@
 import json
 
 from django.core.management.base import BaseCommand
-from django.db.models import Count
 
 from curation.models import KnowledgeBase
 
