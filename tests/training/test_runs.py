@@ -677,3 +677,30 @@ def test_cli_train_wait_exits_non_zero_with_the_error_of_a_failed_run(labelled_k
         call_command("train", "test-kb", "--component", "retriever", "--mode", "contrastive", "--param", "heldout_share=0", "--wait")
     assert error.value.returncode == 1
     assert "40.0% failed" in capsys.readouterr().err
+
+
+def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
+    """Another chunk of a document judged relevant is a likely false negative, not a negative."""
+    from curation.selectors import RetrievedChunk
+    from rag.datasets import DatasetExample, LabeledPassage
+    from training.services import runs
+
+    hits = [
+        RetrievedChunk(rank=1, score=0.9, chunk_id=11, document_id=1, document_external_id="doc-a", title="", text="A, part one"),
+        RetrievedChunk(rank=2, score=0.8, chunk_id=12, document_id=1, document_external_id="doc-a", title="", text="A, part two"),
+        RetrievedChunk(rank=3, score=0.7, chunk_id=21, document_id=2, document_external_id="doc-b", title="", text="B"),
+        RetrievedChunk(rank=4, score=0.6, chunk_id=31, document_id=3, document_external_id="doc-c", title="", text="C"),
+    ]
+    monkeypatch.setattr(runs, "_retrieve", lambda live, query, k: hits[:k])
+
+    class Reporter:
+        def raise_if_stopped(self):
+            pass
+
+        def tick(self, done, total):
+            pass
+
+    example = DatasetExample(example_id="q", query="q?", relevant=[LabeledPassage(text="A, part one", document_id="doc-a", chunk_id=11)])
+    mined = runs._mine_negatives(examples=[example], live=None, top_k=4, limit=5, reporter=Reporter())
+    assert mined == {"q?": ["B", "C"]}
+    assert runs._mine_negatives(examples=[example], live=None, top_k=4, limit=1, reporter=Reporter()) == {"q?": ["B"]}
