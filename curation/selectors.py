@@ -152,3 +152,44 @@ def passages_retrieve(
         )
         for rank, (chunk_id, score, text, document_id, external_id, title) in enumerate(rows, start=1)
     ]
+
+
+def best_chunk_per_document(
+    *, space: EmbeddingSpace, query: str, document_external_ids: list[str], query_model_reference: str | None = None
+) -> dict[str, RetrievedChunk]:
+    """For each named document of the space's knowledge base, its chunk nearest to the query.
+
+    Documents with no chunk embedded in the space are left out. The query is encoded as in
+    passages_retrieve; the scan covers only those documents' chunks (exact, no index).
+    """
+    if not document_external_ids:
+        return {}
+    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
+    query_vector = as_vector_literal(embedder.encode_queries([query])[0])
+    sql = """
+        SELECT DISTINCT ON (d.external_id)
+               c.id, 1 - (e.embedding <=> %s::vector), c.text, d.id, d.external_id, d.title
+        FROM curation_chunkembedding e
+        JOIN curation_chunk c ON c.id = e.chunk_id
+        JOIN curation_document d ON d.id = c.document_id
+        WHERE e.space_id = %s AND d.knowledge_base_id = %s AND d.external_id = ANY(%s)
+        ORDER BY d.external_id, e.embedding <=> %s::vector, c.id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [query_vector, space.pk, space.knowledge_base_id, list(document_external_ids), query_vector],
+        )
+        rows = cursor.fetchall()
+    return {
+        external_id: RetrievedChunk(
+            rank=1,
+            score=float(score),
+            chunk_id=chunk_id,
+            document_id=document_id,
+            document_external_id=external_id,
+            title=title,
+            text=text,
+        )
+        for chunk_id, score, text, document_id, external_id, title in rows
+    }

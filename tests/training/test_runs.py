@@ -704,3 +704,68 @@ def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
     mined = runs._mine_negatives(examples=[example], live=None, top_k=4, limit=5, reporter=Reporter())
     assert mined == {"q?": ["B", "C"]}
     assert runs._mine_negatives(examples=[example], live=None, top_k=4, limit=1, reporter=Reporter()) == {"q?": ["B"]}
+
+
+def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_base):
+    """An imported document-level judgment (no chunk) trains on the chunk the live retriever
+    ranks highest for the query: the unit the index holds, within the encoder's window."""
+    from tests.conftest import embed_everything_now
+
+    from curation.selectors import retriever_for
+    from curation.services.documents import documents_ingest
+    from rag.datasets import DatasetExample, LabeledPassage
+    from rag.documents import SourceDocument
+
+    knowledge_base.chunk_max_tokens, knowledge_base.chunk_overlap_tokens = 24, 0
+    knowledge_base.save()
+    long_text = (
+        "Statins lower blood cholesterol by inhibiting the enzyme HMG-CoA reductase in the liver. "
+        "Migrating birds navigate with a magnetic compass in their eyes and follow the coastlines south. "
+        "Volcanic eruptions inject sulphur dioxide into the stratosphere and cool the climate for years."
+    )
+    other_text = (
+        "Deep sleep consolidates new memories in the hippocampus overnight. "
+        "Coffee keeps people alert because caffeine blocks the adenosine receptors of the brain."
+    )
+    documents_ingest(knowledge_base=knowledge_base, documents=[
+        SourceDocument(external_id="long", title="", text=long_text, metadata={}),
+        SourceDocument(external_id="other", title="", text=other_text, metadata={}),
+    ])  # fmt: skip
+    embed_everything_now(knowledge_base)
+    chunks = {c.text: c for c in knowledge_base.chunks.all()}
+    assert len(chunks) >= 4, "the documents must be split for this test to mean anything"
+    birds = next(text for text in chunks if "birds" in text)
+    coffee = next(text for text in chunks if "caffeine" in text)
+    kept = next(text for text in chunks if "Statins" in text)
+
+    class Reporter:
+        def phase(self, message, *, low, high):
+            self.message = message
+
+        def raise_if_stopped(self):
+            pass
+
+        def tick(self, done, total):
+            pass
+
+    example = DatasetExample(
+        example_id="q",
+        query="How do migrating birds find their way south?",
+        relevant=[
+            LabeledPassage(text=long_text, document_id="long"),  # judged as a whole
+            LabeledPassage(text=kept, document_id="long", chunk_id=chunks[kept].pk),  # a chunk stays itself
+        ],
+        irrelevant=[
+            LabeledPassage(text=other_text, document_id="other"),
+            LabeledPassage(text="A passage of a document that is not in this knowledge base.", document_id="gone"),
+        ],
+    )
+    reporter = Reporter()
+    [converted] = runs._examples_in_chunks(examples=[example], live=retriever_for(knowledge_base=knowledge_base), reporter=reporter)
+
+    assert converted.query == example.query
+    assert converted.positives == [birds, kept]
+    # The irrelevant document's hardest chunk for this query; a document not here keeps its text.
+    assert converted.hard_negatives[1] == "A passage of a document that is not in this knowledge base."
+    assert converted.hard_negatives[0] in chunks and chunks[converted.hard_negatives[0]].document.external_id == "other"
+    assert reporter.message == "finding the best chunk of 3 passage(s) judged as a whole document"
