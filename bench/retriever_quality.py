@@ -17,8 +17,9 @@ LM's preference over each train query's top-k chunks, so it bounds what the LSR 
 it is not an RA-DIT figure. With --lm, each chunk is scored by the LM's likelihood of the claim's
 SciFact verdict ("supported" / "contradicted") where the claim has one.
 
-    python bench/retriever_quality.py                      # --max-docs 1000, 1 epoch, batch 16
-    python bench/retriever_quality.py --max-docs 0 --mined-negatives 4 --keep   # whole corpus
+    python bench/retriever_quality.py                      # 600 abstracts, the service's defaults
+    python bench/retriever_quality.py --mined-negatives 1  # full mode about twice as fast on a CPU
+    python bench/retriever_quality.py --max-docs 0 --keep  # the whole corpus
 """
 
 from __future__ import annotations
@@ -64,22 +65,23 @@ def parse_args() -> argparse.Namespace:
                         help="import only this many of the train queries (a seeded sample; 0 = all), for quick runs")
     parser.add_argument("--dev-share", type=float, default=0.2, help="share of the train-qrels queries held out as dev (default: %(default)s)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, from %(default)s")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16, help="contrastive batch size (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=5e-5,
-                        help="contrastive learning rate (the service's default is 2e-5) (default: %(default)s)")
-    parser.add_argument("--mined-negatives", type=int, default=0,
-                        help="mined negatives per query for the contrastive modes, from the base retriever's top "
-                             "--top-k. Default 0 (in-batch negatives only): the service's miner keeps chunks of the "
-                             "documents judged relevant as negatives, see --mined-check (default: %(default)s)")
-    parser.add_argument("--mined-check", type=int, default=4,
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="contrastive epochs (default: the service's, 3); LSR always uses the service's (1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="contrastive batch size (default: the service's, 16)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="contrastive learning rate (default: the service's, 5e-5)")
+    parser.add_argument("--mined-negatives", type=int, default=None,
+                        help="mined negatives per query for the contrastive modes: the base retriever's top --top-k "
+                             "chunks outside the documents judged relevant (default: the service's, 4). In full mode "
+                             "each one costs a chunk's forward and backward pass per pair")
+    parser.add_argument("--mined-check", type=int, default=0,
                         help="also train contrastive_query_only through the service with this many mined negatives "
-                             "per query (4 is the service's default), to show what the miner does to training; "
-                             "0 = skip (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=10, help="chunks the miner looks at per query (default: %(default)s)")
+                             "per query (4 is the service's default), to compare; 0 = skip (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=None, help="chunks the miner looks at per query (default: the service's, 10)")
     parser.add_argument("--lsr-top-k", type=int, default=5, help="chunks per query for LSR, as the service (default: %(default)s)")
     parser.add_argument("--lsr-batch-size", type=int, default=8, help="(default: %(default)s, as the service)")
     parser.add_argument("--lsr-learning-rate", type=float, default=2e-5, help="(default: %(default)s, as the service)")
+    parser.add_argument("--lsr-epochs", type=int, default=1, help="(default: %(default)s, as the service)")
     parser.add_argument("--lm", type=Path, default=None,
                         help="a local Hugging Face causal LM folder to score chunks for LSR; without it the LSR row is "
                              "the oracle check described above")
@@ -439,8 +441,11 @@ def train_lsr_direct(*, knowledge_base, snapshot, args, data: SciFact, split, ou
         if done % 100 == 0:
             say(f"  lsr: prepared {done}/{len(examples)} train queries")
     scorer = f"LM {args.lm}" if args.lm else "oracle (gold relevance)"
-    say(f"lsr: {len(lsr_examples)} train queries scored by the {scorer}, {dropped} left out "
-        f"({'no verdict' if args.lm else 'all or none of their top chunks relevant'}); training the query encoder")
+    why = "no single SciFact verdict" if args.lm else "all or none of their top chunks relevant"
+    say(f"lsr: {len(lsr_examples)} train queries scored by the {scorer}, {dropped} left out ({why}); "
+        "training the query encoder")
+    if not lsr_examples:
+        raise RuntimeError(f"LSR has no train query to learn from: all {dropped} were left out ({why})")
     progress = step_printer("lsr")
     result = retriever_training.train_lsr(
         base_model_path=base_model,
@@ -448,7 +453,7 @@ def train_lsr_direct(*, knowledge_base, snapshot, args, data: SciFact, split, ou
         lm_log_likelihoods=scores,
         output_path=output,
         query_only=True,
-        epochs=args.epochs,
+        epochs=args.lsr_epochs,
         batch_size=args.lsr_batch_size,
         learning_rate=args.lsr_learning_rate,
         seed=args.seed,
@@ -467,9 +472,15 @@ def train_lsr_direct(*, knowledge_base, snapshot, args, data: SciFact, split, ou
 
 
 def verdict_answer(query_row: dict) -> str:
-    labels = {evidence.get("label") for evidence in (query_row.get("metadata") or {}).values() if isinstance(evidence, dict)}
-    labels = [label for label in labels if label in VERDICT_ANSWERS]
-    return VERDICT_ANSWERS[labels[0]] if len(labels) == 1 else ""
+    """The claim's SciFact verdict as a sentence ({document id: [{"sentences", "label"}]} in its
+    metadata); "" when it has none or its evidence disagrees."""
+    labels = {
+        evidence.get("label")
+        for evidences in (query_row.get("metadata") or {}).values()
+        for evidence in (evidences if isinstance(evidences, list) else [evidences])
+        if isinstance(evidence, dict)
+    }
+    return VERDICT_ANSWERS.get(labels.pop(), "") if len(labels) == 1 else ""
 
 
 def step_printer(label: str, every: float = 20.0):
@@ -518,6 +529,9 @@ def main() -> None:
     from training.services.runs import MODE_PARAMETERS
     from training.services.snapshots import dataset_snapshot_create
 
+    for name in ("epochs", "batch_size", "learning_rate", "mined_negatives", "top_k"):
+        if getattr(args, name) is None:
+            setattr(args, name, MODE_PARAMETERS["contrastive"][name])
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -636,9 +650,9 @@ def print_report(*, args, split: Split, documents, base_chunks: int, base_embed_
         ])
     print(f"\nSciFact train qrels split {len(split.train)} train / {len(split.dev)} dev queries (seed {args.seed}); "
           f"{len(documents)} abstracts, {base_chunks} chunks; base embedding {clock(base_embed_seconds)} "
-          f"({base_chunks / base_embed_seconds:.1f} chunks/s); contrastive: {args.epochs} epoch, batch {args.batch_size}, "
+          f"({base_chunks / base_embed_seconds:.1f} chunks/s); contrastive: {args.epochs} epoch(s), batch {args.batch_size}, "
           f"lr {args.learning_rate:g}, {args.mined_negatives} mined negative(s) from the top {args.top_k}; "
-          f"LSR: top {args.lsr_top_k}, batch {args.lsr_batch_size}, lr {args.lsr_learning_rate:g}; torch threads "
+          f"LSR: top {args.lsr_top_k}, {args.lsr_epochs} epoch(s), batch {args.lsr_batch_size}, lr {args.lsr_learning_rate:g}; torch threads "
           f"{args.threads}; whole run {clock(total)}; 1-minute load {harness.load_average()} on "
           f"{len(os.sched_getaffinity(0))} CPUs")
     print(harness.table(
