@@ -113,8 +113,7 @@ def passages_retrieve(
         raise InvalidInput("The query is empty.")
     if not 1 <= k <= settings.RAGLOOP_MAX_K:
         raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
-    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
-    query_vector = as_vector_literal(embedder.encode_queries([query])[0])
+    query_vector = _query_vector(space=space, query=query, query_model_reference=query_model_reference)
     dims = int(space.dimensions)
     if space.hnsw_index_built:
         # Matches the partial index expression exactly, so the planner can use it.
@@ -140,18 +139,27 @@ def passages_retrieve(
             cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(settings.RAGLOOP_HNSW_EF_SEARCH, 2 * k))])
         cursor.execute(sql, [query_vector, k])
         rows = cursor.fetchall()
-    return [
-        RetrievedChunk(
-            rank=rank,
-            score=float(score),
-            chunk_id=chunk_id,
-            document_id=document_id,
-            document_external_id=external_id,
-            title=title,
-            text=text,
-        )
-        for rank, (chunk_id, score, text, document_id, external_id, title) in enumerate(rows, start=1)
-    ]
+    return [_retrieved_chunk(row, rank=rank) for rank, row in enumerate(rows, start=1)]
+
+
+def _query_vector(*, space: EmbeddingSpace, query: str, query_model_reference: str | None) -> str:
+    """The query as a vector literal, encoded by the query-only version's encoder or the space's model."""
+    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
+    return as_vector_literal(embedder.encode_queries([query])[0])
+
+
+def _retrieved_chunk(row: tuple, *, rank: int) -> RetrievedChunk:
+    """A (chunk id, score, text, document id, document external id, title) row."""
+    chunk_id, score, text, document_id, external_id, title = row
+    return RetrievedChunk(
+        rank=rank,
+        score=float(score),
+        chunk_id=chunk_id,
+        document_id=document_id,
+        document_external_id=external_id,
+        title=title,
+        text=text,
+    )
 
 
 def best_chunk_per_document(
@@ -164,8 +172,7 @@ def best_chunk_per_document(
     """
     if not document_external_ids:
         return {}
-    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
-    query_vector = as_vector_literal(embedder.encode_queries([query])[0])
+    query_vector = _query_vector(space=space, query=query, query_model_reference=query_model_reference)
     sql = """
         SELECT DISTINCT ON (d.external_id)
                c.id, 1 - (e.embedding <=> %s::vector), c.text, d.id, d.external_id, d.title
@@ -181,15 +188,4 @@ def best_chunk_per_document(
             [query_vector, space.pk, space.knowledge_base_id, list(document_external_ids), query_vector],
         )
         rows = cursor.fetchall()
-    return {
-        external_id: RetrievedChunk(
-            rank=1,
-            score=float(score),
-            chunk_id=chunk_id,
-            document_id=document_id,
-            document_external_id=external_id,
-            title=title,
-            text=text,
-        )
-        for chunk_id, score, text, document_id, external_id, title in rows
-    }
+    return {row[4]: _retrieved_chunk(row, rank=1) for row in rows}
