@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,15 +158,78 @@ def _frozen_document_embeddings(model: SentenceTransformer, texts: list[str]) ->
     return torch.as_tensor(vectors).detach()
 
 
+class _CachedEmbeddings:
+    """GradCache (Gao et al., 2021): embed a batch's texts in mini-batches without building the
+    graph, let the loss put its gradients on those vectors, then run each mini-batch through the
+    encoder again and push its slice of the gradients into the weights.
+
+    The second pass replays the random state of the first, so dropout drops the same units
+    and the vectors the loss saw are the ones the gradients flow through.
+    """
+
+    def __init__(self, model: SentenceTransformer, texts: list[str], *, role: str, mini_batch_size: int) -> None:
+        import torch
+
+        self.model, self.role = model, role
+        self.pieces = [texts[start : start + mini_batch_size] for start in range(0, len(texts), mini_batch_size)]
+        self.random_states = []
+        parts = []
+        with torch.no_grad():
+            for piece in self.pieces:
+                self.random_states.append(_random_state())
+                parts.append(_embed(model, piece, role=role))
+        self.vectors = torch.cat(parts).requires_grad_()
+
+    def backward_into_encoder(self) -> None:
+        if self.vectors.grad is None:
+            return  # the loss did not use these vectors
+        gradients = self.vectors.grad.split([len(piece) for piece in self.pieces])
+        for piece, state, gradient in zip(self.pieces, self.random_states, gradients, strict=True):
+            with _replayed(state):
+                vectors = _embed(self.model, piece, role=self.role)
+            vectors.backward(gradient)
+
+
+def _random_state() -> tuple[Any, Any]:
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+@contextmanager
+def _replayed(state: tuple[Any, Any]) -> Iterator[None]:
+    """Run the block with the random state captured earlier; the state outside is left as it was."""
+    import torch
+
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=range(len(cuda)) if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        yield
+
+
 def _unique(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(texts))
+
+
+def _backward_through(batch_loss: Callable[[list[Any]], torch.Tensor]) -> Callable[[list[Any]], float]:
+    """A backward step for _training_loop from a function that returns a batch's loss."""
+
+    def backward(batch: list[Any]) -> float:
+        loss = batch_loss(batch)
+        loss.backward()
+        return float(loss.detach())
+
+    return backward
 
 
 def _training_loop(
     *,
     model: SentenceTransformer,
     items: list[Any],
-    batch_loss: Callable[[list[Any]], torch.Tensor],
+    backward_step: Callable[[list[Any]], float],
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -174,7 +238,10 @@ def _training_loop(
     progress: ProgressCallback | None,
     should_stop: StopCheck | None,
 ) -> list[dict[str, float]]:
-    """Shuffle `items` each epoch, take AdamW steps on batch_loss(batch); returns the loss curve."""
+    """Shuffle `items` each epoch and take an AdamW step per batch; returns the loss curve.
+
+    backward_step(batch) accumulates the batch's gradients and returns its loss.
+    """
     import torch
 
     total_steps = epochs * math.ceil(len(items) / batch_size)
@@ -190,13 +257,12 @@ def _training_loop(
         for start in range(0, len(order), batch_size):
             step = len(curve) + 1
             raise_if_cancelled(should_stop, step=step)
-            loss = batch_loss(order[start : start + batch_size])
             optimizer.zero_grad()
-            loss.backward()
+            loss = backward_step(order[start : start + batch_size])
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
             optimizer.step()
             schedule.step()
-            point = {"step": step, "loss": float(loss.detach())}
+            point = {"step": step, "loss": loss}
             curve.append(point)
             if progress is not None:
                 progress(step / total_steps, {**point, "epoch": epoch})
@@ -278,6 +344,7 @@ def train_contrastive(
     seed: int = 0,
     query_only: bool = False,
     mined_negatives: dict[str, list[str]] | None = None,
+    mini_batch_size: int | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -291,11 +358,18 @@ def train_contrastive(
 
     With query_only, only a copy of the encoder used for queries is trained; documents are
     embedded by the frozen base model, so stored chunk embeddings stay valid.
+
+    mini_batch_size turns on the cached variant (GradCache, as sentence-transformers'
+    CachedMultipleNegativesRankingLoss): the encoder runs on at most that many texts at a
+    time, so a large batch, with all its in-batch negatives, fits in the memory of a small
+    one. The gradients are the same as without it, at the price of a second forward pass.
     """
     import torch
 
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
+    if mini_batch_size is not None and mini_batch_size < 1:
+        raise ValueError("mini_batch_size must be at least 1")
     pairs, known_positives = contrastive_pairs(examples, mined_negatives or {})
     if not pairs:
         raise ValueError("contrastive training needs at least one example with a positive passage")
@@ -312,7 +386,8 @@ def train_contrastive(
         document_rows = {text: row for row, text in enumerate(document_texts)}
         del document_model  # the frozen side is only needed for these vectors
 
-    def batch_loss(batch: list[ContrastivePair]) -> torch.Tensor:
+    def backward_step(batch: list[ContrastivePair]) -> float:
+        queries = [pair.query for pair in batch]
         candidates = _unique([pair.positive for pair in batch] + [text for pair in batch for text in pair.negatives])
         column = {text: index for index, text in enumerate(candidates)}
         targets = torch.tensor([column[pair.positive] for pair in batch], device=device)
@@ -320,17 +395,31 @@ def train_contrastive(
             [[text in known_positives[pair.query] and text != pair.positive for text in candidates] for pair in batch],
             device=device,
         )
-        query_vectors = _embed(query_model, [pair.query for pair in batch], role="query")
+        if mini_batch_size is None:
+            query_vectors = _embed(query_model, queries, role="query")
+            if query_only:
+                candidate_vectors = document_vectors[[document_rows[text] for text in candidates]]
+            else:
+                candidate_vectors = _embed(query_model, candidates, role="document")
+            loss = multiple_negatives_ranking_loss(query_vectors, candidate_vectors, targets, excluded=excluded)
+            loss.backward()
+            return float(loss.detach())
+        cached = [_CachedEmbeddings(query_model, queries, role="query", mini_batch_size=mini_batch_size)]
         if query_only:
             candidate_vectors = document_vectors[[document_rows[text] for text in candidates]]
         else:
-            candidate_vectors = _embed(query_model, candidates, role="document")
-        return multiple_negatives_ranking_loss(query_vectors, candidate_vectors, targets, excluded=excluded)
+            cached.append(_CachedEmbeddings(query_model, candidates, role="document", mini_batch_size=mini_batch_size))
+            candidate_vectors = cached[1].vectors
+        loss = multiple_negatives_ranking_loss(cached[0].vectors, candidate_vectors, targets, excluded=excluded)
+        loss.backward()  # stops at the cached vectors: their gradients, not the encoder's yet
+        for embeddings in cached:
+            embeddings.backward_into_encoder()
+        return float(loss.detach())
 
     curve = _training_loop(
         model=query_model,
         items=pairs,
-        batch_loss=batch_loss,
+        backward_step=backward_step,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -351,6 +440,7 @@ def train_contrastive(
         "examples": len(examples),
         "pairs": len(pairs),
         "mined_negative_queries": len(mined_negatives or {}),
+        "mini_batch_size": mini_batch_size,
     }
     _save_retriever(
         output_path=output_path,
@@ -511,7 +601,7 @@ def train_lsr(
     curve = _training_loop(
         model=query_model,
         items=usable,
-        batch_loss=batch_loss,
+        backward_step=_backward_through(batch_loss),
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,

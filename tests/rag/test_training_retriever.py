@@ -398,3 +398,92 @@ def test_same_seed_gives_the_same_first_step(tmp_path: Path):
     assert first_step_loss(3) == first
     # A different seed draws a different first batch (and different dropout).
     assert first_step_loss(4) != first
+
+
+# --- the cached variant (GradCache) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_retriever(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT retriever with MiniLM's tokenizer and no dropout, so
+    two ways of computing the same gradients must give the same weights."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-retriever")
+    tokenizer = AutoTokenizer.from_pretrained(str(BASE))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    transformer = Transformer(str(folder / "bert"), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu")
+    model.save(str(folder / "retriever"))
+    return folder / "retriever"
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from sentence_transformers import SentenceTransformer
+
+    return {name: tensor.detach().clone() for name, tensor in SentenceTransformer(str(folder), device="cpu").state_dict().items()}
+
+
+@pytest.mark.parametrize("query_only", [False, True])
+def test_cached_variant_encodes_in_mini_batches_and_trains_the_same_weights(
+    tiny_retriever: Path, tmp_path: Path, monkeypatch, query_only: bool
+):
+    import rag.training.retriever as retriever_module
+
+    encoded_at_once: list[int] = []
+    real_embed = retriever_module._embed
+    monkeypatch.setattr(
+        retriever_module, "_embed", lambda model, texts, *, role: (encoded_at_once.append(len(texts)), real_embed(model, texts, role=role))[1]
+    )
+
+    def train(mini_batch_size, folder):
+        encoded_at_once.clear()
+        result = train_contrastive(
+            base_model_path=tiny_retriever, examples=TRAIN[:12], output_path=tmp_path / folder, epochs=2, batch_size=6,
+            learning_rate=1e-3, warmup_ratio=0.0, seed=1, query_only=query_only, mini_batch_size=mini_batch_size,
+            device="cpu",
+        )  # fmt: skip
+        return result, max(encoded_at_once)
+
+    plain, plain_widest = train(None, "plain")
+    cached, cached_widest = train(2, "cached")
+
+    # Without the cache a step encodes its 6 queries (and 12 candidates) at once; with it, 2 texts at most.
+    assert plain_widest == (6 if query_only else 12) and cached_widest == 2
+    assert cached.parameters["mini_batch_size"] == 2 and cached.steps == plain.steps == 4
+    assert [p["loss"] for p in cached.training_curve] == pytest.approx([p["loss"] for p in plain.training_curve], rel=1e-4)
+    encoder = "query_encoder" if query_only else "encoder"
+    base, plain_weights, cached_weights = (
+        _weights(tiny_retriever), _weights(tmp_path / "plain" / encoder), _weights(tmp_path / "cached" / encoder)
+    )  # fmt: skip
+    moved = max((plain_weights[name] - base[name]).abs().max().item() for name in base)
+    assert moved > 1e-3, "training must move the weights for this comparison to mean anything"
+    for name in base:
+        torch.testing.assert_close(cached_weights[name], plain_weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cached_variant_replays_dropout_so_the_gradients_match_the_vectors_the_loss_saw():
+    """With dropout on, the second pass of a mini-batch must drop the same units as the first."""
+    from sentence_transformers import SentenceTransformer
+
+    from rag.training.retriever import _CachedEmbeddings, _embed, _replayed
+
+    model = SentenceTransformer(str(BASE), device="cpu")
+    model.train()  # dropout 0.1 in MiniLM
+    texts = [example.query for example in TRAIN[:4]]
+    torch.manual_seed(0)
+    cached = _CachedEmbeddings(model, texts, role="query", mini_batch_size=2)
+    first_pass = cached.vectors.detach().clone()
+    with _replayed(cached.random_states[0]):
+        again = _embed(model, cached.pieces[0], role="query").detach()
+    torch.testing.assert_close(again, first_pass[:2])
+    assert not torch.allclose(_embed(model, cached.pieces[0], role="query").detach(), first_pass[:2])  # dropout is on
+

@@ -138,6 +138,8 @@ def _counts():
         ("retriever", "contrastive", {"epochs": 0}, "'epochs' must be"),
         ("retriever", "contrastive", {"epochs": True}, "'epochs' must be"),
         ("retriever", "contrastive", {"learning_rate": 0}, "'learning_rate' must be a number > 0"),
+        ("retriever", "contrastive", {"mini_batch_size": 0}, "'mini_batch_size' must be an integer >= 1"),
+        ("retriever", "lsr", {"mini_batch_size": 4, "base_model": "/m"}, "Unknown parameter.*lsr.*mini_batch_size"),
         ("retriever", "contrastive", {"learning_rate": float("nan")}, "'learning_rate' must be"),
         ("retriever", "contrastive", {"heldout_share": 1.5}, "'heldout_share' must be"),
         ("retriever", "lsr", {}, "pass base_model"),
@@ -385,7 +387,10 @@ def test_a_query_only_contrastive_run_registers_a_candidate_with_lineage_that_se
         embedding_space=kb.live_space, query_model_reference="base:all-MiniLM-L6-v2",
     )  # fmt: skip
     model_version_promote(version=live, actor=admin_user)
-    run = training_run_start(knowledge_base=kb, component="retriever", mode="contrastive_query_only", parameters=FAST_RETRIEVER)
+    run = training_run_start(
+        knowledge_base=kb, component="retriever", mode="contrastive_query_only",
+        parameters={**FAST_RETRIEVER, "mini_batch_size": 1},  # the cached variant, one text at a time
+    )  # fmt: skip
 
     with django_capture_on_commit_callbacks(execute=True):
         assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED
@@ -403,6 +408,7 @@ def test_a_query_only_contrastive_run_registers_a_candidate_with_lineage_that_se
     assert version.parent == live and version.snapshot == run.snapshot and version.training_run == run
     assert version.parameters["batch_size"] == 2 and version.parameters["trainer"]["query_only"] is True
     assert version.parameters["trainer"]["mined_negative_queries"] == 4
+    assert version.parameters["mini_batch_size"] == version.parameters["trainer"]["mini_batch_size"] == 1
     assert version.code_revision == runs.code_revision()
     assert [point["step"] for point in version.training_curve] == [1, 2]
     # artifact and serving: the live space's document vectors, the new query encoder

@@ -119,6 +119,7 @@ PARAMETERS: dict[str, _Parameter] = {
     "device": _Parameter(str),  # "cpu", "cuda", "cuda:1"; default: the GPU when there is one
     "top_k": _Parameter(int, 1, 100),
     "mined_negatives": _Parameter(int, 0, 100),
+    "mini_batch_size": _Parameter(int, 1, 4096),  # contrastive: GradCache, for batches bigger than memory
     "query_only": _Parameter(bool),
     "lm_temperature": _Parameter(float, 0, 100, low_exclusive=True),
     "retriever_temperature": _Parameter(float, 0, 100, low_exclusive=True),
@@ -148,7 +149,10 @@ _LORA = {
 # Contrastive runs learn from a few hundred curated queries, not the millions of pairs that
 # one epoch at 2e-5 suits. Query-only on SciFact's 647 train queries (dev nDCG@10, base 0.813):
 # 1 epoch at 2e-5 0.815, 3 epochs at 2e-5 0.824, 3 epochs at 5e-5 0.853 (docs/benchmarks.md).
-_CONTRASTIVE = {**_RETRIEVER, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "device": None}
+_CONTRASTIVE = {
+    **_RETRIEVER, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
+    "device": None,
+}  # fmt: skip
 MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "contrastive": _CONTRASTIVE,
     "contrastive_query_only": _CONTRASTIVE,
@@ -884,6 +888,7 @@ def _train_contrastive(*, run: TrainingRun, folder: Path, reporter: _Reporter) -
         seed=parameters["seed"],
         query_only=query_only,
         mined_negatives=mined,
+        mini_batch_size=parameters.get("mini_batch_size"),
         device=parameters.get("device"),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
