@@ -98,8 +98,11 @@ def _save_retriever(
     output_path: Path,
     query_only: bool,
     trained_model: SentenceTransformer,
-    description: dict[str, Any],
-) -> None:
+    base_model_path: str | Path,
+    parameters: dict[str, Any],
+    curve: list[dict[str, float]],
+) -> RetrieverTrainingResult:
+    """Save the trained encoder and the retriever.json that says how to load it."""
     output_path.mkdir(parents=True, exist_ok=True)
     encoder_dir = QUERY_ENCODER_DIR if query_only else ENCODER_DIR
     # No model card: writing one is slow and says nothing the registry does not record.
@@ -109,8 +112,14 @@ def _save_retriever(
         if query_only
         else {"mode": "full", "query_encoder": ENCODER_DIR, "document_encoder": ENCODER_DIR}
     )
-    (output_path / RETRIEVER_DESCRIPTION).write_text(
-        json.dumps({**layout, **description}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    description = {**layout, "base_model_path": str(base_model_path), "parameters": parameters}
+    (output_path / RETRIEVER_DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return RetrieverTrainingResult(
+        output_path=output_path,
+        mode="query_only" if query_only else "full",
+        training_curve=curve,
+        parameters=parameters,
+        steps=len(curve),
     )
 
 
@@ -442,18 +451,13 @@ def train_contrastive(
         "mined_negative_queries": len(mined_negatives or {}),
         "mini_batch_size": mini_batch_size,
     }
-    _save_retriever(
+    return _save_retriever(
         output_path=output_path,
         query_only=query_only,
         trained_model=query_model,
-        description={"base_model_path": str(base_model_path), "parameters": parameters},
-    )
-    return RetrieverTrainingResult(
-        output_path=output_path,
-        mode="query_only" if query_only else "full",
-        training_curve=curve,
+        base_model_path=base_model_path,
         parameters=parameters,
-        steps=len(curve),
+        curve=curve,
     )
 
 
@@ -624,16 +628,11 @@ def train_lsr(
         "examples": len(examples),
         "examples_used": len(usable),
     }
-    _save_retriever(
+    return _save_retriever(
         output_path=output_path,
         query_only=query_only,
         trained_model=query_model,
-        description={"base_model_path": str(base_model_path), "parameters": parameters},
-    )
-    return RetrieverTrainingResult(
-        output_path=output_path,
-        mode="query_only" if query_only else "full",
-        training_curve=curve,
+        base_model_path=base_model_path,
         parameters=parameters,
-        steps=len(curve),
+        curve=curve,
     )
