@@ -774,4 +774,4 @@ def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_
     # The irrelevant document's hardest chunk for this query; a document not here keeps its text.
     assert converted.hard_negatives[1] == "A passage of a document that is not in this knowledge base."
     assert converted.hard_negatives[0] in chunks and chunks[converted.hard_negatives[0]].document.external_id == "other"
-    assert reporter.message == "finding the best chunk of 3 passage(s) judged as a whole document"
+    assert reporter.message == "finding the best chunk of 3 document(s) judged as a whole"

@@ -807,21 +807,17 @@ def _examples_in_chunks(*, examples, live, reporter: _Reporter):
     from curation.selectors import best_chunk_per_document
     from rag.training import retriever as retriever_training
 
-    judged_whole = sum(
-        1 for example in examples for p in (*example.relevant, *example.irrelevant) if p.chunk_id is None and p.document_id
-    )
+    judged_whole = sum(len(_documents_judged_whole(example)) for example in examples)
     if judged_whole:
-        reporter.phase(f"finding the best chunk of {judged_whole} passage(s) judged as a whole document", low=0.05, high=0.07)
+        reporter.phase(f"finding the best chunk of {judged_whole} document(s) judged as a whole", low=0.05, high=0.07)
     training_examples = []
     for done, example in enumerate(examples, start=1):
         if judged_whole:  # a database round trip per query: a phase of its own, which can be cancelled
             reporter.raise_if_stopped()
-        whole = sorted({p.document_id for p in (*example.relevant, *example.irrelevant) if p.chunk_id is None and p.document_id})
         best = best_chunk_per_document(
-            space=live.space, query=example.query, document_external_ids=whole,
+            space=live.space, query=example.query, document_external_ids=_documents_judged_whole(example),
             query_model_reference=live.query_model_reference,
         )  # fmt: skip
-
         training_examples.append(
             retriever_training.RetrievalTrainingExample(
                 query=example.query,
@@ -832,6 +828,11 @@ def _examples_in_chunks(*, examples, live, reporter: _Reporter):
         if judged_whole:
             reporter.tick(done, len(examples))
     return training_examples
+
+
+def _documents_judged_whole(example) -> list[str]:
+    """The documents an example judges as a whole: passages that name a document but no chunk."""
+    return sorted({p.document_id for p in (*example.relevant, *example.irrelevant) if p.chunk_id is None and p.document_id})
 
 
 def _chunk_text(passage, best_chunks: dict) -> str:
