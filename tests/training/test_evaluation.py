@@ -5,10 +5,9 @@ and answer figures from generators given the same passages."""
 import math
 
 import pytest
-from django.contrib.auth.models import Group
 
 from curation.errors import Conflict, InvalidInput, UpstreamError
-from curation.models import EmbeddingSpace, Membership
+from curation.models import EmbeddingSpace
 from curation.selectors import RetrievedChunk
 from curation.services.labels import LabelInput, label_submit
 from curation.services.turns import turn_ask
@@ -172,14 +171,6 @@ def test_documents_are_ranked_at_their_best_chunk_from_twenty_chunks(monkeypatch
 
 
 # --- retriever: real retrieval on the sample knowledge base -------------------------------------
-
-
-@pytest.fixture
-def curator(db, django_user_model, knowledge_base):
-    user = django_user_model.objects.create_user("alice", password="pw-alice-123")
-    user.groups.add(Group.objects.get_or_create(name="curator")[0])
-    Membership.objects.create(knowledge_base=knowledge_base, user=user)
-    return user
 
 
 def test_real_retrieval_scores_the_documents_curators_marked(embedded_knowledge_base, curator):

@@ -122,7 +122,7 @@ def test_models_page_lists_versions_runs_and_the_promotion_log(admin_client, kno
     assert XSS not in html and ESCAPED.decode() in html  # run errors and reasons are escaped
     log = html[html.index('id="promotion-log"'):]
     assert log.index("retriever-v2") < log.index("because 0")  # newest first
-    assert f'href="/kbs/test-kb/snapshots/' in html and "beir.zip" in html
+    assert 'href="/kbs/test-kb/snapshots/' in html and "beir.zip" in html
 
 
 def test_the_runs_fragment_polls_while_a_run_is_active(admin_client, knowledge_base):

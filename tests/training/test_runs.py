@@ -10,13 +10,12 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
 from curation.errors import Conflict, InvalidInput
-from curation.models import EmbeddingJob, EmbeddingSpace, Membership
+from curation.models import EmbeddingJob, EmbeddingSpace
 from curation.selectors import passages_retrieve, retriever_for
 from curation.services.labels import LabelInput, label_submit
 from curation.services.turns import generator_for, turn_ask
@@ -57,14 +56,6 @@ def one_torch_thread():
 def artifacts(settings, tmp_path) -> Path:
     settings.RAGLOOP_ARTIFACTS_DIR = tmp_path / "artifacts"
     return settings.RAGLOOP_ARTIFACTS_DIR
-
-
-@pytest.fixture
-def curator(db, django_user_model, knowledge_base):
-    user = django_user_model.objects.create_user("alice", password="pw-alice-123")
-    user.groups.add(Group.objects.get_or_create(name="curator")[0])
-    Membership.objects.create(knowledge_base=knowledge_base, user=user)
-    return user
 
 
 def label_questions(knowledge_base, curator) -> None:
@@ -741,7 +732,6 @@ def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_
     chunks = {c.text: c for c in knowledge_base.chunks.all()}
     assert len(chunks) >= 4, "the documents must be split for this test to mean anything"
     birds = next(text for text in chunks if "birds" in text)
-    coffee = next(text for text in chunks if "caffeine" in text)
     kept = next(text for text in chunks if "Statins" in text)
 
     class Reporter:

@@ -1,24 +1,15 @@
 """Dataset snapshots from final judgments; promotion and rollback switch what serving uses."""
 
 import pytest
-from django.contrib.auth.models import Group
 
 from curation.errors import Conflict, InvalidInput
-from curation.models import EmbeddingSpace, Membership, Turn
+from curation.models import EmbeddingSpace
 from curation.selectors import retriever_for
 from curation.services.labels import LabelInput, label_submit
 from curation.services.turns import turn_ask
 from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
 from training.services.snapshots import dataset_snapshot_create, snapshot_dataset_examples
 from training.services.versions import model_version_promote, model_version_register, model_version_rollback
-
-
-@pytest.fixture
-def curator(db, django_user_model, knowledge_base):
-    user = django_user_model.objects.create_user("alice", password="pw-alice-123")
-    user.groups.add(Group.objects.get_or_create(name="curator")[0])
-    Membership.objects.create(knowledge_base=knowledge_base, user=user)
-    return user
 
 
 def _judge(turn, curator, *, relevant_rank=1, answer="correct", gold=""):
