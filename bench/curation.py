@@ -88,7 +88,7 @@ def knowledge_base_with_documents(slug: str):
     the measured pages do not retrieve)."""
     import hashlib
 
-    from curation.models import Chunk, Document, KnowledgeBase
+    from knowledge.models import Chunk, Document, KnowledgeBase
 
     knowledge_base = KnowledgeBase.objects.create(slug=slug, name=slug)
     rows = [json.loads(line) for line in (DEMO / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -108,8 +108,8 @@ def load_turns(*, knowledge_base, count: int, passages_per_turn: int, labelled_s
     """COPY `count` turns with their passages, and labels of `other_curator` on a share of them."""
     from django.db import connection
 
-    from curation.models import Chunk, Turn
-    from curation.services.queue import turn_queue_position
+    from knowledge.models import Chunk, Turn
+    from rag.queue_priority import turn_queue_position
 
     rng = random.Random(seed)
     random.seed(seed)  # turn_queue_position draws the random tier's order from `random`
@@ -233,7 +233,7 @@ class Requests:
     def label_payload(self) -> dict:
         """The label the curator submits for the turn on screen (built outside the timing: the
         page already has its passage ids)."""
-        from curation.models import RetrievedPassage
+        from knowledge.models import RetrievedPassage
 
         passage_ids = RetrievedPassage.objects.filter(turn_id=self.turn_id).order_by("rank").values_list("pk", flat=True)
         return {"passages": {str(pk): "relevant" if i == 0 else "not_relevant" for i, pk in enumerate(passage_ids)},
@@ -245,7 +245,7 @@ class Requests:
                                         json.dumps({"payload": payload, "base_version": 0}), content_type="application/json")
             assert response.status_code == 200, (response.status_code, response.content[:300])
             return
-        from curation.models import Turn
+        from knowledge.models import Turn
         from curation.services.labels import LabelInput, label_submit
 
         label_submit(turn=Turn.objects.get(pk=self.turn_id), curator=self.curator, data=LabelInput.from_payload(payload))
@@ -307,7 +307,8 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
 
-    from curation.models import KnowledgeBase, Membership
+    from curation.models import Membership
+    from knowledge.models import KnowledgeBase
 
     print(harness.table("Environment", ["", ""], harness.environment()), flush=True)
     User = get_user_model()

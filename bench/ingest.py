@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import harness  # noqa: E402
 
 SCIFACT = Path("/work/shared/datasets/scifact")
-BATCH_TASK = "curation.tasks.chunk_batch_embed_task"
+BATCH_TASK = "knowledge.tasks.chunk_batch_embed_task"
 ENCODE_DEFAULT_BATCH = 64  # rag.embedding.Embedder.encode_documents
 
 
@@ -81,8 +81,8 @@ def seconds_between(start: datetime, end: datetime) -> float:
 
 def embed_until_done(*, knowledge_base, documents, worker: harness.Worker, timeout: float) -> dict:
     """Ingest, then wait for the worker to finish the job; times come from the job row's stamps."""
-    from curation.models import EmbeddingJob
-    from curation.services.documents import documents_ingest
+    from knowledge.models import EmbeddingJob
+    from knowledge.services.documents import documents_ingest
 
     worker_cpu = worker.cpu_seconds()
     started_at = datetime.now(timezone.utc)
@@ -109,7 +109,7 @@ def embed_until_done(*, knowledge_base, documents, worker: harness.Worker, timeo
 
 def bare_encoder(batch_size: int):
     """The process's base embedder, warmed up (its first call sets things up; that is not throughput)."""
-    from curation.services.knowledge_bases import BASE_MODEL_REFERENCE, retriever_model_path
+    from knowledge.services.knowledge_bases import BASE_MODEL_REFERENCE, retriever_model_path
     from rag.embedding import load_embedder
 
     embedder = load_embedder(retriever_model_path(BASE_MODEL_REFERENCE))
@@ -132,8 +132,8 @@ def documents_benchmark(args, worker: harness.Worker) -> tuple[list, list, objec
     from django.conf import settings
     from django.db.models import Max
 
-    from curation.models import Chunk, ChunkEmbedding
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.models import Chunk, ChunkEmbedding
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     warmup_kb = knowledge_base_create(slug="bench-ingest-warmup")
     started = time.perf_counter()
@@ -223,7 +223,7 @@ def documents_benchmark(args, worker: harness.Worker) -> tuple[list, list, objec
 def turn_batches(*, knowledge_base, args, rng: np.random.Generator, prefix: str, stamped: bool) -> list[str]:
     """JSON bodies for the batch API: SciFact claims as queries, stored chunks as passages;
     `stamped` turns carry the time the external app logged them (`created_at`)."""
-    from curation.models import Chunk
+    from knowledge.models import Chunk
 
     claims = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").read_text().splitlines()]
     chunks = list(
@@ -273,8 +273,8 @@ def turns_benchmark(args, knowledge_base) -> list:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from curation.models import RetrievedPassage, Turn
-    from curation.services.tokens import api_token_create
+    from knowledge.models import RetrievedPassage, Turn
+    from knowledge.services.tokens import api_token_create
 
     user = get_user_model().objects.create_user(username="bench-ingest")
     _, plain = api_token_create(user=user, name="bench", knowledge_bases=[knowledge_base])
@@ -357,7 +357,7 @@ def main() -> None:
             else:
                 from django.contrib.auth import get_user_model
 
-                from curation.models import KnowledgeBase
+                from knowledge.models import KnowledgeBase
 
                 KnowledgeBase.objects.filter(slug__in=slugs).delete()
                 get_user_model().objects.filter(username="bench-ingest").delete()

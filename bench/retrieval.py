@@ -1,5 +1,5 @@
 """Top-k retrieval latency and HNSW recall at scale, measured around the real
-`curation.selectors.passages_retrieve`, on synthetic 384-d chunk vectors in a database of its own.
+`knowledge.selectors.passages_retrieve`, on synthetic 384-d chunk vectors in a database of its own.
 
 For each size: load a knowledge base with N synthetic chunks, time queries on the exact path
 (no index), build the space's HNSW index with the production service, time the same queries
@@ -118,7 +118,7 @@ def knowledge_base_load(*, slug: str, vectors: np.ndarray, chunks_per_document: 
     """A knowledge base whose live space holds one embedded chunk per row of `vectors`."""
     from django.db import connection, transaction
 
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     knowledge_base = knowledge_base_create(slug=slug, name=f"Retrieval benchmark ({len(vectors)} chunks)")
     space = knowledge_base.live_space
@@ -238,8 +238,8 @@ def statement_plan(statement: RetrievalStatement, *, ef_search: int | None) -> s
 
 def selector_with_texts(*, space, texts: list[str], k: int, figures: PathFigures) -> None:
     """Time the whole selector on real claims (model included), and the query embedding alone."""
-    from curation.selectors import passages_retrieve
-    from curation.services.knowledge_bases import retriever_model_path
+    from knowledge.selectors import passages_retrieve
+    from knowledge.services.knowledge_bases import retriever_model_path
     from rag.embedding import load_embedder
 
     embedder = load_embedder(retriever_model_path(space.model_reference))
@@ -267,7 +267,7 @@ def raw_sql_sweep(*, space, queries: np.ndarray, k: int, ef_search: int) -> tupl
     """The HNSW subquery alone (no joins, no Python objects) at a given ef_search."""
     from django.db import connection, transaction
 
-    from curation.services.embeddings import as_vector_literal
+    from knowledge.services.embeddings import as_vector_literal
 
     literals = [as_vector_literal(v) for v in queries]
     sql = hnsw_subquery(space)
@@ -300,7 +300,7 @@ def index_build(space, *, maintenance_work_mem: str) -> tuple[float, list[str]]:
     """Build the space's HNSW index with the production service; returns seconds and server notices."""
     from django.db import connection
 
-    from curation.services.embeddings import embedding_space_index_build
+    from knowledge.services.embeddings import embedding_space_index_build
 
     connection.ensure_connection()
     notices: list[str] = []
@@ -348,7 +348,7 @@ def main() -> None:
     database = harness.django_setup(database_name=args.database)
     from django.conf import settings
 
-    from curation.models import EmbeddingSpace, KnowledgeBase
+    from knowledge.models import EmbeddingSpace, KnowledgeBase
 
     texts = [json.loads(line)["text"] for line in QUERIES_PATH.read_text().splitlines()[: args.text_queries]]
     print(harness.table("Environment", ["", ""], harness.environment()))

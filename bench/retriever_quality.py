@@ -8,7 +8,7 @@ seed (the 300 BEIR test queries are never read); import the train part as curato
 `manage.py import_labels --beir-queries --beir-qrels`; freeze them in a dataset snapshot with no
 held-out share; then train each mode with the training-run service (`training_run_start`, then
 `training_run_execute` in this process), embed the corpus again for the full-mode candidate, and
-score every retriever on the dev queries through `curation.selectors.passages_retrieve`, at the
+score every retriever on the dev queries through `knowledge.selectors.passages_retrieve`, at the
 document level (the top 20 chunks, each document at its best chunk's rank, 10 documents).
 
 LSR needs a causal LM and gold answers, and SciFact labels have no answers (the service refuses
@@ -191,8 +191,8 @@ def embed_space(space, *, label: str) -> tuple[int, float]:
     would (tests/conftest.py embed_everything_now); returns (chunks, seconds)."""
     from django.conf import settings
 
-    from curation.models import EmbeddingJob
-    from curation.services.embeddings import chunk_batch_embed, embedding_job_start
+    from knowledge.models import EmbeddingJob
+    from knowledge.services.embeddings import chunk_batch_embed, embedding_job_start
 
     job = embedding_job_start(space=space) or EmbeddingJob.objects.filter(space=space).order_by("-pk").first()
     missing = list(space.knowledge_base.chunks.exclude(embeddings__space=space).order_by("pk").values_list("pk", flat=True))
@@ -226,7 +226,7 @@ class Scores:
 
 def evaluate(*, space, query_model_reference: str | None, data: SciFact, query_ids: list[str], label: str) -> Scores:
     """Document-level figures on the given queries through the real retrieval selector."""
-    from curation.selectors import passages_retrieve
+    from knowledge.selectors import passages_retrieve
     from rag.metrics import retrieval_report
 
     runs = {}
@@ -374,8 +374,8 @@ class _QuietReporter:
 def mined_negative_check(*, knowledge_base, snapshot, top_k: int, limit: int) -> dict:
     """Runs the service's miner on the snapshot's train examples and counts the mined negatives
     that are chunks of a document the query's labels judged relevant (false negatives)."""
-    from curation.models import Chunk
-    from curation.selectors import retriever_for
+    from knowledge.models import Chunk
+    from knowledge.selectors import retriever_for
     from training.services import runs
     from training.services.snapshots import snapshot_dataset_examples
 
@@ -403,8 +403,8 @@ def mined_negative_check(*, knowledge_base, snapshot, top_k: int, limit: int) ->
 def train_lsr_direct(*, knowledge_base, snapshot, args, data: SciFact, split, output: Path) -> ModeResult:
     """LSR with the rag trainer called directly, inputs built as training.services.runs._train_lsr
     builds them (the live retriever's top-k chunks per train query), scored by --lm or the oracle."""
-    from curation.selectors import passages_retrieve, retriever_for
-    from curation.services.knowledge_bases import retriever_model_path
+    from knowledge.selectors import passages_retrieve, retriever_for
+    from knowledge.services.knowledge_bases import retriever_model_path
     from rag.training import retriever as retriever_training
     from training.services.snapshots import snapshot_dataset_examples
 
@@ -524,8 +524,8 @@ def main() -> None:
     import torch
     from django.core.management import call_command
 
-    from curation.services.documents import documents_ingest
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.documents import documents_ingest
+    from knowledge.services.knowledge_bases import knowledge_base_create
     from training.services.runs import MODE_PARAMETERS
     from training.services.snapshots import dataset_snapshot_create
 
@@ -627,7 +627,7 @@ def main() -> None:
             if database.created:
                 database.drop()
             else:
-                from curation.models import KnowledgeBase
+                from knowledge.models import KnowledgeBase
 
                 KnowledgeBase.objects.filter(slug=SLUG).delete()
 

@@ -1,12 +1,12 @@
-"""URL routing: the web UI, the REST API under /api/v1/ (docs at /api/v1/docs), the Django admin."""
+"""URL routing: each app's own urls.py (the REST API under /api/v1/, the curators' and the
+admins' pages), and the Django admin."""
 
 from django.contrib import admin
 from django.urls import include, path
 
-from curation.api import api
-
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/v1/", api.urls),
+    path("", include("knowledge.urls")),
     path("", include("curation.urls")),
+    path("", include("training.urls")),
 ]

@@ -4,7 +4,7 @@ group) judge the turns of knowledge bases they are members of. Every view and AP
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from curation.models import KnowledgeBase
+from knowledge.models import KnowledgeBase
 
 ADMIN_GROUP = "admin"
 CURATOR_GROUP = "curator"

@@ -1,4 +1,5 @@
-"""Web UI routes: accounts, then each page module's own `urlpatterns`."""
+"""Web UI routes of people signed in: accounts, then each page module's own `urlpatterns`
+(knowledge bases, the curator workbench, admins' review, label import and export)."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
@@ -7,7 +8,6 @@ from curation.views import knowledge_bases
 from curation.views import workbench
 from curation.views import review
 from curation.views import label_io
-from training import views as training_views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -17,5 +17,4 @@ urlpatterns = [
     *workbench.urlpatterns,
     *review.urlpatterns,
     *label_io.urlpatterns,
-    *training_views.urlpatterns,
 ]

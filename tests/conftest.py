@@ -51,15 +51,15 @@ def sample_documents():
 
 @pytest.fixture
 def knowledge_base(db):
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     return knowledge_base_create(slug="test-kb", name="Test KB")
 
 
 def embed_everything_now(knowledge_base) -> None:
     """Run the embedding services in this process, as a worker would (for service tests)."""
-    from curation.models import EmbeddingJob
-    from curation.services.embeddings import chunk_batch_embed, embedding_job_start
+    from knowledge.models import EmbeddingJob
+    from knowledge.services.embeddings import chunk_batch_embed, embedding_job_start
 
     for space in knowledge_base.embedding_spaces.all():
         job = embedding_job_start(space=space) or EmbeddingJob.objects.filter(space=space).first()
@@ -71,7 +71,7 @@ def embed_everything_now(knowledge_base) -> None:
 
 @pytest.fixture
 def embedded_knowledge_base(knowledge_base, sample_documents):
-    from curation.services.documents import documents_ingest
+    from knowledge.services.documents import documents_ingest
 
     documents_ingest(knowledge_base=knowledge_base, documents=sample_documents)
     embed_everything_now(knowledge_base)
@@ -86,7 +86,7 @@ def admin_user(db, django_user_model):
 @pytest.fixture
 def api_token(admin_user, knowledge_base):
     """A token scoped to the test knowledge base only."""
-    from curation.services.tokens import api_token_create
+    from knowledge.services.tokens import api_token_create
 
     _, plain = api_token_create(user=admin_user, name="tests", knowledge_bases=[knowledge_base])
     return plain

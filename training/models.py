@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from curation.models import EmbeddingSpace, KnowledgeBase, Turn
+from knowledge.models import EmbeddingSpace, KnowledgeBase, Turn
 
 
 class Component(models.TextChoices):

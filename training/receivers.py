@@ -6,7 +6,7 @@ has a vector there, which curation announces with `embedding_space_ready`.
 
 from django.dispatch import receiver
 
-from curation.signals import embedding_space_ready
+from knowledge.signals import embedding_space_ready
 from training.services.runs import retriever_candidates_evaluate_when_ready
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q
 
-from curation.errors import NotFound
-from curation.models import KnowledgeBase
+from knowledge.errors import NotFound
+from knowledge.models import KnowledgeBase
 from training.models import (
     Component,
     DatasetSnapshot,

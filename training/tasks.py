@@ -9,7 +9,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from curation.errors import ServiceError
+from knowledge.errors import ServiceError
 from training.services import runs
 
 logger = logging.getLogger(__name__)

@@ -8,11 +8,10 @@ Every page is a knowledge base page for admins: 404 for non-members, 403 for cur
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
-from curation.errors import Conflict, NotFound, ServiceError
-from curation.models import KnowledgeBase
+from knowledge.errors import Conflict, NotFound, ServiceError
+from knowledge.models import KnowledgeBase
 from curation.views.access import fragment
 from curation.views.review import knowledge_base_admin_page
 from training.models import Component, TrainingRun
@@ -208,19 +207,3 @@ def snapshot_export_jsonl(request, knowledge_base: KnowledgeBase, snapshot_id: i
 @knowledge_base_admin_page
 def snapshot_export_beir(request, knowledge_base: KnowledgeBase, snapshot_id: int):
     return _export_response(request, knowledge_base, snapshot_id, "beir")
-
-
-urlpatterns = [
-    path("kbs/<slug:slug>/models/", models_page, name="training_models"),
-    path("kbs/<slug:slug>/training-runs/", training_runs_fragment, name="training_runs"),
-    path("kbs/<slug:slug>/training-runs/<int:run_id>/cancel/", training_run_cancel_view, name="training_run_cancel"),
-    path("kbs/<slug:slug>/models/<str:name>/", version_detail, name="training_version_detail"),
-    path("kbs/<slug:slug>/models/<str:name>/promote/", version_promote, name="training_version_promote"),
-    path("kbs/<slug:slug>/models/<str:name>/rollback/", version_rollback, name="training_version_rollback"),
-    path("kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/beir.zip", snapshot_export_beir, name="training_snapshot_export_beir"),
-    path(
-        "kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/<str:export_format>.jsonl",
-        snapshot_export_jsonl,
-        name="training_snapshot_export",
-    ),
-]

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # ninja in INSTALLED_APPS makes its API docs page use the bundled Swagger UI, not a CDN.
     "ninja",
+    "knowledge",
     "curation",
     "training",
 ]
@@ -51,7 +52,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves static/ from the app itself (no CDN, no separate web server needed).
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "curation.middleware.ApiBodySizeLimitMiddleware",
+    "knowledge.middleware.ApiBodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -137,8 +138,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
-    "curation.tasks.embedding_job_dispatch_task": {"queue": "embedding"},
-    "curation.tasks.chunk_batch_embed_task": {"queue": "embedding"},
+    "knowledge.tasks.embedding_job_dispatch_task": {"queue": "embedding"},
+    "knowledge.tasks.chunk_batch_embed_task": {"queue": "embedding"},
     # Training and evaluation load models: one at a time, on the (GPU) training worker.
     "training.tasks.training_run_execute_task": {"queue": "training"},
     "training.tasks.model_version_evaluate_task": {"queue": "training"},
@@ -146,7 +147,7 @@ CELERY_TASK_ROUTES = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "resume-stalled-embedding-jobs": {
-        "task": "curation.tasks.embedding_jobs_resume_stalled_task",
+        "task": "knowledge.tasks.embedding_jobs_resume_stalled_task",
         "schedule": 60.0,
     },
     "fail-stalled-training-runs": {

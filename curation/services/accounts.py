@@ -16,8 +16,9 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from curation.errors import InvalidInput, NotFound, ServiceError
-from curation.models import Invitation, KnowledgeBase, Membership, TurnHold
+from knowledge.errors import InvalidInput, NotFound, ServiceError
+from curation.models import Invitation, Membership, TurnHold
+from knowledge.models import KnowledgeBase
 from curation.permissions import ADMIN_GROUP, CURATOR_GROUP, user_is_curator
 
 INVITATION_VALID_FOR = timedelta(days=7)

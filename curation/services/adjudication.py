@@ -1,10 +1,11 @@
 """Adjudication: an admin's final judgment of a turn whose curators disagreed. It wins over the
-curators' labels (see curation.selectors_curation.turn_final_judgments) and ends the dispute."""
+curators' labels (see curation.selectors.turn_final_judgments) and ends the dispute."""
 
 from django.db import transaction
 
-from curation.errors import InvalidInput
-from curation.models import Adjudication, AnswerRating, Label, Relevance, Turn
+from knowledge.errors import InvalidInput
+from curation.models import Adjudication, AnswerRating, Label, Relevance
+from knowledge.models import Turn
 from curation.services.labels import MAX_TEXT, turn_label_state_refresh
 
 

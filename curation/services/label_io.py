@@ -39,21 +39,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Prefetch
 
-from curation.errors import InvalidInput
-from curation.models import (
-    AnswerRating,
-    Document,
-    KnowledgeBase,
-    Label,
-    Membership,
-    PassageJudgment,
-    Relevance,
-    RetrievedPassage,
-    Turn,
-)
+from knowledge.errors import InvalidInput
+from curation.models import AnswerRating, Label, Membership, PassageJudgment, Relevance
+from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
 from curation.permissions import CURATOR_GROUP
 from curation.services.labels import MAX_TEXT, LabelInput, label_payload, label_submit
-from curation.services.turns import MAX_TURNS_PER_BATCH, PassageRecord, TurnRecord, turns_ingest
+from knowledge.services.turns import MAX_TURNS_PER_BATCH, PassageRecord, TurnRecord, turns_ingest
 
 IMPORT_PREFIX = "import:"
 HASHED_QUERY_PREFIX = "query-sha256:"

@@ -13,18 +13,9 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from curation.errors import Conflict, InvalidInput
-from curation.models import (
-    AnswerRating,
-    Chunk,
-    Label,
-    LabelDraft,
-    LabelRevision,
-    PassageJudgment,
-    Relevance,
-    Turn,
-    TurnHold,
-)
+from knowledge.errors import Conflict, InvalidInput
+from curation.models import AnswerRating, Label, LabelDraft, LabelRevision, PassageJudgment, Relevance, TurnHold
+from knowledge.models import Chunk, Turn
 
 MAX_TEXT = 20_000
 

@@ -1,16 +1,12 @@
 """The curation queue: which turn a curator judges next, and holds so two curators are not
-handed the same turn (unless the knowledge base asks for overlap).
+handed the same turn (unless the knowledge base asks for overlap); the knowledge base's queue
+settings (overlap, hold time).
 
-Priority, in tiers (stored on the turn so the queue reads one partial index, in order):
-  0. negative user feedback (newest first);
-  1. low retrieval confidence: the top two passage scores are less than
-     LOW_CONFIDENCE_MARGIN apart (smallest margin first);
-  2. everything else, in a stable random order (a random sample, the same for everyone).
-Turns with fewer than two scored passages have no margin and go to tier 2.
+A turn's place (tier and order) is stored on the turn when it is stored or its feedback
+changes (rag.queue_priority, called by knowledge.services.turns), so the queue reads one
+partial index in order.
 """
 
-import random
-import time
 from datetime import timedelta
 
 from django.db import transaction
@@ -18,35 +14,12 @@ from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from curation.models import KnowledgeBase, Label, Turn, TurnHold
+from curation.models import TurnHold
+from knowledge.errors import InvalidInput
+from knowledge.models import KnowledgeBase, Turn
 
-LOW_CONFIDENCE_MARGIN = 0.05
 MAX_HOLDS_PER_CURATOR = 2  # the turn on screen and the preloaded next one
-
-
-def turn_queue_position(*, feedback: int | None, scores: list[float | None], created: float | None = None) -> tuple[int, float]:
-    """(tier, order within the tier) for a turn; see the module docstring."""
-    if feedback == -1:
-        return 0, -(created if created is not None else time.time())
-    known = sorted((s for s in scores if s is not None), reverse=True)
-    if len(known) >= 2 and known[0] - known[1] < LOW_CONFIDENCE_MARGIN:
-        return 1, known[0] - known[1]
-    return 2, random.random()
-
-
-def turn_queue_refresh(*, turn: Turn) -> Turn:
-    """Recompute a turn's place after its feedback or passages changed."""
-    scores = list(turn.passages.order_by("rank").values_list("score", flat=True))
-    turn.queue_tier, turn.queue_order = turn_queue_position(
-        feedback=turn.feedback, scores=scores, created=turn.created_at.timestamp() if turn.created_at else None
-    )
-    if turn.queue_tier == 2 and turn.pk:
-        # Keep a turn's random position when it stays in the random tier.
-        previous = Turn.objects.filter(pk=turn.pk).values_list("queue_tier", "queue_order").first()
-        if previous and previous[0] == 2:
-            turn.queue_order = previous[1]
-    Turn.objects.filter(pk=turn.pk).update(queue_tier=turn.queue_tier, queue_order=turn.queue_order)
-    return turn
+MAX_HOLD_MINUTES = 24 * 60
 
 
 def _active_holds_by_others(curator, now):
@@ -116,10 +89,6 @@ def turn_hold_take(*, turn: Turn, curator) -> TurnHold:
     return hold
 
 
-def turn_hold_release(*, turn: Turn, curator) -> None:
-    TurnHold.objects.filter(turn=turn, curator=curator).delete()
-
-
 def turn_holds_expired_delete() -> int:
     """Housekeeping: expired holds already count for nothing; this only removes the rows."""
     deleted, _ = TurnHold.objects.filter(expires_at__lte=timezone.now()).delete()
@@ -175,8 +144,6 @@ def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: Que
 def knowledge_base_overlap_set(*, knowledge_base: KnowledgeBase, labels_per_turn: int) -> None:
     """Change how many curators judge each turn, and reopen or close turns to match."""
     if not 1 <= labels_per_turn <= 10:
-        from curation.errors import InvalidInput
-
         raise InvalidInput("Labels per turn must be between 1 and 10.")
     with transaction.atomic():
         KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(labels_per_turn=labels_per_turn)
@@ -184,5 +151,18 @@ def knowledge_base_overlap_set(*, knowledge_base: KnowledgeBase, labels_per_turn
     knowledge_base.labels_per_turn = labels_per_turn
 
 
-def labels_submitted_count(*, turn: Turn) -> int:
-    return Label.objects.filter(turn=turn, skipped=False).count()
+def knowledge_base_curation_settings_set(
+    *, knowledge_base: KnowledgeBase, labels_per_turn: int, hold_minutes: int
+) -> KnowledgeBase:
+    """Set overlap and hold time together; both are checked before either is written."""
+    if not isinstance(hold_minutes, int) or not 1 <= hold_minutes <= MAX_HOLD_MINUTES:
+        raise InvalidInput(f"Hold minutes must be between 1 and {MAX_HOLD_MINUTES}.")
+    if not isinstance(labels_per_turn, int) or not 1 <= labels_per_turn <= 10:
+        raise InvalidInput("Labels per turn must be between 1 and 10.")
+    with transaction.atomic():
+        KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(hold_minutes=hold_minutes)
+        knowledge_base.hold_minutes = hold_minutes
+        if labels_per_turn != knowledge_base.labels_per_turn:
+            # Also reopens or closes turns to match the new overlap.
+            knowledge_base_overlap_set(knowledge_base=knowledge_base, labels_per_turn=labels_per_turn)
+    return knowledge_base

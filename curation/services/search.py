@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.db.models import Q
 
-from curation.errors import InvalidInput
-from curation.models import Chunk, Document, KnowledgeBase
-from curation.selectors import passages_retrieve
+from knowledge.errors import InvalidInput
+from knowledge.models import Chunk, Document, KnowledgeBase
+from knowledge.selectors import passages_retrieve
 
 MAX_QUERY_LENGTH = 500
 MAX_K = 50

@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.utils.cache import patch_vary_headers
 
-from curation.models import KnowledgeBase
+from knowledge.models import KnowledgeBase
 from curation.permissions import user_can_curate, user_is_admin
 
 

@@ -12,10 +12,11 @@ from django.urls import path, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from curation.errors import InvalidInput, ServiceError
-from curation.models import AnswerRating, Invitation, KnowledgeBase, Membership, Relevance, Turn
+from knowledge.errors import InvalidInput, ServiceError
+from curation.models import AnswerRating, Invitation, Membership, Relevance
+from knowledge.models import KnowledgeBase, Turn
 from curation.permissions import CURATOR_GROUP, knowledge_bases_for, user_is_admin
-from curation.selectors_curation import (
+from curation.selectors import (
     DASHBOARD_DAYS,
     adjudicated_turns,
     dispute_comparison,
@@ -33,7 +34,8 @@ from curation.services.accounts import (
     membership_remove,
 )
 from curation.services.adjudication import adjudication_record
-from curation.services.curation_settings import knowledge_base_curation_settings_set, knowledge_base_guidelines_set
+from curation.services.guidelines import knowledge_base_guidelines_set
+from curation.services.queue import knowledge_base_curation_settings_set
 from curation.views.access import admin_page, fragment, knowledge_base_page
 
 DISPUTES_SHOWN = 200

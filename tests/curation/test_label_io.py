@@ -10,12 +10,13 @@ from django.core.management import call_command, execute_from_command_line
 from django.core.management.base import CommandError
 from django.db import connections
 
-from curation.models import Chunk, Label, LabelRevision, Membership, PassageJudgment, RetrievedPassage, Turn
-from curation.services.documents import documents_ingest
-from curation.services.knowledge_bases import knowledge_base_create
+from curation.models import Label, LabelRevision, Membership, PassageJudgment
+from knowledge.models import Chunk, RetrievedPassage, Turn
+from knowledge.services.documents import documents_ingest
+from knowledge.services.knowledge_bases import knowledge_base_create
 from curation.services.label_io import import_external_id, labels_export
 from curation.services.labels import LabelInput, label_submit
-from curation.services.turns import PassageRecord, TurnRecord, turns_ingest
+from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 from tests.conftest import REPO_ROOT, SAMPLE_DOCUMENTS
 
 DOCUMENTS = {d["_id"]: d for d in SAMPLE_DOCUMENTS}

@@ -6,11 +6,12 @@ import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from curation.errors import Conflict, InvalidInput
-from curation.models import Label, LabelDraft, LabelRevision, Membership, Turn, TurnHold
+from knowledge.errors import Conflict, InvalidInput
+from curation.models import Label, LabelDraft, LabelRevision, Membership, TurnHold
+from knowledge.models import Turn
 from curation.services.labels import LabelInput, label_draft_save, label_for_editing, label_submit
-from curation.services.queue import QueueFilter, knowledge_base_overlap_set, turn_next, turn_queue_list, turn_queue_position
-from curation.services.turns import PassageRecord, TurnRecord, turn_feedback_set, turns_ingest
+from curation.services.queue import QueueFilter, knowledge_base_overlap_set, turn_next, turn_queue_list
+from knowledge.services.turns import PassageRecord, TurnRecord, turn_feedback_set, turns_ingest
 
 
 @pytest.fixture
@@ -35,14 +36,6 @@ def _turns(knowledge_base, specs):
     ]
     created = turns_ingest(knowledge_base=knowledge_base, records=records).created
     return {eid: Turn.objects.get(pk=pk) for eid, pk in created.items()}
-
-
-def test_queue_position_tiers():
-    assert turn_queue_position(feedback=-1, scores=[0.9, 0.1], created=100.0) == (0, -100.0)
-    tier, order = turn_queue_position(feedback=None, scores=[0.80, 0.78, 0.1])
-    assert tier == 1 and order == pytest.approx(0.02)
-    assert turn_queue_position(feedback=1, scores=[0.9, 0.5])[0] == 2
-    assert turn_queue_position(feedback=None, scores=[0.9])[0] == 2
 
 
 def test_next_follows_priority_negative_feedback_then_low_margin_then_the_rest(knowledge_base, curators):

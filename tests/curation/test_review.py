@@ -10,9 +10,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from curation.errors import InvalidInput
-from curation.models import Adjudication, Chunk, Document, KnowledgeBase, Label, Membership, Turn, TurnHold
-from curation.selectors_curation import (
+from knowledge.errors import InvalidInput
+from curation.models import Adjudication, Label, Membership, TurnHold
+from knowledge.models import Chunk, Document, KnowledgeBase, Turn
+from curation.selectors import (
     guidelines_html,
     knowledge_base_agreement,
     knowledge_base_dashboard,
@@ -22,7 +23,7 @@ from curation.selectors_curation import (
 from curation.services.adjudication import adjudication_record
 from curation.services.labels import LabelInput, label_submit
 from curation.services.queue import knowledge_base_overlap_set
-from curation.services.turns import PassageRecord, TurnRecord, turns_ingest
+from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 
 R, P, N = "relevant", "partly", "not_relevant"
 XSS = '<script>alert("x")</script>'

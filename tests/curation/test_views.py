@@ -2,8 +2,8 @@
 
 import pytest
 
-from curation.models import Turn
-from curation.services.turns import PassageRecord, TurnRecord, turns_ingest
+from knowledge.models import Turn
+from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 
 XSS = '<script>alert("x")</script>'
 

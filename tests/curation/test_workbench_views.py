@@ -10,12 +10,13 @@ from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from curation.models import Label, LabelDraft, LabelRevision, Membership, PassageJudgment, Turn, TurnHold
-from curation.services.knowledge_bases import knowledge_base_create
+from curation.models import Label, LabelDraft, LabelRevision, Membership, PassageJudgment, TurnHold
+from knowledge.models import Turn
+from knowledge.services.knowledge_bases import knowledge_base_create
 from curation.services.labels import LabelInput, label_submit
 from curation.services.queue import knowledge_base_overlap_set
 from curation.services.search import chunks_search
-from curation.services.turns import PassageRecord, TurnRecord, turns_ingest
+from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 
@@ -416,8 +417,7 @@ def test_search_merges_vector_and_keyword_results(embedded_knowledge_base):
 
 
 def test_keyword_search_finds_codes_as_typed_full_text_first_then_substrings_and_titles(knowledge_base):
-    from curation.models import Chunk
-    from curation.services.documents import documents_ingest
+    from knowledge.services.documents import documents_ingest
     from rag.documents import SourceDocument
 
     documents_ingest(knowledge_base=knowledge_base, documents=[
@@ -455,7 +455,7 @@ def test_keyword_search_reads_the_full_text_index(knowledge_base):
     serves it (the planner could not use it if the expression differed in any way)."""
     import random
 
-    from curation.models import Chunk, Document
+    from knowledge.models import Chunk, Document
 
     rng = random.Random(0)
     words = "protein cell dose trial risk patient enzyme receptor gene blood brain sleep".split()
@@ -480,13 +480,13 @@ def test_keyword_search_reads_the_full_text_index(knowledge_base):
 
 
 def test_search_endpoint_renders_attachable_hits_and_marks_retrieved_ones(alice_client, embedded_knowledge_base):
-    from curation.models import Chunk
+    from knowledge.models import Chunk
 
     statins_chunk = Chunk.objects.get(document__external_id="d-statins")
     turns = turns_ingest(knowledge_base=embedded_knowledge_base, records=[TurnRecord(
         external_id="t", query="Do statins hurt?", passages=[PassageRecord(text="x", source_id="d-statins", score=0.5)])]).created
     turn_id = turns["t"]
-    from curation.models import RetrievedPassage
+    from knowledge.models import RetrievedPassage
 
     RetrievedPassage.objects.filter(turn_id=turn_id).update(chunk=statins_chunk)
     response = alice_client.get(f"/kbs/test-kb/turns/{turn_id}/search/", {"q": "hip fractures in the elderly"}, HTTP_HX_REQUEST="true")
@@ -546,7 +546,7 @@ def test_a_curator_cannot_open_the_django_admin(alice_client):
 
 
 def test_user_written_text_is_escaped_everywhere_including_the_embedded_json(alice_client, alice, embedded_knowledge_base):
-    from curation.services.documents import documents_ingest
+    from knowledge.services.documents import documents_ingest
     from rag.documents import SourceDocument
 
     documents_ingest(knowledge_base=embedded_knowledge_base, documents=[

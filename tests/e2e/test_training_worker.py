@@ -92,7 +92,7 @@ def manage(environment, *arguments, timeout=300) -> subprocess.CompletedProcess:
 
 
 def test_cli_train_wait_follows_a_run_the_worker_trains_into_a_servable_candidate(labelled_kb, training_worker, environment, artifacts):
-    from curation.selectors import passages_retrieve, retriever_for
+    from knowledge.selectors import passages_retrieve, retriever_for
     from rag.training.artifacts import verify_manifest
 
     result = manage(
@@ -116,7 +116,7 @@ def test_cli_train_wait_follows_a_run_the_worker_trains_into_a_servable_candidat
 def test_a_killed_worker_leaves_its_run_running_until_the_sweeper_fails_it_then_a_new_run_succeeds(
     labelled_kb, training_worker, settings
 ):
-    from curation.errors import Conflict
+    from knowledge.errors import Conflict
     from training.services.runs import training_run_start, training_runs_fail_stalled
 
     # Started through the service this time (the task goes to this test's broker): long enough

@@ -9,10 +9,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from django.contrib.auth.models import Group
 
-from curation.models import Label, LabelDraft, Membership, PassageJudgment, Turn
-from curation.services.knowledge_bases import knowledge_base_create
+from curation.models import Label, LabelDraft, Membership, PassageJudgment
+from knowledge.models import Turn
+from knowledge.services.knowledge_bases import knowledge_base_create
 from curation.services.labels import LabelInput, label_submit
-from curation.services.turns import PassageRecord, TurnRecord, turns_ingest
+from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

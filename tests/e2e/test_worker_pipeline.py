@@ -5,7 +5,7 @@ import json
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from curation.models import Chunk, ChunkEmbedding, EmbeddingJob, RetrievedPassage, Turn
+from knowledge.models import Chunk, ChunkEmbedding, EmbeddingJob, RetrievedPassage, Turn
 from tests.conftest import SAMPLE_DOCUMENTS, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -53,8 +53,8 @@ def test_upload_embed_by_worker_ask_and_find_the_turn(api, knowledge_base, celer
 
 def test_a_killed_worker_loses_no_written_work_and_a_rerun_finishes(knowledge_base, celery_worker_process):
     """SIGKILL the worker mid-job: batches already written stay; a re-dispatch embeds only the rest."""
-    from curation.services.documents import documents_ingest
-    from curation.services.embeddings import embedding_jobs_resume_stalled
+    from knowledge.services.documents import documents_ingest
+    from knowledge.services.embeddings import embedding_jobs_resume_stalled
     from rag.documents import SourceDocument
 
     sentences = " ".join(f"Finding {i}: enzyme {i} binds substrate {i * 7} in yeast." for i in range(30))

@@ -1,9 +1,12 @@
-"""Fixtures shared by the training tests."""
+"""Fixtures and helpers shared by the training tests."""
 
 import pytest
 from django.contrib.auth.models import Group
 
 from curation.models import Membership
+from training.models import Component, DatasetSnapshot, SnapshotExample
+from training.services import evaluation as evaluation_module
+from training.services.versions import model_version_register
 
 
 @pytest.fixture
@@ -13,3 +16,49 @@ def curator(db, django_user_model, knowledge_base):
     user.groups.add(Group.objects.get_or_create(name="curator")[0])
     Membership.objects.create(knowledge_base=knowledge_base, user=user)
     return user
+
+
+def passage(text, document_id="", title="", chunk_id=None):
+    return {"text": text, "document_id": document_id, "chunk_id": chunk_id, "title": title}
+
+
+def make_snapshot(knowledge_base, examples) -> DatasetSnapshot:
+    """A snapshot with the given examples: dicts of SnapshotExample fields (split defaults to held-out)."""
+    rows = [SnapshotExample(**{"split": "heldout", **example}) for example in examples]
+    snapshot = DatasetSnapshot.objects.create(
+        knowledge_base=knowledge_base,
+        example_count=len(rows),
+        train_count=sum(r.split == "train" for r in rows),
+        heldout_count=sum(r.split == "heldout" for r in rows),
+    )
+    for row in rows:
+        row.snapshot = snapshot
+    SnapshotExample.objects.bulk_create(rows)
+    return snapshot
+
+
+def retriever_version(knowledge_base, name, *, space=None, snapshot=None, **fields):
+    return model_version_register(
+        knowledge_base=knowledge_base, component=Component.RETRIEVER, artifact_folder=None, name=name,
+        embedding_space=space or knowledge_base.embedding_spaces.get(retriever_version="base"),
+        query_model_reference="base:all-MiniLM-L6-v2", snapshot=snapshot, **fields,
+    )
+
+
+def generator_version(knowledge_base, name, *, backend="extractive", model="", snapshot=None):
+    return model_version_register(
+        knowledge_base=knowledge_base, component=Component.GENERATOR, artifact_folder=None, name=name,
+        generator_backend=backend, generator_model=model, snapshot=snapshot,
+    )
+
+
+def fake_rankings(monkeypatch, rankings):
+    """Patch the document ranking: rankings[retriever name][query] -> document ids, best first."""
+    calls = []
+
+    def ranked_documents(*, retriever, query):
+        calls.append((retriever.name, query))
+        return [{"id": d, "title": f"title {d}", "score": 0.0} for d in rankings[retriever.name].get(query, [])]
+
+    monkeypatch.setattr(evaluation_module, "ranked_documents", ranked_documents)
+    return calls

@@ -6,66 +6,21 @@ import math
 
 import pytest
 
-from curation.errors import Conflict, InvalidInput, UpstreamError
-from curation.models import EmbeddingSpace
-from curation.selectors import RetrievedChunk
+from knowledge.errors import Conflict, InvalidInput, UpstreamError
+from knowledge.models import EmbeddingSpace
+from knowledge.selectors import RetrievedChunk
 from curation.services.labels import LabelInput, label_submit
-from curation.services.turns import turn_ask
+from knowledge.services.turns import turn_ask
 from rag.generation import ContextPassage, GeneratedAnswer, build_prompt
-from training.models import Component, DatasetSnapshot, Evaluation, EvaluationQueryResult, ModelVersion, SnapshotExample
+from training.models import Evaluation, EvaluationQueryResult, ModelVersion
 from training.services import evaluation as evaluation_module
 from training.services.evaluation import model_version_evaluate
 from training.services.snapshots import dataset_snapshot_create
-from training.services.versions import model_version_promote, model_version_register
+from training.services.versions import model_version_promote
+
+from .conftest import fake_rankings, generator_version, make_snapshot, passage, retriever_version
 
 
-# --- helpers shared with the other training test modules --------------------------------------
-
-
-def passage(text, document_id="", title="", chunk_id=None):
-    return {"text": text, "document_id": document_id, "chunk_id": chunk_id, "title": title}
-
-
-def make_snapshot(knowledge_base, examples) -> DatasetSnapshot:
-    """A snapshot with the given examples: dicts of SnapshotExample fields (split defaults to held-out)."""
-    rows = [SnapshotExample(**{"split": "heldout", **example}) for example in examples]
-    snapshot = DatasetSnapshot.objects.create(
-        knowledge_base=knowledge_base,
-        example_count=len(rows),
-        train_count=sum(r.split == "train" for r in rows),
-        heldout_count=sum(r.split == "heldout" for r in rows),
-    )
-    for row in rows:
-        row.snapshot = snapshot
-    SnapshotExample.objects.bulk_create(rows)
-    return snapshot
-
-
-def retriever_version(knowledge_base, name, *, space=None, snapshot=None, **fields):
-    return model_version_register(
-        knowledge_base=knowledge_base, component=Component.RETRIEVER, artifact_folder=None, name=name,
-        embedding_space=space or knowledge_base.embedding_spaces.get(retriever_version="base"),
-        query_model_reference="base:all-MiniLM-L6-v2", snapshot=snapshot, **fields,
-    )
-
-
-def generator_version(knowledge_base, name, *, backend="extractive", model="", snapshot=None):
-    return model_version_register(
-        knowledge_base=knowledge_base, component=Component.GENERATOR, artifact_folder=None, name=name,
-        generator_backend=backend, generator_model=model, snapshot=snapshot,
-    )
-
-
-def fake_rankings(monkeypatch, rankings):
-    """Patch the document ranking: rankings[retriever name][query] -> document ids, best first."""
-    calls = []
-
-    def ranked_documents(*, retriever, query):
-        calls.append((retriever.name, query))
-        return [{"id": d, "title": f"title {d}", "score": 0.0} for d in rankings[retriever.name].get(query, [])]
-
-    monkeypatch.setattr(evaluation_module, "ranked_documents", ranked_documents)
-    return calls
 
 
 # --- retriever: a patched ranking, figures by hand ----------------------------------------------
@@ -227,7 +182,7 @@ def test_evaluation_needs_held_out_examples(knowledge_base):
 
 
 def test_a_snapshot_of_another_knowledge_base_is_refused(knowledge_base):
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     other = knowledge_base_create(slug="other-kb")
     snapshot = make_snapshot(other, [{"example_id": "h", "query": "q", "relevant": [passage("a", "A")]}])

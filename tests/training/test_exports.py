@@ -10,8 +10,9 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from curation.errors import InvalidInput
-from curation.models import Chunk, Document, Membership
+from knowledge.errors import InvalidInput
+from curation.models import Membership
+from knowledge.models import Chunk, Document
 from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
 from training.models import DatasetSnapshot
 from training.services.exports import dataset_export, raft_random_pool

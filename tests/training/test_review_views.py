@@ -7,7 +7,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from curation.models import EmbeddingSpace, Membership
+from curation.models import Membership
+from knowledge.models import EmbeddingSpace
 from training.models import Evaluation, EvaluationQueryResult, ModelVersion, PromotionEvent, TrainingRun
 from training.services.versions import model_version_promote
 
@@ -252,7 +253,7 @@ def _query_count(client, url) -> int:
 
 
 def test_the_models_page_runs_a_fixed_number_of_queries(admin_client, knowledge_base, django_assert_max_num_queries):
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.knowledge_bases import knowledge_base_create
 
     make_page_data(knowledge_base, 2)
     small = _query_count(admin_client, "/kbs/test-kb/models/")

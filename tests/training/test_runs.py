@@ -14,11 +14,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 
-from curation.errors import Conflict, InvalidInput
-from curation.models import EmbeddingJob, EmbeddingSpace
-from curation.selectors import passages_retrieve, retriever_for
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.models import EmbeddingJob, EmbeddingSpace
+from knowledge.selectors import passages_retrieve, retriever_for
 from curation.services.labels import LabelInput, label_submit
-from curation.services.turns import generator_for, turn_ask
+from knowledge.services.turns import generator_for, turn_ask
 from rag.training.artifacts import verify_manifest
 from training.models import Component, DatasetSnapshot, ModelVersion, TrainingRun
 from training.services import runs
@@ -80,15 +80,15 @@ def labelled_kb(embedded_knowledge_base, curator):
 @pytest.fixture
 def no_tasks_sent(monkeypatch):
     """Record task messages instead of sending them (other test runs share the broker)."""
-    import curation.tasks
+    import knowledge.tasks
     import training.tasks
 
     sent: list[tuple[str, tuple]] = []
     for module, name in [
         (training.tasks, "training_run_execute_task"),
         (training.tasks, "model_version_evaluate_task"),
-        (curation.tasks, "embedding_job_dispatch_task"),
-        (curation.tasks, "embedding_space_index_build_task"),
+        (knowledge.tasks, "embedding_job_dispatch_task"),
+        (knowledge.tasks, "embedding_space_index_build_task"),
     ]:
         monkeypatch.setattr(getattr(module, name), "delay", lambda *args, _name=name: sent.append((_name, args)))
     return sent
@@ -186,7 +186,7 @@ def test_start_freezes_a_snapshot_fills_in_defaults_and_queues_the_task_after_co
 
 
 def test_an_existing_snapshot_of_another_knowledge_base_is_refused(labelled_kb, no_tasks_sent):
-    from curation.services.knowledge_bases import knowledge_base_create
+    from knowledge.services.knowledge_bases import knowledge_base_create
     from training.services.snapshots import dataset_snapshot_create
 
     other = knowledge_base_create(slug="other-kb")
@@ -420,7 +420,7 @@ def test_a_query_only_contrastive_run_registers_a_candidate_with_lineage_that_se
 def test_a_full_mode_run_embeds_the_corpus_into_its_own_space_before_it_is_evaluated(
     labelled_kb, no_tasks_sent, admin_user, django_capture_on_commit_callbacks
 ):
-    from curation.services.embeddings import chunk_batch_embed
+    from knowledge.services.embeddings import chunk_batch_embed
 
     kb = labelled_kb
     run = training_run_start(knowledge_base=kb, component="retriever", mode="contrastive", parameters={**FAST_RETRIEVER, "epochs": 1})
@@ -678,7 +678,7 @@ def test_cli_train_wait_exits_non_zero_with_the_error_of_a_failed_run(labelled_k
 
 def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
     """Another chunk of a document judged relevant is a likely false negative, not a negative."""
-    from curation.selectors import RetrievedChunk
+    from knowledge.selectors import RetrievedChunk
     from rag.datasets import DatasetExample, LabeledPassage
     from training.services import runs
 
@@ -708,8 +708,8 @@ def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_
     ranks highest for the query: the unit the index holds, within the encoder's window."""
     from tests.conftest import embed_everything_now
 
-    from curation.selectors import retriever_for
-    from curation.services.documents import documents_ingest
+    from knowledge.selectors import retriever_for
+    from knowledge.services.documents import documents_ingest
     from rag.datasets import DatasetExample, LabeledPassage
     from rag.documents import SourceDocument
 

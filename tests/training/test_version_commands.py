@@ -6,10 +6,10 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from curation.models import EmbeddingSpace
+from knowledge.models import EmbeddingSpace
 from training.models import ModelVersion, PromotionEvent
 
-from .test_evaluation import fake_rankings, generator_version, make_snapshot, passage, retriever_version
+from .conftest import fake_rankings, generator_version, make_snapshot, passage, retriever_version
 
 
 def run(capsys, *arguments) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.errors import InvalidInput
-from curation.models import Chunk
+from knowledge.errors import InvalidInput
+from knowledge.models import Chunk
 from rag.datasets import LabeledPassage, export_beir, export_openai, export_pairs, export_raft, export_triplets
 from training.models import DatasetSnapshot
 from training.services.snapshots import snapshot_dataset_examples

@@ -47,8 +47,8 @@ from django.db.models import F, Q, TextField, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from curation.errors import Conflict, InvalidInput
-from curation.models import Chunk, EmbeddingSpace, KnowledgeBase
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.models import Chunk, EmbeddingSpace, KnowledgeBase
 from training.models import Component, DatasetSnapshot, ModelVersion, SnapshotExample, TrainingRun
 from training.services.snapshots import dataset_snapshot_create, snapshot_dataset_examples
 from training.services.versions import artifacts_root, model_version_next_name, model_version_register
@@ -599,7 +599,7 @@ def _outcome_for(status: str) -> Outcome:
 
 
 def _error_message(error: Exception) -> str:
-    from curation.errors import ServiceError
+    from knowledge.errors import ServiceError
 
     if isinstance(error, ServiceError):
         return str(error)
@@ -653,7 +653,7 @@ def _enqueue_evaluation(version_id: int) -> None:
 
 
 def _register(*, run_id: int, trained: _Trained, reporter: _Reporter) -> Outcome:
-    from curation.services.embeddings import embedding_job_start
+    from knowledge.services.embeddings import embedding_job_start
 
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().select_related("knowledge_base").get(pk=run_id)
@@ -748,15 +748,15 @@ def _live_retriever(run: TrainingRun):
     Retrievers are trained from the live space's encoder: in query-only mode that encoder's
     document side produced the stored vectors the new query encoder must match.
     """
-    from curation.selectors import retriever_for
-    from curation.services.knowledge_bases import retriever_model_path
+    from knowledge.selectors import retriever_for
+    from knowledge.services.knowledge_bases import retriever_model_path
 
     live = retriever_for(knowledge_base=run.knowledge_base)
     return live, retriever_model_path(live.space.model_reference)
 
 
 def _retrieve(live, query: str, k: int):
-    from curation.selectors import passages_retrieve
+    from knowledge.selectors import passages_retrieve
 
     return passages_retrieve(space=live.space, query=query, k=k, query_model_reference=live.query_model_reference)
 
@@ -804,7 +804,7 @@ def _examples_in_chunks(*, examples, live, reporter: _Reporter):
     SciFact, query-only training reached dev nDCG@10 0.837 on best chunks, 0.824 on whole
     abstracts). A passage whose document is not in the knowledge base keeps its text.
     """
-    from curation.selectors import best_chunk_per_document
+    from knowledge.selectors import best_chunk_per_document
     from rag.training import retriever as retriever_training
 
     judged_whole = sum(len(_documents_judged_whole(example)) for example in examples)
@@ -982,7 +982,7 @@ def _train_adapter(*, run: TrainingRun, folder: Path, reporter: _Reporter, pairs
     fields = {
         "generator_backend": KnowledgeBase.GeneratorBackend.HF,
         "generator_model": parameters["base_model"],
-        # Absolute: serving (curation.services.turns.generator_for) hands the path to
+        # Absolute: serving (knowledge.services.turns.generator_for) hands the path to
         # HFGenerator as it is, without resolving it against the artifacts folder.
         "generator_adapter_path": str(folder.resolve()),
     }

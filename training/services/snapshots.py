@@ -1,6 +1,6 @@
 """Dataset snapshots: the knowledge base's final judgments frozen into immutable examples.
 
-Each turn with a final judgment (see curation.selectors_curation.turn_final_judgments:
+Each turn with a final judgment (see curation.selectors.turn_final_judgments:
 adjudication, else agreeing labels, else the single label) becomes one example. Passages
 judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly" is neither
 (too uncertain to train on either way). The split comes from a stable hash of the example id
@@ -9,9 +9,10 @@ judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly
 
 from django.db import transaction
 
-from curation.errors import InvalidInput
-from curation.models import Chunk, Label, Relevance, Turn
-from curation.selectors_curation import turn_final_judgments
+from knowledge.errors import InvalidInput
+from curation.models import Label, Relevance
+from knowledge.models import Chunk, Turn
+from curation.selectors import turn_final_judgments
 from rag.datasets import DatasetExample, LabeledPassage, split_for
 from training.models import DatasetSnapshot, SnapshotExample
 

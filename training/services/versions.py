@@ -1,8 +1,12 @@
 """Model versions: registering a trained version with its checksummed artifact, and promoting
 or rolling back the live version of a component atomically, with an append-only audit log.
 
-Serving reads the live version from these rows (curation.selectors.retriever_for,
-curation.services.turns.generator_for), so a promotion takes effect on the next request.
+Serving never reads these rows: in the same locked transaction that changes which version is
+live, promotion and rollback write the live pointers onto the knowledge base (live space, version
+names, query encoder, generator backend, model and adapter), which is all that
+knowledge.selectors.retriever_for and knowledge.services.turns.generator_for read. So a promotion
+takes effect on the next request. Registering a query-only retriever version also records its
+query encoder (knowledge.models.QueryEncoder), so it can serve by name before it is live.
 """
 
 import hashlib
@@ -12,8 +16,9 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from curation.errors import Conflict, InvalidInput
-from curation.models import EmbeddingSpace, KnowledgeBase
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
 from rag.training.artifacts import ArtifactIntegrityError, verify_manifest, write_manifest
 from training.models import Component, ModelVersion, PromotionEvent
 
@@ -37,16 +42,57 @@ def model_version_register(*, knowledge_base: KnowledgeBase, component: str, art
         relative = str(Path(artifact_folder).resolve().relative_to(artifacts_root().resolve()))
     name = fields.pop("name", None) or model_version_next_name(knowledge_base=knowledge_base, component=component)
     try:
-        return ModelVersion.objects.create(
-            knowledge_base=knowledge_base,
-            component=component,
-            name=name,
-            artifact_path=relative,
-            artifact_checksum=checksum,
-            **fields,
-        )
+        with transaction.atomic():
+            version = ModelVersion.objects.create(
+                knowledge_base=knowledge_base,
+                component=component,
+                name=name,
+                artifact_path=relative,
+                artifact_checksum=checksum,
+                **fields,
+            )
+            _query_encoder_record(version)
     except IntegrityError:
         raise Conflict(f"A model version named {name!r} already exists in {knowledge_base.slug!r}.") from None
+    return version
+
+
+def _query_encoder_record(version: ModelVersion) -> None:
+    """A retriever version with a query encoder of its own over another version's space."""
+    space = version.embedding_space
+    if version.component != Component.RETRIEVER or space is None or not version.query_model_reference:
+        return
+    if version.query_model_reference != space.model_reference:
+        QueryEncoder.objects.create(
+            knowledge_base_id=version.knowledge_base_id,
+            retriever_version=version.name,
+            space=space,
+            model_reference=version.query_model_reference,
+        )
+
+
+def _live_pointers_write(*, knowledge_base_id: int, component: str, version: ModelVersion | None) -> None:
+    """Point serving at `version` (None: the base retriever, or the configured generator)."""
+    if component == Component.RETRIEVER:
+        if version is None:
+            base_space = EmbeddingSpace.objects.filter(
+                knowledge_base_id=knowledge_base_id, retriever_version=BASE_RETRIEVER_VERSION
+            ).first()
+            pointers = {"live_space": base_space, "live_retriever_version": "", "live_query_model_reference": ""}
+        else:
+            pointers = {
+                "live_space": version.embedding_space,
+                "live_retriever_version": version.name,
+                "live_query_model_reference": version.query_model_reference,
+            }
+    else:
+        pointers = {
+            "live_generator_version": version.name if version else "",
+            "live_generator_backend": version.generator_backend if version else "",
+            "live_generator_model": version.generator_model if version else "",
+            "live_generator_adapter_path": version.generator_adapter_path if version else "",
+        }
+    KnowledgeBase.objects.filter(pk=knowledge_base_id).update(**pointers)
 
 
 def model_version_verify(*, version: ModelVersion) -> None:
@@ -86,8 +132,7 @@ def model_version_promote(*, version: ModelVersion, actor=None, reason: str = ""
         if previous is not None:
             ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.RETIRED)
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.LIVE)
-        if version.component == Component.RETRIEVER:
-            KnowledgeBase.objects.filter(pk=version.knowledge_base_id).update(live_space=version.embedding_space)
+        _live_pointers_write(knowledge_base_id=version.knowledge_base_id, component=version.component, version=version)
         return PromotionEvent.objects.create(
             knowledge_base_id=version.knowledge_base_id,
             component=version.component,
@@ -124,11 +169,7 @@ def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, act
         ModelVersion.objects.filter(pk=current.pk).update(status=ModelVersion.Status.RETIRED)
         if previous is not None:
             ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.LIVE)
-        if component == Component.RETRIEVER:
-            base_space = knowledge_base.embedding_spaces.filter(retriever_version="base").first()
-            KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(
-                live_space=previous.embedding_space if previous is not None else base_space
-            )
+        _live_pointers_write(knowledge_base_id=knowledge_base.pk, component=component, version=previous)
         return PromotionEvent.objects.create(
             knowledge_base=knowledge_base,
             component=component,

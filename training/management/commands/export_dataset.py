@@ -7,8 +7,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand
 
-from curation.management.cli import service_errors_as_command_errors
-from curation.selectors import knowledge_base_get
+from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.selectors import knowledge_base_get
 from training.selectors import snapshot_get
 from training.services.exports import EXPORT_FORMATS, EXPORT_SPLITS, dataset_export, dataset_export_files
 from training.services.snapshots import dataset_snapshot_create

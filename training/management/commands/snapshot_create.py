@@ -4,8 +4,8 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from curation.management.cli import service_errors_as_command_errors
-from curation.selectors import knowledge_base_get
+from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.selectors import knowledge_base_get
 from training.services.snapshots import dataset_snapshot_create
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from curation.errors import NotFound
-from curation.management.cli import service_errors_as_command_errors
-from curation.selectors import knowledge_base_get
+from knowledge.errors import NotFound
+from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.selectors import knowledge_base_get
 from training.models import Component, DatasetSnapshot, ModelVersion, TrainingRun
 from training.services.runs import GENERATOR_MODES, RETRIEVER_MODES, training_run_start
 

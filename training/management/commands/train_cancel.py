@@ -4,8 +4,8 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from curation.errors import NotFound
-from curation.management.cli import service_errors_as_command_errors
+from knowledge.errors import NotFound
+from knowledge.management.cli import service_errors_as_command_errors
 from training.management.commands.train import run_summary
 from training.models import TrainingRun
 from training.services.runs import training_run_cancel

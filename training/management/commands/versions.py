@@ -5,9 +5,9 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from curation.errors import InvalidInput
-from curation.management.cli import service_errors_as_command_errors
-from curation.selectors import knowledge_base_get
+from knowledge.errors import InvalidInput
+from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.selectors import knowledge_base_get
 from training.models import Component
 from training.selectors import LIST_METRICS, model_versions_list
 

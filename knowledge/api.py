@@ -1,0 +1,481 @@
+"""REST API under /api/v1/ (OpenAPI schema at /api/v1/openapi.json, docs at /api/v1/docs).
+
+Endpoints validate input with the schemas below, check the token's scope, call one service or
+selector, and serialise the result. Every error is a JSON `{"detail": "..."}` with a 4xx status
+(502 when a generator backend fails).
+"""
+
+import json
+from typing import Annotated, Any
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import HttpRequest
+from django.utils.dateparse import parse_datetime
+from ninja import File, NinjaAPI, Router, Schema
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.files import UploadedFile
+from ninja.parser import Parser
+from ninja.security import HttpBearer
+from pydantic import AfterValidator, Field, FiniteFloat, StrictInt
+
+from knowledge.errors import InvalidInput, NotFound, ServiceError
+from knowledge.models import ApiToken, EmbeddingJob, KnowledgeBase, Turn
+from knowledge.selectors import knowledge_base_get, passages_retrieve, retriever_for
+from knowledge.services.documents import documents_ingest
+from knowledge.services.tokens import api_token_authenticate, api_token_can_access
+from knowledge.services.turns import PassageRecord, TurnRecord, turn_ask, turn_feedback_set, turns_ingest
+from rag.documents import DocumentParseError, parse_upload
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        return api_token_authenticate(plain=token)
+
+
+class JsonObjectParser(Parser):
+    """Every JSON body here is an object; saying so beats "query: Field required" for `[]`."""
+
+    def parse_body(self, request: HttpRequest) -> dict:
+        body = json.loads(request.body)
+        if not isinstance(body, dict):
+            raise ValueError(f"the body must be a JSON object, not {type(body).__name__}")
+        return body
+
+
+api = NinjaAPI(
+    title="ragloop API",
+    version="1",
+    description="Serve RAG answers with the live model versions, log turns, ingest documents.",
+    auth=BearerToken(),
+    urls_namespace="api-v1",
+    parser=JsonObjectParser(),
+)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+@api.exception_handler(ServiceError)
+def on_service_error(request, error: ServiceError):
+    return api.create_response(request, {"detail": str(error)}, status=error.status_code)
+
+
+# The first part of a pydantic error location is where the value came from, not its name.
+_PARAMETER_SOURCES = {"body", "query", "path", "file", "form", "header", "cookie"}
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request, error: ValidationError):
+    problems = []
+    for item in error.errors:
+        loc = list(item.get("loc", ()))
+        if loc and loc[0] in _PARAMETER_SOURCES:
+            loc = loc[1:]
+            if loc and loc[0] == "payload":
+                loc = loc[1:]
+        where = ".".join(str(part) for part in loc)
+        problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return api.create_response(request, {"detail": "; ".join(problems), "errors": error.errors}, status=422)
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request, error: HttpError):
+    message = str(error)
+    if error.__cause__ is not None:  # e.g. "Cannot parse request body" + why
+        message = f"{message}: {error.__cause__}"
+    return api.create_response(request, {"detail": message}, status=error.status_code)
+
+
+@api.exception_handler(SuspiciousOperation)
+def on_suspicious_request(request, error: SuspiciousOperation):
+    # Django's own limits (too many uploaded files or form fields, a body over
+    # DATA_UPLOAD_MAX_MEMORY_SIZE) would otherwise answer with its HTML error page.
+    status = 413 if isinstance(error, RequestDataTooBig) else 400
+    return api.create_response(request, {"detail": str(error) or "The request is malformed."}, status=status)
+
+
+@api.exception_handler(AuthenticationError)
+def on_authentication_error(request, error):
+    return api.create_response(
+        request, {"detail": "Missing, unknown or revoked API token (send 'Authorization: Bearer <token>')."}, status=401
+    )
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at write time.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _json_no_nul(value: Any) -> Any:
+    # jsonb cannot hold \u0000 either, in keys or in values.
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _json_no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _json_no_nul(item)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+JsonObject = Annotated[dict, AfterValidator(_json_no_nul)]
+
+# A bound below Postgres's bigint OFFSET, so a huge offset is a 422 rather than a 500.
+MAX_OFFSET = 1_000_000_000
+
+
+def _knowledge_base_for(request: HttpRequest, slug: str) -> KnowledgeBase:
+    if "\x00" in slug:  # "%00" in the URL; no slug has one, and Postgres cannot compare it
+        raise NotFound(f"Knowledge base {slug!r} not found.")
+    knowledge_base = knowledge_base_get(slug=slug)
+    if not api_token_can_access(token=request.auth, knowledge_base=knowledge_base):
+        # The same answer as an unknown KB: a token must not learn which KBs exist.
+        raise NotFound(f"Knowledge base {slug!r} not found.")
+    return knowledge_base
+
+
+def _turn_for(request: HttpRequest, turn_id: int) -> Turn:
+    turn = Turn.objects.select_related("knowledge_base").filter(pk=turn_id).first()
+    if turn is None or not api_token_can_access(token=request.auth, knowledge_base=turn.knowledge_base):
+        raise NotFound(f"Turn {turn_id} not found.")
+    return turn
+
+
+# --- schemas ------------------------------------------------------------------------------
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class KnowledgeBaseOut(Schema):
+    slug: str
+    name: str
+    description: str
+    documents: int
+    chunks: int
+    live_retriever_version: str | None
+    generator: str
+
+
+# Numbers in bodies are StrictInt (JSON `true` is not the number 1, "5" is not 5) and
+# FiniteFloat (NaN and Infinity are not JSON; clients reading them back would break).
+
+
+class AskIn(Schema):
+    query: Text = Field(min_length=1, max_length=4000)
+    k: StrictInt = Field(5, ge=1, le=100)
+
+
+class RetrieveIn(AskIn):
+    k: StrictInt = Field(10, ge=1, le=100)
+    retriever_version: Text | None = Field(None, max_length=100)
+
+
+class PassageOut(Schema):
+    rank: int
+    score: float | None
+    document: str = Field(description="The document's external id (or the source id of an ingested turn).")
+    chunk: int | None
+    title: str
+    text: str
+
+
+class RetrieveOut(Schema):
+    retriever_version: str
+    passages: list[PassageOut]
+
+
+class TurnOut(Schema):
+    turn_id: int
+    knowledge_base: str
+    source: str
+    external_id: str | None
+    query: str
+    answer: str
+    retriever_version: str
+    generator_version: str
+    latency_ms: float | None
+    feedback: int | None
+    feedback_comment: str
+    created_at: str
+    passages: list[PassageOut]
+
+
+class PassageIn(Schema):
+    text: Text = Field(min_length=1, max_length=100_000)
+    source_id: Text = Field("", max_length=512)
+    title: Text = Field("", max_length=10_000)
+    score: FiniteFloat | None = None
+
+
+class TurnIn(Schema):
+    external_id: Text = Field(min_length=1, max_length=255)
+    query: Text = Field(min_length=1, max_length=20_000)
+    answer: Text = Field("", max_length=100_000)
+    passages: list[PassageIn] = Field(default_factory=list, max_length=200)
+    feedback: StrictInt | None = Field(None, description="-1 thumbs down, 1 thumbs up")
+    feedback_comment: Text = Field("", max_length=10_000)
+    retriever_version: Text = Field("", max_length=200)
+    generator_version: Text = Field("", max_length=200)
+    latency_ms: FiniteFloat | None = Field(None, ge=0)
+    metadata: JsonObject = Field(default_factory=dict)
+    created_at: str | None = Field(None, description="ISO 8601; defaults to the time of ingestion")
+
+
+class TurnBatchIn(Schema):
+    turns: list[TurnIn] = Field(min_length=1, max_length=1000)
+
+
+class TurnIngestedOut(Schema):
+    external_id: str
+    turn_id: int
+    created: bool
+
+
+class TurnBatchOut(Schema):
+    created: int
+    existing: int
+    turns: list[TurnIngestedOut]
+
+
+class FeedbackIn(Schema):
+    feedback: StrictInt | None = Field(description="-1 thumbs down, 1 thumbs up, null to clear")
+    comment: Text = Field("", max_length=10_000)
+
+
+class IngestOut(Schema):
+    created: int
+    updated: int
+    unchanged: int
+    chunks_created: int
+    embedding_jobs: list[int]
+
+
+class DocumentOut(Schema):
+    external_id: str
+    title: str
+    chunks: int
+    content_hash: str
+    updated_at: str
+
+
+class DocumentPageOut(Schema):
+    count: int
+    offset: int
+    items: list[DocumentOut]
+
+
+class EmbeddingJobOut(Schema):
+    id: int
+    retriever_version: str
+    status: str
+    total_chunks: int
+    embedded_chunks: int
+    progress_percent: int
+    error: str
+
+
+def _passage_out(passage) -> dict:
+    return {
+        "rank": passage.rank,
+        "score": passage.score,
+        "document": passage.source_id,
+        "chunk": passage.chunk_id,
+        "title": passage.title,
+        "text": passage.text,
+    }
+
+
+def _turn_out(turn: Turn) -> dict:
+    return {
+        "turn_id": turn.pk,
+        "knowledge_base": turn.knowledge_base.slug,
+        "source": turn.source,
+        "external_id": turn.external_id,
+        "query": turn.query,
+        "answer": turn.answer,
+        "retriever_version": turn.retriever_version,
+        "generator_version": turn.generator_version,
+        "latency_ms": turn.latency_ms,
+        "feedback": turn.feedback,
+        "feedback_comment": turn.feedback_comment,
+        "created_at": turn.created_at.isoformat(),
+        "passages": [_passage_out(p) for p in turn.passages.all()],
+    }
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+kbs = Router(tags=["knowledge bases"])
+turns = Router(tags=["turns"])
+ERRORS = {401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+
+
+@kbs.get("", response=list[KnowledgeBaseOut])
+def knowledge_base_list(request):
+    visible = KnowledgeBase.objects.select_related("live_space").order_by("slug")
+    if not request.auth.all_knowledge_bases:
+        visible = visible.filter(api_tokens=request.auth)
+    return [
+        {
+            "slug": kb.slug,
+            "name": kb.name,
+            "description": kb.description,
+            "documents": kb.documents.count(),
+            "chunks": kb.chunks.count(),
+            "live_retriever_version": kb.live_space.retriever_version if kb.live_space else None,
+            "generator": kb.generator_version,
+        }
+        for kb in visible
+    ]
+
+
+@kbs.post("/{slug}/ask", response={200: TurnOut, 502: ErrorOut, **ERRORS})
+def ask(request, slug: str, payload: AskIn):
+    """Answer with the live retriever and generator; the turn is stored with its passages."""
+    turn = turn_ask(knowledge_base=_knowledge_base_for(request, slug), query=payload.query, k=payload.k)
+    return _turn_out(Turn.objects.select_related("knowledge_base").prefetch_related("passages").get(pk=turn.pk))
+
+
+@kbs.post("/{slug}/retrieve", response={200: RetrieveOut, **ERRORS})
+def retrieve(request, slug: str, payload: RetrieveIn):
+    """Passages only; nothing is logged. `retriever_version` picks a ready non-live version."""
+    knowledge_base = _knowledge_base_for(request, slug)
+    retriever = retriever_for(knowledge_base=knowledge_base, retriever_version=payload.retriever_version)
+    passages = passages_retrieve(
+        space=retriever.space, query=payload.query, k=payload.k, query_model_reference=retriever.query_model_reference
+    )
+    return {
+        "retriever_version": retriever.version,
+        "passages": [
+            {
+                "rank": p.rank,
+                "score": p.score,
+                "document": p.document_external_id,
+                "chunk": p.chunk_id,
+                "title": p.title,
+                "text": p.text,
+            }
+            for p in passages
+        ],
+    }
+
+
+@kbs.post("/{slug}/turns", response={200: TurnBatchOut, **ERRORS})
+def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
+    """Log turns from an external RAG app. Idempotent: a known external id is left as it is."""
+    knowledge_base = _knowledge_base_for(request, slug)
+    records = []
+    for index, turn in enumerate(payload.turns):
+        created_at = None
+        if turn.created_at:
+            try:
+                created_at = parse_datetime(turn.created_at)
+            except ValueError:  # well formed but impossible, e.g. month 13
+                created_at = None
+            if created_at is None or created_at.tzinfo is None:
+                raise InvalidInput(f"turns.{index}.created_at: {turn.created_at!r} is not an ISO 8601 time with a zone.")
+        records.append(
+            TurnRecord(
+                external_id=turn.external_id,
+                query=turn.query,
+                answer=turn.answer,
+                passages=[PassageRecord(text=p.text, source_id=p.source_id, title=p.title, score=p.score) for p in turn.passages],
+                feedback=turn.feedback,
+                feedback_comment=turn.feedback_comment,
+                retriever_version=turn.retriever_version,
+                generator_version=turn.generator_version,
+                latency_ms=turn.latency_ms,
+                metadata=turn.metadata,
+                created_at=created_at,
+            )
+        )
+    result = turns_ingest(knowledge_base=knowledge_base, records=records)
+    return {
+        "created": len(result.created),
+        "existing": len(result.existing),
+        "turns": [
+            {
+                "external_id": r.external_id,
+                "turn_id": result.created.get(r.external_id) or result.existing[r.external_id],
+                "created": r.external_id in result.created,
+            }
+            for r in records
+        ],
+    }
+
+
+@kbs.post("/{slug}/documents", response={200: IngestOut, **ERRORS})
+def documents_upload(request, slug: str, files: list[UploadedFile] = File(...)):
+    """Upload files (BEIR or generic JSONL, .txt, .md, .pdf); chunks are embedded by workers."""
+    knowledge_base = _knowledge_base_for(request, slug)
+    documents = []
+    try:
+        for upload in files:
+            documents.extend(parse_upload(filename=upload.name, data=upload.read()))
+    except DocumentParseError as error:
+        raise InvalidInput(str(error)) from error
+    return documents_ingest(knowledge_base=knowledge_base, documents=documents).as_dict()
+
+
+@kbs.get("/{slug}/documents", response={200: DocumentPageOut, **ERRORS})
+def documents_list(request, slug: str, offset: int = 0, limit: int = 50):
+    knowledge_base = _knowledge_base_for(request, slug)
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= 500:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET} and limit between 1 and 500.")
+    documents = knowledge_base.documents.order_by("external_id")
+    from django.db.models import Count
+
+    page = documents.annotate(chunk_count=Count("chunks"))[offset : offset + limit]
+    return {
+        "count": documents.count(),
+        "offset": offset,
+        "items": [
+            {
+                "external_id": d.external_id,
+                "title": d.title,
+                "chunks": d.chunk_count,
+                "content_hash": d.content_hash,
+                "updated_at": d.updated_at.isoformat(),
+            }
+            for d in page
+        ],
+    }
+
+
+@kbs.get("/{slug}/embedding-jobs/{job_id}", response={200: EmbeddingJobOut, **ERRORS})
+def embedding_job_get(request, slug: str, job_id: int):
+    knowledge_base = _knowledge_base_for(request, slug)
+    job = EmbeddingJob.objects.select_related("space").filter(pk=job_id, space__knowledge_base=knowledge_base).first()
+    if job is None:
+        raise NotFound(f"Embedding job {job_id} not found in {slug!r}.")
+    return {
+        "id": job.pk,
+        "retriever_version": job.space.retriever_version,
+        "status": job.status,
+        "total_chunks": job.total_chunks,
+        "embedded_chunks": job.embedded_chunks,
+        "progress_percent": job.progress_percent,
+        "error": job.error,
+    }
+
+
+@turns.get("/{turn_id}", response={200: TurnOut, **ERRORS})
+def turn_get(request, turn_id: int):
+    return _turn_out(_turn_for(request, turn_id))
+
+
+@turns.post("/{turn_id}/feedback", response={200: TurnOut, **ERRORS})
+def turn_feedback(request, turn_id: int, payload: FeedbackIn):
+    turn = turn_feedback_set(turn=_turn_for(request, turn_id), feedback=payload.feedback, comment=payload.comment)
+    return _turn_out(turn)
+
+
+api.add_router("/kbs", kbs)
+api.add_router("/turns", turns)

@@ -1,0 +1,24 @@
+"""`manage.py kb_create <slug>`: a new knowledge base with the base retriever live."""
+
+from django.core.management.base import BaseCommand
+
+from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.services.knowledge_bases import knowledge_base_create
+
+
+class Command(BaseCommand):
+    help = "Create a knowledge base."
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("--name", default="")
+        parser.add_argument("--description", default="")
+        parser.add_argument("--generator", default="extractive", help="extractive (default), openai or hf")
+        parser.add_argument("--generator-model", default="", help="OpenAI model name or local model path")
+
+    def handle(self, *args, slug, name, description, generator, generator_model, **options):
+        with service_errors_as_command_errors():
+            knowledge_base = knowledge_base_create(
+                slug=slug, name=name, description=description, generator_backend=generator, generator_model=generator_model
+            )
+        self.stdout.write(f"created knowledge base {knowledge_base.slug}")

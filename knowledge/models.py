@@ -1,0 +1,317 @@
+"""Knowledge bases and what they hold (documents, chunks, embeddings), served and ingested turns
+with their retrieved passages, embedding jobs, and API tokens.
+
+The tables keep the names they had when these models lived in the curation app
+(`Meta.db_table`): moving the models changed no data, and raw SQL and the per-space HNSW
+index names stayed valid (see migrations/0001_models_from_curation.py).
+"""
+
+from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from pgvector.django import VectorField
+
+
+class KnowledgeBase(models.Model):
+    class GeneratorBackend(models.TextChoices):
+        EXTRACTIVE = "extractive", "Extractive (offline)"
+        OPENAI = "openai", "OpenAI-compatible endpoint"
+        HF = "hf", "Local Hugging Face model"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    chunk_max_tokens = models.PositiveIntegerField(default=200)
+    chunk_overlap_tokens = models.PositiveIntegerField(default=40)
+    generator_backend = models.CharField(
+        max_length=20, choices=GeneratorBackend.choices, default=GeneratorBackend.EXTRACTIVE
+    )
+    # The OpenAI model name, or the path of a local Hugging Face model.
+    generator_model = models.CharField(max_length=500, blank=True)
+    # What serves now. Promotion and rollback (training.services.versions) write these in the
+    # transaction that changes the live model version, so serving reads this row alone.
+    # Retriever: the live space (the base space until a version is promoted), the live version's
+    # name and its query encoder (blank: the base retriever, encoding with the space's model).
+    live_space = models.ForeignKey(
+        "EmbeddingSpace", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    live_retriever_version = models.CharField(max_length=100, blank=True)
+    live_query_model_reference = models.CharField(max_length=500, blank=True)
+    # Generator: the live version's name, backend, model and LoRA adapter (blank name: the
+    # configured generator_backend and generator_model serve).
+    live_generator_version = models.CharField(max_length=100, blank=True)
+    live_generator_backend = models.CharField(max_length=20, blank=True)
+    live_generator_model = models.CharField(max_length=500, blank=True)
+    live_generator_adapter_path = models.CharField(max_length=500, blank=True)
+    # Curation: how many curators judge each turn (overlap), how long "next" holds a turn,
+    # and the guidelines (Markdown) curators read while judging.
+    labels_per_turn = models.PositiveSmallIntegerField(default=1)
+    hold_minutes = models.PositiveSmallIntegerField(default=15)
+    guidelines = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "curation_knowledgebase"
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def generator_version(self) -> str:
+        return f"{self.generator_backend}:{self.generator_model}" if self.generator_model else self.generator_backend
+
+
+class Document(models.Model):
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
+    external_id = models.CharField(max_length=512)
+    title = models.TextField(blank=True)
+    text = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    # sha256 of title, text and metadata: re-ingesting an unchanged document is a no-op.
+    content_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "curation_document"
+        constraints = [
+            models.UniqueConstraint(fields=["knowledge_base", "external_id"], name="document_external_id_unique_per_kb"),
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    # Denormalised from the document so retrieval and counts filter on one table.
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="chunks")
+    order = models.PositiveIntegerField()
+    text = models.TextField()
+    token_count = models.PositiveIntegerField()
+
+    class Meta:
+        db_table = "curation_chunk"
+        constraints = [models.UniqueConstraint(fields=["document", "order"], name="chunk_order_unique_per_document")]
+        indexes = [
+            # Keyword search in the workbench (curation.services.search) queries exactly this
+            # expression, so the planner can use the index.
+            GinIndex(SearchVector("text", config="english"), name="chunk_text_search"),
+        ]
+
+
+class EmbeddingSpace(models.Model):
+    """The chunk vectors of one retriever version: a new document encoder needs a new space."""
+
+    class Status(models.TextChoices):
+        BUILDING = "building"
+        READY = "ready"
+        RETIRED = "retired"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="embedding_spaces")
+    retriever_version = models.CharField(max_length=100)
+    # "base:all-MiniLM-L6-v2" for the packaged base model, else a path to a model folder.
+    model_reference = models.CharField(max_length=500)
+    dimensions = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.BUILDING)
+    # True once the space's partial HNSW index exists (see knowledge.services.embeddings).
+    hnsw_index_built = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "curation_embeddingspace"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["knowledge_base", "retriever_version"], name="space_retriever_version_unique_per_kb"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.knowledge_base.slug}/{self.retriever_version}"
+
+    @property
+    def hnsw_index_name(self) -> str:
+        return f"chunk_embedding_hnsw_space_{self.pk}"
+
+
+class QueryEncoder(models.Model):
+    """A retriever version that reads another version's embedding space with a query encoder of
+    its own (query-only training: the stored document vectors stay valid). Training writes one
+    when it registers such a version, so serving can answer with it by name."""
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="query_encoders")
+    retriever_version = models.CharField(max_length=100)
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="query_encoders")
+    # A folder relative to RAGLOOP_ARTIFACTS_DIR, as EmbeddingSpace.model_reference.
+    model_reference = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["knowledge_base", "retriever_version"], name="query_encoder_version_unique_per_kb"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.knowledge_base.slug}/{self.retriever_version}"
+
+
+class ChunkEmbedding(models.Model):
+    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings")
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="embeddings")
+    # No fixed dimension: spaces of different models share the table. Each space gets its own
+    # partial HNSW index on `embedding::vector(<dims>)` (pgvector's documented way to index
+    # vectors of several dimensions in one column).
+    embedding = VectorField()
+
+    class Meta:
+        db_table = "curation_chunkembedding"
+        constraints = [models.UniqueConstraint(fields=["space", "chunk"], name="chunk_embedding_unique_per_space")]
+
+
+class EmbeddingJob(models.Model):
+    """Embedding the chunks of one space that have no vector yet; Celery tasks only move this row."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.CASCADE, related_name="jobs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    total_chunks = models.PositiveIntegerField(default=0)
+    embedded_chunks = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "curation_embeddingjob"
+        ordering = ["-created_at"]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
+
+    @property
+    def progress_percent(self) -> int:
+        if not self.total_chunks:
+            return 100 if self.status == self.Status.SUCCEEDED else 0
+        return min(100, int(100 * self.embedded_chunks / self.total_chunks))
+
+
+class Turn(models.Model):
+    """One query and its answer: served by ragloop, or logged by an external RAG app."""
+
+    class Source(models.TextChoices):
+        SERVED = "served"
+        INGESTED = "ingested"
+
+    class Feedback(models.IntegerChoices):
+        THUMBS_DOWN = -1
+        THUMBS_UP = 1
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="turns")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    # The caller's id for this turn; ingesting it again changes nothing.
+    external_id = models.CharField(max_length=255, null=True, blank=True)
+    query = models.TextField()
+    answer = models.TextField(blank=True)
+    retriever_version = models.CharField(max_length=200, blank=True)
+    generator_version = models.CharField(max_length=200, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)
+    feedback_comment = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    # A default, not auto_now_add: turns logged by an external app keep the time they give.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # The turn's place in the curation queue, set when it is stored (rag.queue_priority): tier
+    # 0 = negative feedback, 1 = low retrieval confidence, 2 = the rest; within a tier,
+    # ascending `queue_order`. The curation fields below are written by curation's services;
+    # they sit on the turn so the queue (curation.services.queue) reads one partial index.
+    queue_tier = models.PositiveSmallIntegerField(default=2)
+    queue_order = models.FloatField(default=0.0)
+    # Submitted (non-skip) labels, kept in step by the label services; `needs_labels` is
+    # label_count < the KB's labels_per_turn, so the queue reads one partial index.
+    label_count = models.PositiveSmallIntegerField(default=0)
+    needs_labels = models.BooleanField(default=True)
+    # Two or more submitted labels that disagree, and no adjudication yet.
+    disputed = models.BooleanField(default=False)
+    imported = models.BooleanField(default=False, help_text="Created by a label import, with no model answer.")
+
+    class Meta:
+        db_table = "curation_turn"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["knowledge_base", "queue_tier", "queue_order", "id"],
+                condition=Q(needs_labels=True),
+                name="turn_queue_open",
+            ),
+            # The queue page lists turns of every status in queue order, and pages deep into
+            # them: the columns its filters read are included, so even a filtered page is
+            # picked by an index-only walk instead of a sort of all the turns.
+            models.Index(
+                fields=["knowledge_base", "queue_tier", "queue_order", "id"],
+                include=["label_count", "disputed", "feedback", "created_at"],
+                name="turn_queue_all",
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["knowledge_base", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="turn_external_id_unique_per_kb",
+            ),
+        ]
+
+
+class RetrievedPassage(models.Model):
+    """A passage as the turn saw it: its text is copied so labels stay valid if documents change."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="passages")
+    rank = models.PositiveIntegerField()
+    score = models.FloatField(null=True, blank=True)
+    chunk = models.ForeignKey(Chunk, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    document = models.ForeignKey(Document, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The document external id for served turns; the external app's source id for ingested ones.
+    source_id = models.CharField(max_length=512, blank=True)
+    title = models.TextField(blank=True)
+    text = models.TextField()
+
+    class Meta:
+        db_table = "curation_retrievedpassage"
+        ordering = ["rank"]
+        constraints = [models.UniqueConstraint(fields=["turn", "rank"], name="passage_rank_unique_per_turn")]
+
+
+class ApiToken(models.Model):
+    """A bearer token for the REST API. Only its sha256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    all_knowledge_bases = models.BooleanField(default=False)
+    knowledge_bases = models.ManyToManyField(
+        KnowledgeBase, blank=True, related_name="api_tokens", db_table="curation_apitoken_knowledge_bases"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "curation_apitoken"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
+
+

@@ -1,0 +1,69 @@
+"""Creating knowledge bases, each with its base embedding space live from the start."""
+
+import re
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.models import EmbeddingSpace, KnowledgeBase
+from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedder
+
+BASE_MODEL_REFERENCE = f"base:{BASE_RETRIEVER_NAME}"
+BASE_RETRIEVER_VERSION = "base"
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+def retriever_model_path(model_reference: str) -> Path:
+    """Resolve a space's model reference to a folder: the packaged base model, or an artifact."""
+    if model_reference == BASE_MODEL_REFERENCE:
+        return base_retriever_path()
+    path = Path(model_reference)
+    return path if path.is_absolute() else Path(settings.RAGLOOP_ARTIFACTS_DIR) / path
+
+
+def knowledge_base_create(
+    *,
+    slug: str,
+    name: str = "",
+    description: str = "",
+    generator_backend: str = KnowledgeBase.GeneratorBackend.EXTRACTIVE,
+    generator_model: str = "",
+) -> KnowledgeBase:
+    if not _SLUG.match(slug or ""):
+        raise InvalidInput(
+            f"Knowledge base slug {slug!r} is invalid: use 1-64 lowercase letters, digits and dashes, "
+            "starting with a letter or digit."
+        )
+    if generator_backend not in KnowledgeBase.GeneratorBackend.values:
+        raise InvalidInput(
+            f"Generator backend {generator_backend!r} is unknown; choose one of "
+            f"{', '.join(KnowledgeBase.GeneratorBackend.values)}."
+        )
+    if generator_backend != KnowledgeBase.GeneratorBackend.EXTRACTIVE and not generator_model:
+        raise InvalidInput(f"Generator backend {generator_backend!r} needs a model (a model name or a path).")
+    embedder = load_embedder(base_retriever_path())
+    try:
+        with transaction.atomic():
+            knowledge_base = KnowledgeBase.objects.create(
+                slug=slug,
+                name=name or slug,
+                description=description,
+                generator_backend=generator_backend,
+                generator_model=generator_model,
+            )
+            # An empty space is complete, so the base space is ready and live at once; new
+            # documents are embedded into it as they arrive.
+            space = EmbeddingSpace.objects.create(
+                knowledge_base=knowledge_base,
+                retriever_version=BASE_RETRIEVER_VERSION,
+                model_reference=BASE_MODEL_REFERENCE,
+                dimensions=embedder.dimensions,
+                status=EmbeddingSpace.Status.READY,
+            )
+            knowledge_base.live_space = space
+            knowledge_base.save(update_fields=["live_space"])
+    except IntegrityError:
+        raise Conflict(f"Knowledge base {slug!r} already exists.") from None
+    return knowledge_base

@@ -1,0 +1,225 @@
+"""Turns: answering a query with the live versions (and logging it), ingesting turns logged by
+external RAG apps (idempotent by external id), and user feedback.
+
+Every turn is stored with its place in the curation queue (rag.queue_priority), so the queue
+reads one index in order and a turn needs no second write.
+"""
+
+import functools
+import time
+from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from knowledge.errors import InvalidInput, UpstreamError
+from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
+from knowledge.selectors import passages_retrieve, retriever_for
+from rag.generation import ContextPassage, GeneratorError, make_generator
+from rag.queue_priority import RANDOM_TIER, turn_queue_position
+
+MAX_TURNS_PER_BATCH = 1000
+
+
+@functools.lru_cache(maxsize=8)
+def generator_load(backend: str, model: str, adapter_path: str = ""):
+    """The generator of a backend and model (and LoRA adapter), loaded once per process: a local
+    model loads once, not once per question (evaluation shares it with serving)."""
+    return make_generator(backend=backend, model=model, options={"adapter_path": adapter_path} if adapter_path else None)
+
+
+def generator_for(*, knowledge_base: KnowledgeBase):
+    """(generator, version name): the live generator version that promotion wrote onto the
+    knowledge base, else the knowledge base's configured generator (both as they are now: a
+    promotion since the caller loaded the knowledge base changed them)."""
+    knowledge_base = KnowledgeBase.objects.get(pk=knowledge_base.pk)
+    if knowledge_base.live_generator_version:
+        adapter = knowledge_base.live_generator_adapter_path
+        if adapter and not Path(adapter).is_absolute():  # artifact paths are relative to the artifacts folder
+            adapter = str(Path(settings.RAGLOOP_ARTIFACTS_DIR) / adapter)
+        generator = generator_load(knowledge_base.live_generator_backend, knowledge_base.live_generator_model, adapter)
+        return generator, knowledge_base.live_generator_version
+    return generator_load(knowledge_base.generator_backend, knowledge_base.generator_model), knowledge_base.generator_version
+
+
+def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
+    """Retrieve with the live retriever, generate with the KB's generator, store the turn."""
+    started = time.perf_counter()
+    retriever = retriever_for(knowledge_base=knowledge_base)
+    retrieved = passages_retrieve(
+        space=retriever.space, query=query, k=k, query_model_reference=retriever.query_model_reference
+    )
+    generator_version = knowledge_base.generator_version
+    try:
+        generator, generator_version = generator_for(knowledge_base=knowledge_base)
+        answer = generator.generate(
+            query=query,
+            passages=[ContextPassage(text=p.text, title=p.title, source_id=p.document_external_id) for p in retrieved],
+        )
+    except (GeneratorError, ValueError) as error:
+        raise UpstreamError(f"The generator ({generator_version}) failed: {error}") from error
+    latency_ms = (time.perf_counter() - started) * 1000
+    queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in retrieved])
+    with transaction.atomic():
+        turn = Turn.objects.create(
+            queue_tier=queue_tier,
+            queue_order=queue_order,
+            knowledge_base=knowledge_base,
+            source=Turn.Source.SERVED,
+            query=query,
+            answer=answer.text,
+            retriever_version=retriever.version,
+            generator_version=generator_version,
+            latency_ms=latency_ms,
+            metadata={"cited_passages": answer.cited_passages},
+        )
+        RetrievedPassage.objects.bulk_create(
+            RetrievedPassage(
+                turn=turn,
+                rank=p.rank,
+                score=p.score,
+                chunk_id=p.chunk_id,
+                document_id=p.document_id,
+                source_id=p.document_external_id,
+                title=p.title,
+                text=p.text,
+            )
+            for p in retrieved
+        )
+    return turn
+
+
+@dataclass(frozen=True)
+class PassageRecord:
+    text: str
+    source_id: str = ""
+    title: str = ""
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """A turn as an external RAG app logged it."""
+
+    external_id: str
+    query: str
+    answer: str = ""
+    passages: list[PassageRecord] = field(default_factory=list)
+    feedback: int | None = None
+    feedback_comment: str = ""
+    retriever_version: str = ""
+    generator_version: str = ""
+    latency_ms: float | None = None
+    metadata: dict = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass
+class TurnIngestResult:
+    created: dict[str, int] = field(default_factory=dict)  # external id -> turn id
+    existing: dict[str, int] = field(default_factory=dict)
+
+
+def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) -> TurnIngestResult:
+    if not records:
+        raise InvalidInput("No turns to ingest.")
+    if len(records) > MAX_TURNS_PER_BATCH:
+        raise InvalidInput(f"{len(records)} turns in one batch; the limit is {MAX_TURNS_PER_BATCH}.")
+    external_ids = [r.external_id for r in records]
+    duplicates = sorted(e for e, n in Counter(external_ids).items() if n > 1)
+    if duplicates:
+        raise InvalidInput(f"External ids appear more than once in this batch: {', '.join(duplicates[:10])}.")
+    for record in records:
+        if not record.query.strip():
+            raise InvalidInput(f"Turn {record.external_id!r} has an empty query.")
+        if record.feedback not in (None, -1, 1):
+            raise InvalidInput(f"Turn {record.external_id!r}: feedback must be -1, 1 or null.")
+
+    result = TurnIngestResult()
+    with transaction.atomic():
+        # Serialises batches per knowledge base, so two deliveries of one batch cannot both
+        # create the same external id.
+        KnowledgeBase.objects.select_for_update().get(pk=knowledge_base.pk)
+        result.existing = dict(
+            Turn.objects.filter(knowledge_base=knowledge_base, external_id__in=external_ids).values_list(
+                "external_id", "pk"
+            )
+        )
+        new_records = [r for r in records if r.external_id not in result.existing]
+        source_ids = {p.source_id for r in new_records for p in r.passages if p.source_id}
+        documents = dict(
+            Document.objects.filter(knowledge_base=knowledge_base, external_id__in=source_ids).values_list(
+                "external_id", "pk"
+            )
+        )
+        positions = [
+            turn_queue_position(
+                feedback=r.feedback,
+                scores=[p.score for p in r.passages],
+                created=r.created_at.timestamp() if r.created_at else None,
+            )
+            for r in new_records
+        ]
+        turns = Turn.objects.bulk_create(
+            Turn(
+                knowledge_base=knowledge_base,
+                source=Turn.Source.INGESTED,
+                external_id=r.external_id,
+                query=r.query,
+                answer=r.answer,
+                retriever_version=r.retriever_version,
+                generator_version=r.generator_version,
+                latency_ms=r.latency_ms,
+                feedback=r.feedback,
+                feedback_comment=r.feedback_comment,
+                metadata=r.metadata,
+                queue_tier=tier,
+                queue_order=order,
+                created_at=r.created_at or timezone.now(),
+            )
+            for r, (tier, order) in zip(new_records, positions)
+        )
+        RetrievedPassage.objects.bulk_create(
+            RetrievedPassage(
+                turn=turn,
+                rank=rank,
+                score=p.score,
+                document_id=documents.get(p.source_id),
+                source_id=p.source_id,
+                title=p.title,
+                text=p.text,
+            )
+            for turn, r in zip(turns, new_records)
+            for rank, p in enumerate(r.passages, start=1)
+        )
+        result.created = {turn.external_id: turn.pk for turn in turns}
+    return result
+
+
+def turn_feedback_set(*, turn: Turn, feedback: int | None, comment: str = "") -> Turn:
+    if feedback not in (None, -1, 1):
+        raise InvalidInput("Feedback must be -1 (thumbs down), 1 (thumbs up) or null.")
+    turn.feedback = feedback
+    turn.feedback_comment = comment
+    turn.save(update_fields=["feedback", "feedback_comment"])
+    turn_queue_refresh(turn=turn)  # negative feedback moves the turn to the front of the queue
+    return turn
+
+
+def turn_queue_refresh(*, turn: Turn) -> Turn:
+    """Recompute a turn's place in the curation queue after its feedback or passages changed."""
+    scores = list(turn.passages.order_by("rank").values_list("score", flat=True))
+    turn.queue_tier, turn.queue_order = turn_queue_position(
+        feedback=turn.feedback, scores=scores, created=turn.created_at.timestamp() if turn.created_at else None
+    )
+    if turn.queue_tier == RANDOM_TIER and turn.pk:
+        # Keep a turn's random position when it stays in the random tier.
+        previous = Turn.objects.filter(pk=turn.pk).values_list("queue_tier", "queue_order").first()
+        if previous and previous[0] == RANDOM_TIER:
+            turn.queue_order = previous[1]
+    Turn.objects.filter(pk=turn.pk).update(queue_tier=turn.queue_tier, queue_order=turn.queue_order)
+    return turn

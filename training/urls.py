@@ -1,0 +1,20 @@
+"""Model review pages for admins: model versions, training runs, promotion, dataset exports."""
+
+from django.urls import path
+
+from training import views
+
+urlpatterns = [
+    path("kbs/<slug:slug>/models/", views.models_page, name="training_models"),
+    path("kbs/<slug:slug>/training-runs/", views.training_runs_fragment, name="training_runs"),
+    path("kbs/<slug:slug>/training-runs/<int:run_id>/cancel/", views.training_run_cancel_view, name="training_run_cancel"),
+    path("kbs/<slug:slug>/models/<str:name>/", views.version_detail, name="training_version_detail"),
+    path("kbs/<slug:slug>/models/<str:name>/promote/", views.version_promote, name="training_version_promote"),
+    path("kbs/<slug:slug>/models/<str:name>/rollback/", views.version_rollback, name="training_version_rollback"),
+    path("kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/beir.zip", views.snapshot_export_beir, name="training_snapshot_export_beir"),
+    path(
+        "kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/<str:export_format>.jsonl",
+        views.snapshot_export_jsonl,
+        name="training_snapshot_export",
+    ),
+]
