@@ -376,12 +376,12 @@ def mined_negative_check(*, knowledge_base, snapshot, top_k: int, limit: int) ->
     that are chunks of a document the query's labels judged relevant (false negatives)."""
     from knowledge.models import Chunk
     from knowledge.selectors import retriever_for
-    from training.services import runs
+    from training.services.runs import inputs
     from training.services.snapshots import snapshot_dataset_examples
 
     examples = [e for e in snapshot_dataset_examples(snapshot=snapshot, split="train") if e.relevant]
     live = retriever_for(knowledge_base=knowledge_base)
-    mined = runs._mine_negatives(examples=examples, live=live, top_k=top_k, limit=limit, reporter=_QuietReporter())
+    mined = inputs.mine_negatives(examples=examples, live=live, top_k=top_k, limit=limit, reporter=_QuietReporter())
     documents_of_text: dict[str, set[str]] = {}
     for text, document in Chunk.objects.filter(knowledge_base=knowledge_base).values_list("text", "document__external_id"):
         documents_of_text.setdefault(text, set()).add(document)
@@ -401,8 +401,9 @@ def mined_negative_check(*, knowledge_base, snapshot, top_k: int, limit: int) ->
 
 
 def train_lsr_direct(*, knowledge_base, snapshot, args, data: SciFact, split, output: Path) -> ModeResult:
-    """LSR with the rag trainer called directly, inputs built as training.services.runs._train_lsr
-    builds them (the live retriever's top-k chunks per train query), scored by --lm or the oracle."""
+    """LSR with the rag trainer called directly, inputs built as train_lsr in
+    training.services.runs.trainers.retriever builds them (the live retriever's top-k chunks per
+    train query), scored by --lm or the oracle."""
     from knowledge.selectors import passages_retrieve, retriever_for
     from knowledge.services.knowledge_bases import retriever_model_path
     from rag.training import retriever as retriever_training

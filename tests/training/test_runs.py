@@ -22,6 +22,7 @@ from knowledge.services.turns import generator_for, turn_ask
 from rag.training.artifacts import verify_manifest
 from training.models import Component, DatasetSnapshot, ModelVersion, TrainingRun
 from training.services import runs
+from training.services.runs import engine, inputs, lifecycle
 from training.services.runs import (
     Outcome,
     training_run_cancel,
@@ -106,7 +107,7 @@ def other_session(db):
 
 def _lock(session, knowledge_base, component) -> bool:
     with session.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s::integer, %s::integer)", [knowledge_base.pk, runs._LOCK_CODES[component]])
+        cursor.execute("SELECT pg_try_advisory_lock(%s::integer, %s::integer)", [knowledge_base.pk, engine._LOCK_CODES[component]])
         return cursor.fetchone()[0]
 
 
@@ -223,8 +224,8 @@ def must_not_train(monkeypatch):
     def fail(**kwargs):
         raise AssertionError("the trainer must not run")
 
-    for mode in runs.TRAINERS:
-        monkeypatch.setitem(runs.TRAINERS, mode, fail)
+    for mode in engine.TRAINERS:
+        monkeypatch.setitem(engine.TRAINERS, mode, fail)
 
 
 def test_execute_while_another_session_holds_the_lock_leaves_the_run_queued(
@@ -252,7 +253,7 @@ def test_the_lock_is_held_while_training_and_released_after_a_failure(labelled_k
         (folder / "partial.bin").write_bytes(b"x")
         raise RuntimeError("out of memory")
 
-    monkeypatch.setitem(runs.TRAINERS, "contrastive", broken_trainer)
+    monkeypatch.setitem(engine.TRAINERS, "contrastive", broken_trainer)
     assert training_run_execute(run_id=run.pk) == Outcome.FAILED
 
     assert seen == {"locked_elsewhere": True, "generator_free": True}
@@ -669,7 +670,7 @@ def test_cli_train_wait_exits_non_zero_with_the_error_of_a_failed_run(labelled_k
         TrainingRun.objects.filter(pk=run_id).update(status="failed", error="RuntimeError: boom", progress=0.4)
 
     monkeypatch.setattr(training.tasks.training_run_execute_task, "delay", fail_at_once)
-    monkeypatch.setattr(runs.transaction, "on_commit", lambda callback: callback())
+    monkeypatch.setattr(lifecycle.transaction, "on_commit", lambda callback: callback())
     with pytest.raises(CommandError, match="failed: RuntimeError: boom") as error:
         call_command("train", "test-kb", "--component", "retriever", "--mode", "contrastive", "--param", "heldout_share=0", "--wait")
     assert error.value.returncode == 1
@@ -680,7 +681,6 @@ def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
     """Another chunk of a document judged relevant is a likely false negative, not a negative."""
     from knowledge.selectors import RetrievedChunk
     from rag.datasets import DatasetExample, LabeledPassage
-    from training.services import runs
 
     hits = [
         RetrievedChunk(rank=1, score=0.9, chunk_id=11, document_id=1, document_external_id="doc-a", title="", text="A, part one"),
@@ -688,7 +688,7 @@ def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
         RetrievedChunk(rank=3, score=0.7, chunk_id=21, document_id=2, document_external_id="doc-b", title="", text="B"),
         RetrievedChunk(rank=4, score=0.6, chunk_id=31, document_id=3, document_external_id="doc-c", title="", text="C"),
     ]
-    monkeypatch.setattr(runs, "_retrieve", lambda live, query, k: hits[:k])
+    monkeypatch.setattr(inputs, "retrieve", lambda live, query, k: hits[:k])
 
     class Reporter:
         def raise_if_stopped(self):
@@ -698,9 +698,9 @@ def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
             pass
 
     example = DatasetExample(example_id="q", query="q?", relevant=[LabeledPassage(text="A, part one", document_id="doc-a", chunk_id=11)])
-    mined = runs._mine_negatives(examples=[example], live=None, top_k=4, limit=5, reporter=Reporter())
+    mined = inputs.mine_negatives(examples=[example], live=None, top_k=4, limit=5, reporter=Reporter())
     assert mined == {"q?": ["B", "C"]}
-    assert runs._mine_negatives(examples=[example], live=None, top_k=4, limit=1, reporter=Reporter()) == {"q?": ["B"]}
+    assert inputs.mine_negatives(examples=[example], live=None, top_k=4, limit=1, reporter=Reporter()) == {"q?": ["B"]}
 
 
 def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_base):
@@ -757,7 +757,7 @@ def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_
         ],
     )
     reporter = Reporter()
-    [converted] = runs._examples_in_chunks(examples=[example], live=retriever_for(knowledge_base=knowledge_base), reporter=reporter)
+    [converted] = inputs.examples_in_chunks(examples=[example], live=retriever_for(knowledge_base=knowledge_base), reporter=reporter)
 
     assert converted.query == example.query
     assert converted.positives == [birds, kept]

@@ -1,0 +1,113 @@
+"""Training inputs built from a run's snapshot: its train examples, the live retriever and its
+top-k chunks, mined hard negatives, and passages judged as whole documents turned into chunks."""
+
+from training.models import SnapshotExample, TrainingRun
+from training.services.runs.shared import Reporter
+from training.services.snapshots import snapshot_dataset_examples
+
+
+def text_key(text: str) -> str:
+    return " ".join(text.split())
+
+
+def train_examples(run: TrainingRun):
+    return snapshot_dataset_examples(snapshot=run.snapshot, split=SnapshotExample.Split.TRAIN)
+
+
+def live_retriever(run: TrainingRun):
+    """The live retriever (what serving uses now) and the folder of its space's document encoder.
+
+    Retrievers are trained from the live space's encoder: in query-only mode that encoder's
+    document side produced the stored vectors the new query encoder must match.
+    """
+    from knowledge.selectors import retriever_for
+    from knowledge.services.knowledge_bases import retriever_model_path
+
+    live = retriever_for(knowledge_base=run.knowledge_base)
+    return live, retriever_model_path(live.space.model_reference)
+
+
+def retrieve(live, query: str, k: int):
+    from knowledge.selectors import passages_retrieve
+
+    return passages_retrieve(space=live.space, query=query, k=k, query_model_reference=live.query_model_reference)
+
+
+def mine_negatives(*, examples, live, top_k: int, limit: int, reporter: Reporter) -> dict[str, list[str]]:
+    """Per query, up to `limit` of the live retriever's top-k chunks that no label judged relevant.
+
+    Chunks of a document judged relevant are left out too: judgments are often made at the
+    document level (BEIR qrels, imported labels), and another chunk of a relevant document
+    is a likely false negative (the SciFact benchmark found 46% of mined negatives were).
+    """
+    if limit == 0:
+        return {}
+    relevant_ids: dict[str, set[int]] = {}
+    relevant_texts: dict[str, set[str]] = {}
+    relevant_documents: dict[str, set[str]] = {}
+    for example in examples:
+        relevant_ids.setdefault(example.query, set()).update(p.chunk_id for p in example.relevant if p.chunk_id)
+        relevant_texts.setdefault(example.query, set()).update(text_key(p.text) for p in example.relevant)
+        relevant_documents.setdefault(example.query, set()).update(p.document_id for p in example.relevant if p.document_id)
+    queries = list(relevant_ids)
+    mined: dict[str, list[str]] = {}
+    for done, query in enumerate(queries, start=1):
+        reporter.raise_if_stopped()
+        negatives = [
+            chunk.text
+            for chunk in retrieve(live, query, top_k)
+            if chunk.chunk_id not in relevant_ids[query]
+            and text_key(chunk.text) not in relevant_texts[query]
+            and chunk.document_external_id not in relevant_documents[query]
+        ]
+        mined[query] = negatives[:limit]
+        reporter.tick(done, len(queries))
+    return mined
+
+
+def examples_in_chunks(*, examples, live, reporter: Reporter):
+    """Contrastive examples whose passages are chunks, the unit the index holds and ranks.
+
+    A passage judged without a chunk (an imported document-level judgment such as a BEIR
+    qrel: the whole document) becomes that document's chunk the live retriever scores highest
+    for the query, as document-level evaluation credits a document at its best chunk.
+    Training on the whole text instead would teach the encoder on inputs it never embeds:
+    documents longer than the encoder's window, truncated, against chunk-sized negatives (on
+    SciFact, query-only training reached dev nDCG@10 0.837 on best chunks, 0.824 on whole
+    abstracts). A passage whose document is not in the knowledge base keeps its text.
+    """
+    from knowledge.selectors import best_chunk_per_document
+    from rag.training import retriever as retriever_training
+
+    judged_whole = sum(len(_documents_judged_whole(example)) for example in examples)
+    if judged_whole:
+        reporter.phase(f"finding the best chunk of {judged_whole} document(s) judged as a whole", low=0.05, high=0.07)
+    training_examples = []
+    for done, example in enumerate(examples, start=1):
+        if judged_whole:  # a database round trip per query: a phase of its own, which can be cancelled
+            reporter.raise_if_stopped()
+        best = best_chunk_per_document(
+            space=live.space, query=example.query, document_external_ids=_documents_judged_whole(example),
+            query_model_reference=live.query_model_reference,
+        )  # fmt: skip
+        training_examples.append(
+            retriever_training.RetrievalTrainingExample(
+                query=example.query,
+                positives=[_chunk_text(p, best) for p in example.relevant],
+                hard_negatives=[_chunk_text(p, best) for p in example.irrelevant],
+            )
+        )
+        if judged_whole:
+            reporter.tick(done, len(examples))
+    return training_examples
+
+
+def _documents_judged_whole(example) -> list[str]:
+    """The documents an example judges as a whole: passages that name a document but no chunk."""
+    return sorted({p.document_id for p in (*example.relevant, *example.irrelevant) if p.chunk_id is None and p.document_id})
+
+
+def _chunk_text(passage, best_chunks: dict) -> str:
+    if passage.chunk_id is None and passage.document_id in best_chunks:
+        return best_chunks[passage.document_id].text
+    return passage.text

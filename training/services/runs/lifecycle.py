@@ -1,0 +1,158 @@
+"""A run row's life outside the engine: starting one (validate, snapshot, queue, enqueue),
+cancelling it, failing one that waited too long for its lock, and sweeping stalled runs."""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.models import KnowledgeBase
+from training.models import DatasetSnapshot, TrainingRun
+from training.services.runs.parameters import check_trainable, validated_parameters
+from training.services.runs.shared import log_line
+from training.services.snapshots import dataset_snapshot_create
+
+logger = logging.getLogger(__name__)
+
+
+_UNFINISHED = [TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]
+
+
+def stall_seconds() -> int:
+    """A running run whose heartbeat is older than this is considered dead (default 10 min)."""
+    return int(settings.RAGLOOP_TRAINING_STALL_SECONDS)
+
+
+def _enqueue_execute(run_id: int) -> None:
+    from training.tasks import training_run_execute_task  # tasks import services, not the reverse
+
+    training_run_execute_task.delay(run_id)
+
+
+def training_run_start(
+    *,
+    knowledge_base: KnowledgeBase,
+    component: str,
+    mode: str,
+    parameters: dict | None = None,
+    snapshot: DatasetSnapshot | None = None,
+    created_by=None,
+) -> TrainingRun:
+    """Queue a training run; its task is sent to the `training` queue after commit.
+
+    Without `snapshot`, the knowledge base's current labels are snapshotted first (in the same
+    transaction, so a refused run leaves no snapshot behind).
+    """
+    if snapshot is not None and snapshot.knowledge_base_id != knowledge_base.pk:
+        raise InvalidInput(f"Snapshot {snapshot.pk} belongs to another knowledge base than {knowledge_base.slug!r}.")
+    effective = validated_parameters(
+        knowledge_base=knowledge_base, component=component, mode=mode, parameters=parameters, snapshot=snapshot
+    )
+    with transaction.atomic():
+        # Serialises starts on this knowledge base, so two requests cannot both see "no run".
+        KnowledgeBase.objects.select_for_update().get(pk=knowledge_base.pk)
+        active = TrainingRun.objects.filter(
+            knowledge_base=knowledge_base, component=component, status__in=_UNFINISHED
+        ).first()
+        if active is not None:
+            raise Conflict(
+                f"Training run #{active.pk} ({active.mode}) of the {component} of {knowledge_base.slug!r} is "
+                f"{active.status}; wait for it to finish or cancel it."
+            )
+        if snapshot is None:
+            snapshot = dataset_snapshot_create(
+                knowledge_base=knowledge_base, created_by=created_by, heldout_share=effective["heldout_share"]
+            )
+        effective["heldout_share"] = snapshot.heldout_share
+        check_trainable(snapshot=snapshot, mode=mode)
+        run = TrainingRun.objects.create(
+            knowledge_base=knowledge_base,
+            component=component,
+            mode=mode,
+            snapshot=snapshot,
+            parameters=effective,
+            created_by=created_by,
+            log=log_line(
+                f"queued {component} training ({mode}) on snapshot {snapshot.pk} "
+                f"({snapshot.train_count} train / {snapshot.heldout_count} held-out examples)"
+            ),
+        )
+        transaction.on_commit(lambda: _enqueue_execute(run.pk))
+    return run
+
+
+def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
+    """Cancel a queued run at once; ask a running one to stop at its next step."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.is_finished:
+            raise Conflict(f"Training run #{run.pk} has already {run.status}.")
+        if run.status == TrainingRun.Status.QUEUED:
+            run.status = TrainingRun.Status.CANCELLED
+            run.finished_at = timezone.now()
+            run.log += log_line("cancelled before it started")
+        else:
+            run.cancel_requested = True
+            run.log += log_line("cancel requested; the run stops at its next step")
+        run.save(update_fields=["status", "finished_at", "cancel_requested", "log"])
+    return run
+
+
+def training_run_fail_waiting(*, run_id: int) -> None:
+    """Give up on a queued run whose component lock stayed held for as long as its task retries."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.status != TrainingRun.Status.QUEUED:
+            return
+        message = "Another run of this component held its lock for too long; start this run again."
+        run.status = TrainingRun.Status.FAILED
+        run.error = message
+        run.finished_at = timezone.now()
+        run.log += log_line(message)
+        run.save(update_fields=["status", "error", "finished_at", "log"])
+
+
+def _stalled_message(run: TrainingRun) -> str:
+    last = run.heartbeat_at or run.started_at
+    since = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last else "it started"
+    return f"The worker stopped (no heartbeat since {since})."
+
+
+def heartbeat_fresh(run: TrainingRun) -> bool:
+    last = run.heartbeat_at or run.started_at
+    return last is not None and last >= timezone.now() - timedelta(seconds=stall_seconds())
+
+
+def fail_stalled(run: TrainingRun) -> None:
+    """Mark a locked running row failed because its worker is gone."""
+    message = _stalled_message(run)
+    run.status = TrainingRun.Status.FAILED
+    run.error = message
+    run.finished_at = timezone.now()
+    run.log += log_line(message)
+    run.save(update_fields=["status", "error", "finished_at", "log"])
+
+
+def training_runs_fail_stalled() -> list[int]:
+    """Fail running runs whose heartbeat stopped (their worker was killed); returns their ids."""
+    cutoff = timezone.now() - timedelta(seconds=stall_seconds())
+    candidates = list(
+        TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
+        .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
+        .values_list("pk", flat=True)
+    )
+    failed = []
+    for run_id in candidates:
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update().get(pk=run_id)
+            # Re-checked under the lock: the worker may have beaten (or finished) meanwhile.
+            if run.status != TrainingRun.Status.RUNNING or heartbeat_fresh(run):
+                continue
+            fail_stalled(run)
+        logger.warning("Training run %s stalled; marked failed", run_id)
+        failed.append(run_id)
+    return failed

@@ -1,0 +1,189 @@
+"""The run parameter schema: which parameters each training mode takes, their bounds and
+defaults, and the checks `training_run_start` makes before it queues a run."""
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from knowledge.errors import InvalidInput
+from knowledge.models import KnowledgeBase
+from training.models import Component, DatasetSnapshot, SnapshotExample
+
+
+RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr")
+GENERATOR_MODES = ("lora_radit", "lora_raft", "openai")
+MODES = {Component.RETRIEVER: RETRIEVER_MODES, Component.GENERATOR: GENERATOR_MODES}
+
+
+@dataclass(frozen=True)
+class _Parameter:
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_exclusive: bool = False
+    high_exclusive: bool = False
+
+    def describe(self) -> str:
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a non-empty string"}[self.kind]
+        if self.low is None and self.high is None:
+            return kind
+        low = f"{'>' if self.low_exclusive else '>='} {self.low:g}" if self.low is not None else ""
+        high = f"{'<' if self.high_exclusive else '<='} {self.high:g}" if self.high is not None else ""
+        return f"{kind} {' and '.join(part for part in (low, high) if part)}"
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if self.kind is str:
+            return isinstance(value, str) and bool(value.strip()) and "\x00" not in value and len(value) <= 500
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_exclusive and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_exclusive and value == self.high)):
+            return False
+        return True
+
+
+PARAMETERS: dict[str, _Parameter] = {
+    "epochs": _Parameter(int, 1, 1000),
+    "batch_size": _Parameter(int, 1, 4096),
+    "learning_rate": _Parameter(float, 0, 1, low_exclusive=True),
+    "warmup_ratio": _Parameter(float, 0, 1),
+    "seed": _Parameter(int, 0, 2**31 - 1),
+    "heldout_share": _Parameter(float, 0, 1),
+    "device": _Parameter(str),  # "cpu", "cuda", "cuda:1"; default: the GPU when there is one
+    "top_k": _Parameter(int, 1, 100),
+    "mined_negatives": _Parameter(int, 0, 100),
+    "mini_batch_size": _Parameter(int, 1, 4096),  # contrastive: GradCache, for batches bigger than memory
+    "query_only": _Parameter(bool),
+    "lm_temperature": _Parameter(float, 0, 100, low_exclusive=True),
+    "retriever_temperature": _Parameter(float, 0, 100, low_exclusive=True),
+    "base_model": _Parameter(str),
+    "lora_r": _Parameter(int, 1, 1024),
+    "lora_alpha": _Parameter(int, 1, 4096),
+    "lora_dropout": _Parameter(float, 0, 1, high_exclusive=True),
+    "max_length": _Parameter(int, 16, 131072),
+    "distractors": _Parameter(int, 0, 50),
+    "oracle_probability": _Parameter(float, 0, 1),
+    "model": _Parameter(str),
+    "base_url": _Parameter(str),
+    "suffix": _Parameter(str),
+    "learning_rate_multiplier": _Parameter(float, 0, 100, low_exclusive=True),
+    "poll_seconds": _Parameter(float, 0, 3600),
+    "timeout_seconds": _Parameter(float, 0, 7 * 24 * 3600, low_exclusive=True),
+    "max_passages": _Parameter(int, 1, 50),
+}
+
+
+_COMMON = {"seed": 0, "heldout_share": 0.2}
+_RETRIEVER = {**_COMMON, "epochs": 1, "batch_size": 16, "learning_rate": 2e-5, "warmup_ratio": 0.1}
+_LORA = {
+    **_COMMON, "epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "warmup_ratio": 0.0,
+    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_length": 512,
+}  # fmt: skip
+# Each mode's parameters with their defaults; None: optional, no default ("device", "base_url").
+# Contrastive runs learn from a few hundred curated queries, not the millions of pairs that
+# one epoch at 2e-5 suits. Query-only on SciFact's 647 train queries (dev nDCG@10, base 0.813):
+# 1 epoch at 2e-5 0.815, 3 epochs at 2e-5 0.824, 3 epochs at 5e-5 0.853 (docs/benchmarks.md).
+_CONTRASTIVE = {
+    **_RETRIEVER, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
+    "device": None,
+}  # fmt: skip
+MODE_PARAMETERS: dict[str, dict[str, Any]] = {
+    "contrastive": _CONTRASTIVE,
+    "contrastive_query_only": _CONTRASTIVE,
+    "lsr": {
+        **_RETRIEVER, "batch_size": 8, "top_k": 5, "lm_temperature": 0.01, "retriever_temperature": 1.0,
+        "query_only": True, "base_model": None, "device": None,
+    },  # fmt: skip
+    "lora_radit": {**_LORA, "top_k": 5, "base_model": None, "device": None},
+    "lora_raft": {**_LORA, "distractors": 4, "oracle_probability": 0.8, "base_model": None, "device": None},
+    "openai": {
+        **_COMMON, "model": None, "base_url": None, "suffix": None, "epochs": None, "batch_size": None,
+        "learning_rate_multiplier": None, "poll_seconds": 30.0, "timeout_seconds": None, "max_passages": 5,
+    },  # fmt: skip
+}
+
+
+def validated_parameters(
+    *, knowledge_base: KnowledgeBase, component: str, mode: str, parameters: dict | None, snapshot
+) -> dict[str, Any]:
+    """The run's effective parameters (defaults filled in); InvalidInput names the first problem."""
+    if component not in Component.values:
+        raise InvalidInput(f"Component {component!r} is unknown; choose one of {', '.join(Component.values)}.")
+    if mode not in MODES[component]:
+        raise InvalidInput(f"Mode {mode!r} is not a {component} training mode; choose one of {', '.join(MODES[component])}.")
+    parameters = {} if parameters is None else parameters
+    if not isinstance(parameters, dict):
+        raise InvalidInput("Parameters must be a mapping of names to values.")
+    if "api_key" in parameters:
+        raise InvalidInput(
+            "api_key is not a run parameter: run parameters are stored and shown with the run. "
+            "Set OPENAI_API_KEY in the training worker's environment instead."
+        )
+    allowed = MODE_PARAMETERS[mode]
+    unknown = sorted(str(name) for name in parameters if name not in allowed)
+    if unknown:
+        raise InvalidInput(
+            f"Unknown parameter(s) for mode {mode!r}: {', '.join(unknown)}. Known: {', '.join(sorted(allowed))}."
+        )
+    for name, value in parameters.items():
+        spec = PARAMETERS[name]
+        if not spec.accepts(value):
+            raise InvalidInput(f"Parameter {name!r} must be {spec.describe()}, got {value!r}.")
+    if mode == "openai" and "base_url" in parameters and not parameters["base_url"].startswith(("http://", "https://")):
+        raise InvalidInput(f"Parameter 'base_url' must start with http:// or https://, got {parameters['base_url']!r}.")
+    if snapshot is not None and "heldout_share" in parameters and parameters["heldout_share"] != snapshot.heldout_share:
+        raise InvalidInput(
+            f"heldout_share applies only to a snapshot the run takes itself; snapshot {snapshot.pk} "
+            f"holds out {snapshot.heldout_share:g}."
+        )
+    effective = {name: value for name, value in {**allowed, **parameters}.items() if value is not None}
+    if mode == "lsr" and "query_only" not in parameters:
+        effective["query_only"] = True
+    if "base_model" in allowed and "base_model" not in effective:
+        if knowledge_base.generator_backend == KnowledgeBase.GeneratorBackend.HF and knowledge_base.generator_model:
+            effective["base_model"] = knowledge_base.generator_model
+        else:
+            need = "scores chunks with" if mode == "lsr" else "trains an adapter for"
+            raise InvalidInput(
+                f"Mode {mode!r} {need} a local Hugging Face causal LM: pass base_model (its folder); the "
+                f"knowledge base's generator is {knowledge_base.generator_backend!r}, not 'hf'."
+            )
+    if mode == "openai" and "model" not in effective:
+        if knowledge_base.generator_backend == KnowledgeBase.GeneratorBackend.OPENAI and knowledge_base.generator_model:
+            effective["model"] = knowledge_base.generator_model
+        elif os.environ.get("OPENAI_MODEL"):
+            effective["model"] = os.environ["OPENAI_MODEL"]
+        else:
+            raise InvalidInput("Mode 'openai' needs model: the name of the model to fine-tune (or OPENAI_MODEL set).")
+    return effective
+
+
+def check_trainable(*, snapshot: DatasetSnapshot, mode: str) -> None:
+    """Refuse a snapshot whose train split holds nothing this mode can learn from."""
+    train = list(snapshot.examples.filter(split=SnapshotExample.Split.TRAIN).values("relevant", "gold_answer", "retrieved"))
+    if not train:
+        raise InvalidInput(
+            f"Snapshot {snapshot.pk} has no training examples: all {snapshot.example_count} are held out."
+        )
+    with_answer = [row for row in train if row["gold_answer"].strip()]
+    if mode in ("contrastive", "contrastive_query_only"):
+        if not any(row["relevant"] for row in train):
+            raise InvalidInput(f"Snapshot {snapshot.pk} has no training example with a passage judged relevant.")
+    elif mode == "lora_raft":
+        if not any(row["relevant"] for row in with_answer):
+            raise InvalidInput(
+                f"Snapshot {snapshot.pk} has no training example with both a gold answer and a relevant passage."
+            )
+    elif mode == "openai":
+        if not any(row["relevant"] or row["retrieved"] for row in with_answer):
+            raise InvalidInput(f"Snapshot {snapshot.pk} has no training example with a gold answer and context.")
+    elif not with_answer:  # lsr, lora_radit
+        raise InvalidInput(f"Snapshot {snapshot.pk} has no training example with a gold answer.")

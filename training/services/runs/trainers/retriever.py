@@ -1,0 +1,132 @@
+"""Retriever trainer adapters: contrastive (full or query-only) and LSR (trained towards a
+language model's preferences among the live retriever's chunks), and a trained retriever's version fields."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from knowledge.errors import InvalidInput
+from training.models import TrainingRun
+from training.services.runs import inputs
+from training.services.runs.shared import Reporter, Trained
+from training.services.versions import artifacts_root
+
+
+def _free_accelerator_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _relative(path: Path) -> str:
+    """A path under the artifacts folder as curation resolves model references: relative to it."""
+    return str(Path(path).resolve().relative_to(artifacts_root().resolve()))
+
+
+def _retriever_fields(*, folder: Path, live, query_only: bool) -> tuple[dict[str, Any], str]:
+    from rag.training.retriever import load_trained_retriever
+
+    query_encoder, document_encoder = load_trained_retriever(folder)
+    if query_only:
+        # Document vectors stay valid: the candidate shares the live space.
+        return {"embedding_space": live.space, "query_model_reference": _relative(query_encoder)}, ""
+    reference = _relative(document_encoder)
+    return {"query_model_reference": reference, "dimensions": live.space.dimensions}, reference
+
+
+def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
+    from rag.training import retriever as retriever_training
+
+    parameters = run.parameters
+    query_only = run.mode == "contrastive_query_only"
+    examples = [example for example in inputs.train_examples(run) if example.relevant]
+    if not examples:
+        raise InvalidInput("No training example has a passage judged relevant.")
+    live, base_model = inputs.live_retriever(run)
+    reporter.phase(f"mining negatives with the live retriever ({live.version})", low=0.0, high=0.05)
+    mined = inputs.mine_negatives(
+        examples=examples, live=live, top_k=parameters["top_k"], limit=parameters["mined_negatives"], reporter=reporter
+    )
+    training_examples = inputs.examples_in_chunks(examples=examples, live=live, reporter=reporter)
+    reporter.phase(
+        f"training {'the query encoder' if query_only else 'the encoder'} from {live.space.retriever_version} "
+        f"on {len(training_examples)} queries",
+        low=0.07,
+        high=0.95,
+    )
+    result = retriever_training.train_contrastive(
+        base_model_path=base_model,
+        examples=training_examples,
+        output_path=folder,
+        epochs=parameters["epochs"],
+        batch_size=parameters["batch_size"],
+        learning_rate=parameters["learning_rate"],
+        warmup_ratio=parameters["warmup_ratio"],
+        seed=parameters["seed"],
+        query_only=query_only,
+        mined_negatives=mined,
+        mini_batch_size=parameters.get("mini_batch_size"),
+        device=parameters.get("device"),
+        progress=reporter.progress,
+        should_stop=reporter.should_stop,
+    )
+    fields, space_reference = _retriever_fields(folder=folder, live=live, query_only=query_only)
+    return Trained(folder, fields, result.parameters, result.training_curve, space_reference)
+
+
+def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
+    from rag.generation import ContextPassage, HFGenerator
+    from rag.training import retriever as retriever_training
+
+    parameters = run.parameters
+    examples = [example for example in inputs.train_examples(run) if example.gold_answer.strip()]
+    if not examples:
+        raise InvalidInput("No training example has a gold answer.")
+    live, base_model = inputs.live_retriever(run)
+    reporter.phase(f"retrieving the top {parameters['top_k']} chunks with {live.version}", low=0.0, high=0.05)
+    lsr_examples = []
+    for done, example in enumerate(examples, start=1):
+        reporter.raise_if_stopped()
+        chunks = [chunk.text for chunk in inputs.retrieve(live, example.query, parameters["top_k"])]
+        lsr_examples.append(
+            retriever_training.LsrTrainingExample(query=example.query, chunks=chunks, answer=example.gold_answer.strip())
+        )
+        reporter.tick(done, len(examples))
+    reporter.phase(f"scoring chunks with the language model {parameters['base_model']}", low=0.05, high=0.35)
+    language_model = HFGenerator(model_path=parameters["base_model"], device=parameters.get("device"))
+    total = sum(len(example.chunks) for example in lsr_examples)
+    scored = 0
+
+    def lm_scorer(query: str, chunk: str, answer: str) -> float:
+        nonlocal scored
+        reporter.raise_if_stopped()
+        score = language_model.answer_log_likelihood(query=query, passage=ContextPassage(text=chunk), answer=answer)
+        scored += 1
+        reporter.tick(scored, total)
+        return score
+
+    lm_scores = retriever_training.score_chunks_with_lm(lm_scorer=lm_scorer, examples=lsr_examples)
+    del language_model  # free its memory before the retriever trains
+    _free_accelerator_memory()
+    reporter.phase(f"training the retriever on {len(lsr_examples)} queries (KL to the LM's preferences)", low=0.35, high=0.95)
+    result = retriever_training.train_lsr(
+        base_model_path=base_model,
+        examples=lsr_examples,
+        lm_log_likelihoods=lm_scores,
+        output_path=folder,
+        query_only=parameters["query_only"],
+        epochs=parameters["epochs"],
+        batch_size=parameters["batch_size"],
+        learning_rate=parameters["learning_rate"],
+        warmup_ratio=parameters["warmup_ratio"],
+        retriever_temperature=parameters["retriever_temperature"],
+        lm_temperature=parameters["lm_temperature"],
+        seed=parameters["seed"],
+        device=parameters.get("device"),
+        progress=reporter.progress,
+        should_stop=reporter.should_stop,
+    )
+    fields, space_reference = _retriever_fields(folder=folder, live=live, query_only=parameters["query_only"])
+    return Trained(
+        folder, fields, {**result.parameters, "lm": parameters["base_model"]}, result.training_curve, space_reference
+    )
