@@ -245,8 +245,8 @@ class Requests:
                                         json.dumps({"payload": payload, "base_version": 0}), content_type="application/json")
             assert response.status_code == 200, (response.status_code, response.content[:300])
             return
-        from knowledge.models import Turn
         from curation.services.labels import LabelInput, label_submit
+        from knowledge.models import Turn
 
         label_submit(turn=Turn.objects.get(pk=self.turn_id), curator=self.curator, data=LabelInput.from_payload(payload))
 

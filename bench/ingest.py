@@ -109,7 +109,10 @@ def embed_until_done(*, knowledge_base, documents, worker: harness.Worker, timeo
 
 def bare_encoder(batch_size: int):
     """The process's base embedder, warmed up (its first call sets things up; that is not throughput)."""
-    from knowledge.services.knowledge_bases import BASE_MODEL_REFERENCE, retriever_model_path
+    from knowledge.services.knowledge_bases import (
+        BASE_MODEL_REFERENCE,
+        retriever_model_path,
+    )
     from rag.embedding import load_embedder
 
     embedder = load_embedder(retriever_model_path(BASE_MODEL_REFERENCE))

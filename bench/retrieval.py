@@ -255,7 +255,7 @@ def selector_with_texts(*, space, texts: list[str], k: int, figures: PathFigures
 
 
 def hnsw_subquery(space) -> str:
-    """The selector's nearest-neighbour subquery on the HNSW path (kept in step with curation/selectors.py)."""
+    """The selector's nearest-neighbour subquery on the HNSW path (kept in step with knowledge/selectors.py)."""
     dims = int(space.dimensions)
     return (
         f"SELECT e.chunk_id FROM curation_chunkembedding e WHERE e.space_id = {int(space.pk)} "

@@ -3,6 +3,9 @@ curators, the disputes to adjudicate, a knowledge base's curation dashboard, and
 
 Every function here runs a fixed number of SQL queries whatever the amount of data: counts
 and confusion tables are aggregated in the database.
+
+One module (~460 lines) because the final judgment of a turn is the base of the rest:
+agreement, disputes and the dashboard all read it, and splitting them would scatter one rule.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from django.db.models import BooleanField, Count, Exists, F, Func, OuterRef, Q, 
 from django.db.models.functions import Trim, TruncDate
 from django.utils import timezone
 
-from curation.models import Adjudication, AnswerRating, Invitation, Label, PassageJudgment, Relevance
+from curation.models import (
+    Adjudication,
+    AnswerRating,
+    Invitation,
+    Label,
+    PassageJudgment,
+    Relevance,
+)
 from knowledge.models import KnowledgeBase, RetrievedPassage, Turn
 from rag.agreement import Agreement, agreement_from_table, pairs_combined
 

@@ -4,10 +4,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from curation.views import knowledge_bases
-from curation.views import workbench
-from curation.views import review
-from curation.views import label_io
+from curation.views import knowledge_bases, label_io, review, workbench
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),

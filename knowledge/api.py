@@ -3,6 +3,9 @@
 Endpoints validate input with the schemas below, check the token's scope, call one service or
 selector, and serialise the result. Every error is a JSON `{"detail": "..."}` with a 4xx status
 (502 when a generator backend fails).
+
+One module on purpose (~480 lines): the whole public API, its request and response schemas
+and its error mapping read in one place, in the order of the OpenAPI document.
 """
 
 import json
@@ -23,7 +26,13 @@ from knowledge.models import ApiToken, EmbeddingJob, KnowledgeBase, Turn
 from knowledge.selectors import knowledge_base_get, passages_retrieve, retriever_for
 from knowledge.services.documents import documents_ingest
 from knowledge.services.tokens import api_token_authenticate, api_token_can_access
-from knowledge.services.turns import PassageRecord, TurnRecord, turn_ask, turn_feedback_set, turns_ingest
+from knowledge.services.turns import (
+    PassageRecord,
+    TurnRecord,
+    turn_ask,
+    turn_feedback_set,
+    turns_ingest,
+)
 from rag.documents import DocumentParseError, parse_upload
 
 

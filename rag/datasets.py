@@ -9,6 +9,9 @@ out and why ({"no_gold_answer": 3}), so the snapshot page can say what a file do
 The records are a list rather than a stream because a curated dataset is thousands of
 examples, not millions; an `ExportResult` still iterates over its records, so
 `for record in export_openai(examples)` works.
+
+One module (~470 lines): every format reads the same `DatasetExample` and the same split, so
+a change to either is seen by every exporter at once.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Three backends: an offline extractive one that needs no model, any OpenAI-compatible chat
 endpoint, and a local Hugging Face causal language model (optionally with a LoRA adapter).
+
+One module (~410 lines): the backends share the prompt (`build_prompt`) and the citation
+format, so what every generator sees and writes is defined in one place.
 """
 
 from __future__ import annotations

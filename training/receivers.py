@@ -1,7 +1,7 @@
-"""Training's answers to curation's signals (curation knows nothing of training).
+"""Training's answers to the knowledge app's signals (knowledge knows nothing of training).
 
 A full-mode retriever candidate has its own embedding space; it is evaluated once every chunk
-has a vector there, which curation announces with `embedding_space_ready`.
+has a vector there, which knowledge announces with `embedding_space_ready`.
 """
 
 from django.dispatch import receiver

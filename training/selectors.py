@@ -20,7 +20,11 @@ from training.models import (
     PromotionEvent,
     TrainingRun,
 )
-from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
+from training.services.evaluation import (
+    GENERATOR_METRICS,
+    HEADLINE_METRIC,
+    RETRIEVER_METRICS,
+)
 
 # A per-query delta smaller than this is "unchanged" (float noise, not a change in ranking).
 UNCHANGED_TOLERANCE = 1e-9

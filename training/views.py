@@ -10,10 +10,10 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from knowledge.errors import Conflict, NotFound, ServiceError
-from knowledge.models import KnowledgeBase
 from curation.views.access import fragment
 from curation.views.review import knowledge_base_admin_page
+from knowledge.errors import Conflict, NotFound, ServiceError
+from knowledge.models import KnowledgeBase
 from training.models import Component, TrainingRun
 from training.selectors import (
     model_version_get,
@@ -23,7 +23,11 @@ from training.selectors import (
     snapshot_get,
     training_runs_recent,
 )
-from training.services.exports import EXPORT_FORMATS, EXPORT_SPLITS, dataset_export_files
+from training.services.exports import (
+    EXPORT_FORMATS,
+    EXPORT_SPLITS,
+    dataset_export_files,
+)
 from training.services.runs import training_run_cancel
 from training.services.versions import model_version_promote, model_version_rollback
 

@@ -16,10 +16,10 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from knowledge.errors import InvalidInput, NotFound, ServiceError
 from curation.models import Invitation, Membership, TurnHold
-from knowledge.models import KnowledgeBase
 from curation.permissions import ADMIN_GROUP, CURATOR_GROUP, user_is_curator
+from knowledge.errors import InvalidInput, NotFound, ServiceError
+from knowledge.models import KnowledgeBase
 
 INVITATION_VALID_FOR = timedelta(days=7)
 _ROLE_GROUPS = {Invitation.Role.CURATOR: CURATOR_GROUP, Invitation.Role.ADMIN: ADMIN_GROUP}

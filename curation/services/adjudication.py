@@ -3,10 +3,10 @@ curators' labels (see curation.selectors.turn_final_judgments) and ends the disp
 
 from django.db import transaction
 
-from knowledge.errors import InvalidInput
 from curation.models import Adjudication, AnswerRating, Label, Relevance
-from knowledge.models import Turn
 from curation.services.labels import MAX_TEXT, turn_label_state_refresh
+from knowledge.errors import InvalidInput
+from knowledge.models import Turn
 
 
 def _text(name: str, value: str) -> str:

@@ -39,12 +39,17 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Prefetch
 
-from knowledge.errors import InvalidInput
 from curation.models import AnswerRating, Label, Membership, PassageJudgment, Relevance
-from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
 from curation.permissions import CURATOR_GROUP
 from curation.services.labels import MAX_TEXT, LabelInput, label_payload, label_submit
-from knowledge.services.turns import MAX_TURNS_PER_BATCH, PassageRecord, TurnRecord, turns_ingest
+from knowledge.errors import InvalidInput
+from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
+from knowledge.services.turns import (
+    MAX_TURNS_PER_BATCH,
+    PassageRecord,
+    TurnRecord,
+    turns_ingest,
+)
 
 IMPORT_PREFIX = "import:"
 HASHED_QUERY_PREFIX = "query-sha256:"

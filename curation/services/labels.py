@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
+from curation.models import (
+    AnswerRating,
+    Label,
+    LabelDraft,
+    LabelRevision,
+    PassageJudgment,
+    Relevance,
+    TurnHold,
+)
 from knowledge.errors import Conflict, InvalidInput
-from curation.models import AnswerRating, Label, LabelDraft, LabelRevision, PassageJudgment, Relevance, TurnHold
 from knowledge.models import Chunk, Turn
 
 MAX_TEXT = 20_000

@@ -13,8 +13,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.utils.cache import patch_vary_headers
 
-from knowledge.models import KnowledgeBase
 from curation.permissions import user_can_curate, user_is_admin
+from knowledge.models import KnowledgeBase
 
 
 def knowledge_base_page(view):

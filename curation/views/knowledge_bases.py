@@ -8,12 +8,12 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
+from curation.permissions import knowledge_bases_for, user_can_curate, user_is_admin
+from curation.views.access import fragment, knowledge_base_page
 from knowledge.errors import ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
-from curation.permissions import knowledge_bases_for, user_can_curate, user_is_admin
 from knowledge.selectors import live_version_names
 from knowledge.services.turns import turn_ask
-from curation.views.access import fragment, knowledge_base_page
 
 
 def _embedding_progress(knowledge_base: KnowledgeBase) -> list[EmbeddingJob]:

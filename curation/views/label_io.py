@@ -6,9 +6,9 @@ from django.http import Http404, StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.http import require_GET
 
-from knowledge.models import KnowledgeBase
 from curation.services.label_io import CONTENT_TYPE, label_record_line, labels_export
 from curation.views.access import admin_page
+from knowledge.models import KnowledgeBase
 
 
 @require_GET

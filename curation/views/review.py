@@ -12,9 +12,7 @@ from django.urls import path, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from knowledge.errors import InvalidInput, ServiceError
 from curation.models import AnswerRating, Invitation, Membership, Relevance
-from knowledge.models import KnowledgeBase, Turn
 from curation.permissions import CURATOR_GROUP, knowledge_bases_for, user_is_admin
 from curation.selectors import (
     DASHBOARD_DAYS,
@@ -37,6 +35,8 @@ from curation.services.adjudication import adjudication_record
 from curation.services.guidelines import knowledge_base_guidelines_set
 from curation.services.queue import knowledge_base_curation_settings_set
 from curation.views.access import admin_page, fragment, knowledge_base_page
+from knowledge.errors import InvalidInput, ServiceError
+from knowledge.models import KnowledgeBase, Turn
 
 DISPUTES_SHOWN = 200
 CHART_HEIGHT = 120

@@ -13,14 +13,25 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from knowledge.errors import InvalidInput, ServiceError
 from curation.models import AnswerRating, Label, Relevance, TurnHold
-from knowledge.models import Chunk, KnowledgeBase, RetrievedPassage, Turn
-from curation.services.labels import LabelInput, label_draft_save, label_for_editing, label_submit
-from curation.services.queue import QUEUE_ORDER, QueueFilter, turn_hold_take, turn_next, turn_queue_list
 from curation.selectors import guidelines_html
+from curation.services.labels import (
+    LabelInput,
+    label_draft_save,
+    label_for_editing,
+    label_submit,
+)
+from curation.services.queue import (
+    QUEUE_ORDER,
+    QueueFilter,
+    turn_hold_take,
+    turn_next,
+    turn_queue_list,
+)
 from curation.services.search import chunks_search
 from curation.views.access import fragment, knowledge_base_page
+from knowledge.errors import InvalidInput, ServiceError
+from knowledge.models import Chunk, KnowledgeBase, RetrievedPassage, Turn
 
 QUEUE_PAGE_SIZE = 50
 # Queue tier (see curation.services.queue) -> badge text and CSS class.

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from knowledge.errors import InvalidInput
-from knowledge.models import Chunk, Document, EmbeddingJob, EmbeddingSpace, KnowledgeBase
+from knowledge.models import (
+    Chunk,
+    Document,
+    EmbeddingJob,
+    EmbeddingSpace,
+    KnowledgeBase,
+)
 from knowledge.services.embeddings import embedding_job_start
 from knowledge.services.knowledge_bases import retriever_model_path
 from rag.chunking import TextChunk, chunk_budget, chunk_text

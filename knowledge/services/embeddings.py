@@ -30,7 +30,9 @@ def _missing_chunks(space: EmbeddingSpace):
 
 
 def _enqueue_dispatch(job_id: int) -> None:
-    from knowledge.tasks import embedding_job_dispatch_task  # tasks import services, not the reverse
+    from knowledge.tasks import (
+        embedding_job_dispatch_task,  # tasks import services, not the reverse
+    )
 
     embedding_job_dispatch_task.delay(job_id)
 

@@ -7,10 +7,10 @@ reads one index in order and a turn needs no second write.
 
 import functools
 import time
-from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction

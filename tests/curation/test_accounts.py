@@ -13,11 +13,15 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from knowledge.errors import InvalidInput, NotFound
 from curation.models import Invitation, Membership
-from knowledge.models import KnowledgeBase
 from curation.permissions import user_is_admin, user_is_curator
-from curation.services.accounts import InvitationUnusable, invitation_accept, invitation_create
+from curation.services.accounts import (
+    InvitationUnusable,
+    invitation_accept,
+    invitation_create,
+)
+from knowledge.errors import InvalidInput, NotFound
+from knowledge.models import KnowledgeBase
 
 PASSWORD = "a-Long-enough-passphrase-42"
 

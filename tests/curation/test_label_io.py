@@ -11,11 +11,11 @@ from django.core.management.base import CommandError
 from django.db import connections
 
 from curation.models import Label, LabelRevision, Membership, PassageJudgment
+from curation.services.label_io import import_external_id, labels_export
+from curation.services.labels import LabelInput, label_submit
 from knowledge.models import Chunk, RetrievedPassage, Turn
 from knowledge.services.documents import documents_ingest
 from knowledge.services.knowledge_bases import knowledge_base_create
-from curation.services.label_io import import_external_id, labels_export
-from curation.services.labels import LabelInput, label_submit
 from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 from tests.conftest import REPO_ROOT, SAMPLE_DOCUMENTS
 

@@ -6,12 +6,27 @@ import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
 
-from knowledge.errors import Conflict, InvalidInput
 from curation.models import Label, LabelDraft, LabelRevision, Membership, TurnHold
+from curation.services.labels import (
+    LabelInput,
+    label_draft_save,
+    label_for_editing,
+    label_submit,
+)
+from curation.services.queue import (
+    QueueFilter,
+    knowledge_base_overlap_set,
+    turn_next,
+    turn_queue_list,
+)
+from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import Turn
-from curation.services.labels import LabelInput, label_draft_save, label_for_editing, label_submit
-from curation.services.queue import QueueFilter, knowledge_base_overlap_set, turn_next, turn_queue_list
-from knowledge.services.turns import PassageRecord, TurnRecord, turn_feedback_set, turns_ingest
+from knowledge.services.turns import (
+    PassageRecord,
+    TurnRecord,
+    turn_feedback_set,
+    turns_ingest,
+)
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from knowledge.errors import InvalidInput
 from curation.models import Adjudication, Label, Membership, TurnHold
-from knowledge.models import Chunk, Document, KnowledgeBase, Turn
 from curation.selectors import (
     guidelines_html,
     knowledge_base_agreement,
@@ -23,6 +21,8 @@ from curation.selectors import (
 from curation.services.adjudication import adjudication_record
 from curation.services.labels import LabelInput, label_submit
 from curation.services.queue import knowledge_base_overlap_set
+from knowledge.errors import InvalidInput
+from knowledge.models import Chunk, Document, KnowledgeBase, Turn
 from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 
 R, P, N = "relevant", "partly", "not_relevant"

@@ -10,12 +10,19 @@ from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from curation.models import Label, LabelDraft, LabelRevision, Membership, PassageJudgment, TurnHold
-from knowledge.models import Turn
-from knowledge.services.knowledge_bases import knowledge_base_create
+from curation.models import (
+    Label,
+    LabelDraft,
+    LabelRevision,
+    Membership,
+    PassageJudgment,
+    TurnHold,
+)
 from curation.services.labels import LabelInput, label_submit
 from curation.services.queue import knowledge_base_overlap_set
 from curation.services.search import chunks_search
+from knowledge.models import Turn
+from knowledge.services.knowledge_bases import knowledge_base_create
 from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'

@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group
 
 from curation.models import Membership
 from tests.conftest import REPO_ROOT, CeleryWorker, _test_database_url, wait_until
-from tests.training.test_runs import label_questions
+from tests.training.conftest import label_questions
 from training.models import ModelVersion, TrainingRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

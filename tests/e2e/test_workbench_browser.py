@@ -10,9 +10,9 @@ import pytest
 from django.contrib.auth.models import Group
 
 from curation.models import Label, LabelDraft, Membership, PassageJudgment
+from curation.services.labels import LabelInput, label_submit
 from knowledge.models import Turn
 from knowledge.services.knowledge_bases import knowledge_base_create
-from curation.services.labels import LabelInput, label_submit
 from knowledge.services.turns import PassageRecord, TurnRecord, turns_ingest
 from tests.conftest import wait_until
 

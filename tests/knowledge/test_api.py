@@ -11,9 +11,20 @@ from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from knowledge.models import ApiToken, Chunk, Document, EmbeddingJob, EmbeddingSpace, RetrievedPassage, Turn
+from knowledge.models import (
+    ApiToken,
+    Chunk,
+    Document,
+    EmbeddingJob,
+    EmbeddingSpace,
+    RetrievedPassage,
+    Turn,
+)
 from knowledge.services.documents import documents_ingest
-from knowledge.services.knowledge_bases import BASE_MODEL_REFERENCE, knowledge_base_create
+from knowledge.services.knowledge_bases import (
+    BASE_MODEL_REFERENCE,
+    knowledge_base_create,
+)
 from knowledge.services.tokens import api_token_create, api_token_revoke
 from tests.conftest import embed_everything_now
 

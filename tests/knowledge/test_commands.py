@@ -10,9 +10,21 @@ from django.core.management.base import CommandError
 from django.db import connections
 from django.test import Client
 
-from knowledge.models import ApiToken, Chunk, Document, EmbeddingJob, EmbeddingSpace, KnowledgeBase, RetrievedPassage, Turn
+from knowledge.models import (
+    ApiToken,
+    Chunk,
+    Document,
+    EmbeddingJob,
+    EmbeddingSpace,
+    KnowledgeBase,
+    RetrievedPassage,
+    Turn,
+)
 from knowledge.services.documents import documents_ingest
-from knowledge.services.knowledge_bases import BASE_MODEL_REFERENCE, knowledge_base_create
+from knowledge.services.knowledge_bases import (
+    BASE_MODEL_REFERENCE,
+    knowledge_base_create,
+)
 from knowledge.services.tokens import api_token_authenticate, api_token_can_access
 from tests.conftest import embed_everything_now
 

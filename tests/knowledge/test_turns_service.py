@@ -7,7 +7,13 @@ import pytest
 from knowledge.errors import InvalidInput, NotFound, UpstreamError
 from knowledge.models import KnowledgeBase, RetrievedPassage, Turn
 from knowledge.selectors import embedding_space_for, passages_retrieve
-from knowledge.services.turns import PassageRecord, TurnRecord, turn_ask, turn_feedback_set, turns_ingest
+from knowledge.services.turns import (
+    PassageRecord,
+    TurnRecord,
+    turn_ask,
+    turn_feedback_set,
+    turns_ingest,
+)
 
 
 def test_ask_stores_the_turn_with_the_passages_it_served(embedded_knowledge_base):

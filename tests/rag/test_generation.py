@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from rag.generation import (
     NO_ANSWER_TEXT,
@@ -23,6 +22,7 @@ from rag.generation import (
     build_prompt,
     make_generator,
 )
+from tests.rag.conftest import reference_mean_log_prob, tiny_tokenizer
 
 PASSAGES = [
     ContextPassage(
@@ -233,16 +233,6 @@ TRAINED_ANSWER = "Paris is the capital"
 OTHER_ANSWER = "Berlin hiring engineers"
 
 
-def tiny_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over exactly the words of `texts`, built without any download."""
-    pre_tokenizer = pre_tokenizers.Whitespace()
-    words = sorted({word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(text)})
-    vocabulary = {token: index for index, token in enumerate(["[UNK]", "[PAD]", "[EOS]", *words])}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizer
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
-
-
 @pytest.fixture(scope="module")
 def tiny_model_path(tmp_path_factory) -> Path:
     """A 2-layer GPT-2 that has briefly learnt to answer QUERY with TRAINED_ANSWER."""
@@ -269,21 +259,6 @@ def tiny_model_path(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-
-def reference_mean_log_prob(model_path: Path, *, prompt: str, answer: str) -> float:
-    """The mean log-probability of the answer tokens, computed token by token."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_path)
-    model = GPT2LMHeadModel.from_pretrained(model_path).eval()
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0]
-    log_probs = [
-        torch.log_softmax(logits[len(prompt_ids) + offset - 1], dim=-1)[token].item()
-        for offset, token in enumerate(answer_ids)
-    ]
-    return sum(log_probs) / len(log_probs)
 
 
 def test_hf_answer_log_likelihood_matches_hand_computation(tiny_model_path: Path):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from rag.generation import ContextPassage, HFGenerator, build_prompt
 from rag.training import TrainingCancelled
@@ -26,6 +25,7 @@ from rag.training.generator import (
     tokenize_pair,
     train_lora,
 )
+from tests.rag.conftest import word_tokenizer
 
 EXAMPLES = [
     GeneratorTrainingExample(
@@ -49,18 +49,6 @@ EXAMPLES = [
         passages=["Gift cards cannot be refunded.", "Refunds arrive within 14 days of the return."],
     ),
 ]
-
-
-def word_tokenizer(texts: list[str], *, with_pad: bool) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over exactly the words of `texts`, built without any download."""
-    pre_tokenizer = pre_tokenizers.Whitespace()
-    words = sorted({word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(text)})
-    specials = ["[UNK]", "[EOS]", *(["[PAD]"] if with_pad else [])]
-    tokenizer = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate([*specials, *words])}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizer
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="[EOS]", **({"pad_token": "[PAD]"} if with_pad else {})
-    )
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ import pytest
 from django.contrib.auth.models import Group
 
 from curation.models import Membership
+from curation.services.labels import LabelInput, label_submit
+from knowledge.services.turns import turn_ask
 from training.models import Component, DatasetSnapshot, SnapshotExample
 from training.services import evaluation as evaluation_module
 from training.services.versions import model_version_register
@@ -62,3 +64,24 @@ def fake_rankings(monkeypatch, rankings):
 
     monkeypatch.setattr(evaluation_module, "ranked_documents", ranked_documents)
     return calls
+
+
+QUESTIONS = [
+    ("Which enzyme do statins inhibit?", "d-statins", "Statins inhibit HMG-CoA reductase.", "Statins inhibit HMG-CoA reductase"),
+    ("Does vitamin D prevent hip fractures?", "d-vitd", "Daily vitamin D reduced hip fractures by a fifth.", ""),
+    ("What does sleep do to memory?", "d-sleep", "Deep sleep consolidates new memories.", ""),
+    ("Why does coffee make people alert?", "d-coffee", "Caffeine blocks adenosine receptors.", "Caffeine blocks adenosine receptors"),
+]
+
+
+def label_questions(knowledge_base, curator) -> None:
+    """Ask each question, then judge the passage of its document relevant and the rest not."""
+    for query, document, answer, rationale in QUESTIONS:
+        turn = turn_ask(knowledge_base=knowledge_base, query=query, k=4)
+        judgments = {
+            p.pk: "relevant" if p.source_id == document else "not_relevant" for p in turn.passages.all()
+        }
+        label_submit(
+            turn=turn, curator=curator,
+            data=LabelInput(passages=judgments, answer_rating="wrong", gold_answer=answer, rationale=rationale),
+        )  # fmt: skip

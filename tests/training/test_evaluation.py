@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from curation.services.labels import LabelInput, label_submit
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import EmbeddingSpace
 from knowledge.selectors import RetrievedChunk
-from curation.services.labels import LabelInput, label_submit
 from knowledge.services.turns import turn_ask
 from rag.generation import ContextPassage, GeneratedAnswer, build_prompt
 from training.models import Evaluation, EvaluationQueryResult, ModelVersion
@@ -18,10 +18,13 @@ from training.services.evaluation import model_version_evaluate
 from training.services.snapshots import dataset_snapshot_create
 from training.services.versions import model_version_promote
 
-from .conftest import fake_rankings, generator_version, make_snapshot, passage, retriever_version
-
-
-
+from .conftest import (
+    fake_rankings,
+    generator_version,
+    make_snapshot,
+    passage,
+    retriever_version,
+)
 
 # --- retriever: a patched ranking, figures by hand ----------------------------------------------
 
@@ -304,7 +307,7 @@ def test_a_local_hf_generator_reports_the_gold_answer_likelihood(tmp_path, knowl
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tests.rag.test_generation import reference_mean_log_prob, tiny_tokenizer
+    from tests.rag.conftest import reference_mean_log_prob, tiny_tokenizer
 
     query, gold = "Which enzyme do statins inhibit?", "HMG-CoA reductase"
     passages = [STATINS, NOISE[0]]

@@ -10,14 +10,14 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from knowledge.errors import InvalidInput
 from curation.models import Membership
+from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, Document
 from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
 from training.models import DatasetSnapshot
 from training.services.exports import dataset_export, raft_random_pool
 
-from .test_evaluation import make_snapshot, passage
+from .conftest import make_snapshot, passage
 
 R1 = passage("Statins inhibit HMG-CoA reductase.", "d1", title="Statins")
 N1 = passage("Coffee blocks adenosine receptors.", "d2", title="Coffee")

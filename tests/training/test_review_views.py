@@ -9,10 +9,16 @@ from django.test.utils import CaptureQueriesContext
 
 from curation.models import Membership
 from knowledge.models import EmbeddingSpace
-from training.models import Evaluation, EvaluationQueryResult, ModelVersion, PromotionEvent, TrainingRun
+from training.models import (
+    Evaluation,
+    EvaluationQueryResult,
+    ModelVersion,
+    PromotionEvent,
+    TrainingRun,
+)
 from training.services.versions import model_version_promote
 
-from .test_evaluation import generator_version, make_snapshot, passage, retriever_version
+from .conftest import generator_version, make_snapshot, passage, retriever_version
 
 XSS = '<script>alert("x")</script>'
 ESCAPED = b"&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"

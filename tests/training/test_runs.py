@@ -4,8 +4,8 @@ candidate versions serving can load."""
 
 import sys
 import threading
-from datetime import timedelta
 import types
+from datetime import timedelta
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,14 +17,15 @@ from django.db import connections
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingJob, EmbeddingSpace
 from knowledge.selectors import passages_retrieve, retriever_for
-from curation.services.labels import LabelInput, label_submit
 from knowledge.services.turns import generator_for, turn_ask
 from rag.training.artifacts import verify_manifest
 from training.models import Component, DatasetSnapshot, ModelVersion, TrainingRun
 from training.services import runs
-from training.services.runs import engine, inputs, lifecycle
 from training.services.runs import (
     Outcome,
+    engine,
+    inputs,
+    lifecycle,
     training_run_cancel,
     training_run_execute,
     training_run_start,
@@ -32,12 +33,8 @@ from training.services.runs import (
 )
 from training.services.versions import model_version_promote, model_version_register
 
-QUESTIONS = [
-    ("Which enzyme do statins inhibit?", "d-statins", "Statins inhibit HMG-CoA reductase.", "Statins inhibit HMG-CoA reductase"),
-    ("Does vitamin D prevent hip fractures?", "d-vitd", "Daily vitamin D reduced hip fractures by a fifth.", ""),
-    ("What does sleep do to memory?", "d-sleep", "Deep sleep consolidates new memories.", ""),
-    ("Why does coffee make people alert?", "d-coffee", "Caffeine blocks adenosine receptors.", "Caffeine blocks adenosine receptors"),
-]
+from .conftest import QUESTIONS, label_questions
+
 FAST_RETRIEVER = {"epochs": 1, "batch_size": 2, "heldout_share": 0.0, "device": "cpu", "top_k": 4, "mined_negatives": 2}
 
 
@@ -57,19 +54,6 @@ def one_torch_thread():
 def artifacts(settings, tmp_path) -> Path:
     settings.RAGLOOP_ARTIFACTS_DIR = tmp_path / "artifacts"
     return settings.RAGLOOP_ARTIFACTS_DIR
-
-
-def label_questions(knowledge_base, curator) -> None:
-    """Ask each question, then judge the passage of its document relevant and the rest not."""
-    for query, document, answer, rationale in QUESTIONS:
-        turn = turn_ask(knowledge_base=knowledge_base, query=query, k=4)
-        judgments = {
-            p.pk: "relevant" if p.source_id == document else "not_relevant" for p in turn.passages.all()
-        }
-        label_submit(
-            turn=turn, curator=curator,
-            data=LabelInput(passages=judgments, answer_rating="wrong", gold_answer=answer, rationale=rationale),
-        )  # fmt: skip
 
 
 @pytest.fixture
@@ -458,7 +442,7 @@ def tiny_language_model(tmp_path_factory) -> Path:
 
     from rag.generation import build_prompt
     from tests.conftest import SAMPLE_DOCUMENTS
-    from tests.rag.test_training_generator import word_tokenizer
+    from tests.rag.conftest import word_tokenizer
 
     texts = [build_prompt(query=q, passages=[]) + " " + a + " " + r for q, _, a, r in QUESTIONS]
     texts += [d["title"] + " " + d["text"] for d in SAMPLE_DOCUMENTS] + ["##Reason: ##begin_quote## ##end_quote## <ANSWER>:"]
@@ -526,7 +510,7 @@ def test_a_lora_run_produces_a_generator_version_that_serving_loads_after_promot
 
 @pytest.fixture
 def fine_tuning_api(monkeypatch):
-    from tests.rag.test_training_openai import API_KEY, FakeFineTuningApi
+    from tests.rag.conftest import API_KEY, FakeFineTuningApi
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeFineTuningApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -706,12 +690,11 @@ def test_mined_negatives_skip_every_chunk_of_a_relevant_document(monkeypatch):
 def test_passages_judged_as_whole_documents_train_as_their_best_chunk(knowledge_base):
     """An imported document-level judgment (no chunk) trains on the chunk the live retriever
     ranks highest for the query: the unit the index holds, within the encoder's window."""
-    from tests.conftest import embed_everything_now
-
     from knowledge.selectors import retriever_for
     from knowledge.services.documents import documents_ingest
     from rag.datasets import DatasetExample, LabeledPassage
     from rag.documents import SourceDocument
+    from tests.conftest import embed_everything_now
 
     knowledge_base.chunk_max_tokens, knowledge_base.chunk_overlap_tokens = 24, 0
     knowledge_base.save()

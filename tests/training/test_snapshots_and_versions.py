@@ -2,14 +2,21 @@
 
 import pytest
 
+from curation.services.labels import LabelInput, label_submit
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace
 from knowledge.selectors import retriever_for
-from curation.services.labels import LabelInput, label_submit
 from knowledge.services.turns import turn_ask
 from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
-from training.services.snapshots import dataset_snapshot_create, snapshot_dataset_examples
-from training.services.versions import model_version_promote, model_version_register, model_version_rollback
+from training.services.snapshots import (
+    dataset_snapshot_create,
+    snapshot_dataset_examples,
+)
+from training.services.versions import (
+    model_version_promote,
+    model_version_register,
+    model_version_rollback,
+)
 
 
 def _judge(turn, curator, *, relevant_rank=1, answer="correct", gold=""):

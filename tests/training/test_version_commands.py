@@ -9,7 +9,13 @@ from django.core.management.base import CommandError
 from knowledge.models import EmbeddingSpace
 from training.models import ModelVersion, PromotionEvent
 
-from .conftest import fake_rankings, generator_version, make_snapshot, passage, retriever_version
+from .conftest import (
+    fake_rankings,
+    generator_version,
+    make_snapshot,
+    passage,
+    retriever_version,
+)
 
 
 def run(capsys, *arguments) -> str:

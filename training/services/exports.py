@@ -21,7 +21,14 @@ from typing import Any
 
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk
-from rag.datasets import LabeledPassage, export_beir, export_openai, export_pairs, export_raft, export_triplets
+from rag.datasets import (
+    LabeledPassage,
+    export_beir,
+    export_openai,
+    export_pairs,
+    export_raft,
+    export_triplets,
+)
 from training.models import DatasetSnapshot
 from training.services.snapshots import snapshot_dataset_examples
 

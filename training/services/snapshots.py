@@ -9,10 +9,10 @@ judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly
 
 from django.db import transaction
 
-from knowledge.errors import InvalidInput
 from curation.models import Label, Relevance
-from knowledge.models import Chunk, Turn
 from curation.selectors import turn_final_judgments
+from knowledge.errors import InvalidInput
+from knowledge.models import Chunk, Turn
 from rag.datasets import DatasetExample, LabeledPassage, split_for
 from training.models import DatasetSnapshot, SnapshotExample
 

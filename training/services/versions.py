@@ -19,7 +19,11 @@ from django.db import IntegrityError, transaction
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
-from rag.training.artifacts import ArtifactIntegrityError, verify_manifest, write_manifest
+from rag.training.artifacts import (
+    ArtifactIntegrityError,
+    verify_manifest,
+    write_manifest,
+)
 from training.models import Component, ModelVersion, PromotionEvent
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from curation.services.label_io import label_record_line, labels_export
 from knowledge.management.cli import service_errors_as_command_errors
 from knowledge.selectors import knowledge_base_get
-from curation.services.label_io import label_record_line, labels_export
 
 
 class Command(BaseCommand):

@@ -7,9 +7,13 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from curation.services.label_io import (
+    beir_records_parse,
+    label_records_parse,
+    labels_import,
+)
 from knowledge.management.cli import service_errors_as_command_errors
 from knowledge.selectors import knowledge_base_get
-from curation.services.label_io import beir_records_parse, label_records_parse, labels_import
 
 
 def _read(raw: str) -> tuple[str, bytes]:

@@ -5,11 +5,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
-from knowledge.management.cli import service_errors_as_command_errors
 from curation.models import Invitation
-from knowledge.models import KnowledgeBase
 from curation.permissions import user_is_admin
 from curation.services.accounts import invitation_create
+from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.models import KnowledgeBase
 
 
 class Command(BaseCommand):

@@ -4,7 +4,10 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from knowledge.management.cli import service_errors_as_command_errors, wait_for_embedding_jobs
+from knowledge.management.cli import (
+    service_errors_as_command_errors,
+    wait_for_embedding_jobs,
+)
 from knowledge.models import EmbeddingJob
 from knowledge.selectors import knowledge_base_get
 from knowledge.services.documents import documents_ingest

@@ -8,7 +8,12 @@ from django.core.management.base import BaseCommand
 from knowledge.management.cli import service_errors_as_command_errors
 from knowledge.selectors import knowledge_base_get
 from training.selectors import UNCHANGED_TOLERANCE, model_version_get, snapshot_get
-from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS, model_version_evaluate
+from training.services.evaluation import (
+    GENERATOR_METRICS,
+    HEADLINE_METRIC,
+    RETRIEVER_METRICS,
+    model_version_evaluate,
+)
 
 
 def _figure(value) -> str:

@@ -10,7 +10,12 @@ from django.core.management.base import BaseCommand
 from knowledge.management.cli import service_errors_as_command_errors
 from knowledge.selectors import knowledge_base_get
 from training.selectors import snapshot_get
-from training.services.exports import EXPORT_FORMATS, EXPORT_SPLITS, dataset_export, dataset_export_files
+from training.services.exports import (
+    EXPORT_FORMATS,
+    EXPORT_SPLITS,
+    dataset_export,
+    dataset_export_files,
+)
 from training.services.snapshots import dataset_snapshot_create
 
 # Command-line option -> rag.datasets option (only given ones are passed; the rest keep defaults).

@@ -54,7 +54,13 @@ from training.services.runs.lifecycle import (
     training_run_start,
     training_runs_fail_stalled,
 )
-from training.services.runs.parameters import GENERATOR_MODES, MODE_PARAMETERS, MODES, PARAMETERS, RETRIEVER_MODES
+from training.services.runs.parameters import (
+    GENERATOR_MODES,
+    MODE_PARAMETERS,
+    MODES,
+    PARAMETERS,
+    RETRIEVER_MODES,
+)
 
 __all__ = [
     "GENERATOR_MODES",

@@ -21,9 +21,17 @@ from knowledge.models import EmbeddingSpace
 from training.models import Component, ModelVersion, TrainingRun
 from training.services.runs.lifecycle import fail_stalled, heartbeat_fresh
 from training.services.runs.shared import Reporter, Trained, log_line
-from training.services.runs.trainers.generator import train_lora_radit, train_lora_raft, train_openai
+from training.services.runs.trainers.generator import (
+    train_lora_radit,
+    train_lora_raft,
+    train_openai,
+)
 from training.services.runs.trainers.retriever import train_contrastive, train_lsr
-from training.services.versions import artifacts_root, model_version_next_name, model_version_register
+from training.services.versions import (
+    artifacts_root,
+    model_version_next_name,
+    model_version_register,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,9 @@ def stall_seconds() -> int:
 
 
 def _enqueue_execute(run_id: int) -> None:
-    from training.tasks import training_run_execute_task  # tasks import services, not the reverse
+    from training.tasks import (
+        training_run_execute_task,  # tasks import services, not the reverse
+    )
 
     training_run_execute_task.delay(run_id)
 

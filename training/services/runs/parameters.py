@@ -10,7 +10,6 @@ from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
 from training.models import Component, DatasetSnapshot, SnapshotExample
 
-
 RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr")
 GENERATOR_MODES = ("lora_radit", "lora_raft", "openai")
 MODES = {Component.RETRIEVER: RETRIEVER_MODES, Component.GENERATOR: GENERATOR_MODES}

@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from training.models import TrainingRun
 
-
 # Progress, heartbeat and log are written, and cancellation read, at most this often.
 REPORT_INTERVAL_SECONDS = 1.0
 

@@ -19,7 +19,7 @@ def _free_accelerator_memory() -> None:
 
 
 def _relative(path: Path) -> str:
-    """A path under the artifacts folder as curation resolves model references: relative to it."""
+    """A path under the artifacts folder as knowledge resolves model references: relative to it."""
     return str(Path(path).resolve().relative_to(artifacts_root().resolve()))
 
 
