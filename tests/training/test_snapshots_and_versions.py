@@ -4,9 +4,10 @@ import pytest
 
 from curation.services.labels import LabelInput, label_submit
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingSpace
-from knowledge.selectors import retriever_for
-from knowledge.services.turns import turn_ask
+from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.selectors import live_version_names, retriever_for
+from knowledge.services.turns import generator_for, turn_ask
+from rag.embedding import base_retriever_path
 from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
 from training.services.snapshots import (
     dataset_snapshot_create,
@@ -17,6 +18,9 @@ from training.services.versions import (
     model_version_register,
     model_version_rollback,
 )
+
+# The packaged base model by its folder: a query encoder reference that differs from the space's.
+BASE_MODEL_PATH = str(base_retriever_path())
 
 
 def _judge(turn, curator, *, relevant_rank=1, answer="correct", gold=""):
@@ -95,6 +99,54 @@ def test_promote_and_roll_back_switch_serving_and_keep_an_audit_log(embedded_kno
         ("rollback", "retriever-v1", None),
     ]
     assert ModelVersion.objects.filter(status="live").count() == 0
+
+
+def test_promotion_writes_what_serves_onto_the_knowledge_base_and_rollback_clears_it(embedded_knowledge_base, admin_user):
+    """Serving reads only the knowledge base's live pointers; promotion and rollback write them."""
+    kb = embedded_knowledge_base
+    base_space = kb.live_space
+    # A query-only version: its own query encoder (the base model under another name, so it
+    # still encodes) over the base space.
+    query_only = model_version_register(
+        knowledge_base=kb, component=Component.RETRIEVER, artifact_folder=None, name="retriever-v1",
+        embedding_space=base_space, query_model_reference=BASE_MODEL_PATH,
+    )  # fmt: skip
+    encoder = QueryEncoder.objects.get(knowledge_base=kb, retriever_version="retriever-v1")
+    assert (encoder.space, encoder.model_reference) == (base_space, BASE_MODEL_PATH)
+    by_name = retriever_for(knowledge_base=kb, retriever_version="retriever-v1")
+    assert (by_name.version, by_name.space, by_name.query_model_reference) == ("retriever-v1", base_space, BASE_MODEL_PATH)
+
+    generator = model_version_register(
+        knowledge_base=kb, component=Component.GENERATOR, artifact_folder=None, name="generator-v1",
+        generator_backend="extractive", generator_model="", generator_adapter_path="kb/generator/1/adapter",
+    )  # fmt: skip
+    model_version_promote(version=query_only, actor=admin_user)
+    model_version_promote(version=generator, actor=admin_user)
+
+    kb = KnowledgeBase.objects.get(pk=kb.pk)
+    assert (kb.live_space, kb.live_retriever_version, kb.live_query_model_reference) == (
+        base_space, "retriever-v1", BASE_MODEL_PATH,
+    )  # fmt: skip
+    assert (kb.live_generator_version, kb.live_generator_backend, kb.live_generator_adapter_path) == (
+        "generator-v1", "extractive", "kb/generator/1/adapter",
+    )  # fmt: skip
+    live = retriever_for(knowledge_base=kb)
+    assert (live.version, live.query_model_reference) == ("retriever-v1", BASE_MODEL_PATH)
+    assert generator_for(knowledge_base=kb)[1] == "generator-v1"
+    turn = turn_ask(knowledge_base=kb, query="statins", k=2)
+    assert (turn.retriever_version, turn.generator_version) == ("retriever-v1", "generator-v1")
+
+    # The pointers alone decide: a model version row marked live by hand changes nothing.
+    ModelVersion.objects.filter(pk=generator.pk).update(status="retired")
+    assert generator_for(knowledge_base=kb)[1] == "generator-v1"
+    ModelVersion.objects.filter(pk=generator.pk).update(status="live")
+
+    model_version_rollback(knowledge_base=kb, component=Component.RETRIEVER, actor=admin_user)
+    model_version_rollback(knowledge_base=kb, component=Component.GENERATOR, actor=admin_user)
+    kb = KnowledgeBase.objects.get(pk=kb.pk)
+    assert (kb.live_space, kb.live_retriever_version, kb.live_query_model_reference) == (base_space, "", "")
+    assert (kb.live_generator_version, kb.live_generator_backend, kb.live_generator_adapter_path) == ("", "", "")
+    assert live_version_names(knowledge_base=kb) == {"retriever": "base", "generator": "extractive"}
 
 
 def test_a_retriever_whose_space_is_still_building_cannot_go_live(embedded_knowledge_base, admin_user):
