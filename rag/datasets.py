@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
@@ -102,11 +103,20 @@ class BeirExport:
 # --- Split ------------------------------------------------------------------------------------
 
 
-def split_for(example_id: str, *, heldout_share: float = 0.2, salt: str = "ragloop") -> str:
-    """"train" or "heldout" for an example, from a hash of its id alone.
+def split_key(query: str) -> str:
+    """The text a query's split is decided by: case folded, punctuation dropped, white space
+    collapsed. So "Does ALDH1 predict outcome?" and "does aldh1 predict  outcome" (the same
+    question logged twice) always land on the same side of the split."""
+    folded = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in query.casefold())
+    return " ".join(folded.split())
 
-    sha256(salt + example_id) read as a number in [0, 1) puts the example in held-out when it
-    falls below `heldout_share`. Nothing else about the dataset enters, so a query never moves
+
+def split_for(example_id: str, *, heldout_share: float = 0.2, salt: str = "ragloop") -> str:
+    """"train" or "heldout" for an example, from a hash of its key alone (`split_key` of its
+    query for snapshots made today, the example id for older ones).
+
+    sha256(salt + key) read as a number in [0, 1) puts the example in held-out when it falls
+    below `heldout_share`. Nothing else about the dataset enters, so a query never moves
     between splits as labels grow, and raising the share only moves examples into held-out.
     """
     if isinstance(heldout_share, bool) or not (0.0 <= heldout_share <= 1.0):  # also rejects NaN

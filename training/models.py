@@ -16,10 +16,17 @@ class Component(models.TextChoices):
 class DatasetSnapshot(models.Model):
     """The curated labels of a knowledge base frozen at one moment; its examples never change."""
 
+    class SplitRule(models.TextChoices):
+        # Every copy of a query on one side: a hash of its normalised text (rag.datasets.split_key).
+        QUERY_TEXT = "query_text", "by normalised query text"
+        # Snapshots made before: a hash of the turn id, so a query logged twice could sit on both sides.
+        TURN_ID = "turn_id", "by turn id (older snapshots)"
+
     knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="snapshots")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     heldout_share = models.FloatField(default=0.2)
+    split_rule = models.CharField(max_length=20, choices=SplitRule.choices, default=SplitRule.QUERY_TEXT)
     example_count = models.PositiveIntegerField(default=0)
     train_count = models.PositiveIntegerField(default=0)
     heldout_count = models.PositiveIntegerField(default=0)

@@ -35,6 +35,7 @@ def _fill_old_layout(apps) -> dict:
     Label = apps.get_model("curation", "Label")
     PassageJudgment = apps.get_model("curation", "PassageJudgment")
     ModelVersion = apps.get_model("training", "ModelVersion")
+    DatasetSnapshot = apps.get_model("training", "DatasetSnapshot")
 
     admin = User.objects.create(username="old-admin", is_superuser=True)
     kb = KnowledgeBase.objects.create(slug="old-kb", name="Old KB", generator_backend="extractive")
@@ -64,7 +65,8 @@ def _fill_old_layout(apps) -> dict:
         knowledge_base=kb, component="generator", name="generator-v1", status="live",
         generator_backend="hf", generator_model="/models/tiny", generator_adapter_path="kb/generator/2/adapter",
     )  # fmt: skip
-    return {"kb": kb.pk, "chunk": chunk.pk, "turn": turn.pk, "passage": passage.pk, "token": token.pk, "space": base.pk}
+    snapshot = DatasetSnapshot.objects.create(knowledge_base=kb, example_count=1, train_count=1)
+    return {"snapshot": snapshot.pk, "kb": kb.pk, "chunk": chunk.pk, "turn": turn.pk, "passage": passage.pk, "token": token.pk, "space": base.pk}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -76,8 +78,9 @@ def test_a_database_of_the_old_layout_keeps_every_row_and_what_was_live():
     _migrate(leaves)
     assert MigrationExecutor(connection).migration_plan(leaves) == []
 
-    from curation.models import Label, Membership, PassageJudgment
     from django.contrib.contenttypes.models import ContentType
+
+    from curation.models import Label, Membership, PassageJudgment
     from knowledge.models import (
         ApiToken,
         Chunk,
@@ -91,7 +94,7 @@ def test_a_database_of_the_old_layout_keeps_every_row_and_what_was_live():
         Turn,
     )
     from knowledge.selectors import live_version_names, retriever_for
-    from training.models import ModelVersion
+    from training.models import DatasetSnapshot, ModelVersion
 
     kb = KnowledgeBase.objects.get(pk=ids["kb"])
     assert (kb.slug, kb.live_space_id) == ("old-kb", ids["space"])
@@ -109,6 +112,10 @@ def test_a_database_of_the_old_layout_keeps_every_row_and_what_was_live():
     assert Label.objects.get(turn=turn).answer_rating == "correct"
     assert ModelVersion.objects.filter(knowledge_base=kb).count() == 2
     assert EmbeddingSpace.objects.get(pk=ids["space"]).retriever_version == "base"
+
+    # A snapshot made before says its split was by turn id; a new one splits by query text.
+    assert DatasetSnapshot.objects.get(pk=ids["snapshot"]).split_rule == "turn_id"
+    assert DatasetSnapshot(knowledge_base=kb).split_rule == "query_text"
 
     # What was live is now on the knowledge base, and the query-only version serves by name.
     assert (kb.live_retriever_version, kb.live_query_model_reference) == ("retriever-v1", "kb/retriever/1/query_encoder")

@@ -18,6 +18,7 @@ from rag.datasets import (
     export_raft,
     export_triplets,
     split_for,
+    split_key,
 )
 from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
 
@@ -67,6 +68,13 @@ def test_examples_default_to_empty_lists_of_their_own():
 
 
 # --- split_for --------------------------------------------------------------------------------
+
+
+def test_split_key_folds_case_white_space_and_punctuation():
+    variants = ["Does ALDH1 predict outcome?", "does aldh1 predict  outcome", " Does ALDH1, predict outcome!? ", "DOES ALDH1 PREDICT OUTCOME"]
+    assert {split_key(v) for v in variants} == {"does aldh1 predict outcome"}
+    assert split_key("vitamin D and bone") != split_key("vitamin D and bones")
+    assert len({split_for(split_key(v), heldout_share=0.5) for v in variants}) == 1
 
 
 def test_split_is_a_pinned_function_of_the_id():

@@ -4,9 +4,15 @@ import pytest
 
 from curation.services.labels import LabelInput, label_submit
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder, Turn
 from knowledge.selectors import live_version_names, retriever_for
-from knowledge.services.turns import generator_for, turn_ask
+from knowledge.services.turns import (
+    PassageRecord,
+    TurnRecord,
+    generator_for,
+    turn_ask,
+    turns_ingest,
+)
 from rag.embedding import base_retriever_path
 from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
 from training.services.snapshots import (
@@ -54,6 +60,27 @@ def test_a_snapshot_freezes_final_judgments_with_lineage(embedded_knowledge_base
     assert SnapshotExample.objects.get(snapshot=later, turn=statins).split == example.split
     [as_dataclass] = [e for e in snapshot_dataset_examples(snapshot=snapshot) if e.example_id == example.example_id]
     assert as_dataclass.relevant[0].text == top.text and as_dataclass.gold_answer == "HMG-CoA reductase."
+
+
+def test_every_copy_of_a_query_lands_on_the_same_side_of_the_split(embedded_knowledge_base, curator):
+    questions = [f"Does compound {n} lower cholesterol?" for n in range(12)]
+    records = []
+    for n, question in enumerate(questions):
+        for copy, text in enumerate([question, f"  {question.upper().rstrip('?')} "]):
+            records.append(TurnRecord(external_id=f"q{n}-{copy}", query=text, passages=[PassageRecord(text=f"Compound {n} lowers LDL.", score=0.9)]))
+    created = turns_ingest(knowledge_base=embedded_knowledge_base, records=records).created
+    for turn in Turn.objects.filter(pk__in=created.values()):
+        _judge(turn, curator)
+
+    snapshot = dataset_snapshot_create(knowledge_base=embedded_knowledge_base, heldout_share=0.5)
+
+    assert snapshot.split_rule == "query_text" and snapshot.example_count == 24
+    splits = {}
+    for example in SnapshotExample.objects.filter(snapshot=snapshot).select_related("turn"):
+        splits.setdefault(example.turn.external_id.split("-")[0], set()).add(example.split)
+    assert all(len(sides) == 1 for sides in splits.values()), splits
+    assert {side for sides in splits.values() for side in sides} == {"train", "heldout"}
+    assert snapshot.train_count + snapshot.heldout_count == 24 and snapshot.heldout_count % 2 == 0
 
 
 def test_a_snapshot_needs_curated_turns(knowledge_base):

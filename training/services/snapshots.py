@@ -3,8 +3,10 @@
 Each turn with a final judgment (see curation.selectors.turn_final_judgments:
 adjudication, else agreeing labels, else the single label) becomes one example. Passages
 judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly" is neither
-(too uncertain to train on either way). The split comes from a stable hash of the example id
-(rag.datasets.split_for), so a query never moves between train and held-out as labels grow.
+(too uncertain to train on either way). The split comes from a stable hash of the normalised
+query text (rag.datasets.split_key, split_for): every copy of a query, however it was cased or
+punctuated, lands on the same side, and a query never moves between train and held-out as
+labels grow. Snapshots made before this rule say `split_rule="turn_id"` and keep their rows.
 """
 
 from django.db import transaction
@@ -13,7 +15,7 @@ from curation.models import Label, Relevance
 from curation.selectors import turn_final_judgments
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, Turn
-from rag.datasets import DatasetExample, LabeledPassage, split_for
+from rag.datasets import DatasetExample, LabeledPassage, split_for, split_key
 from training.models import DatasetSnapshot, SnapshotExample
 
 
@@ -72,7 +74,7 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
             SnapshotExample(
                 turn_id=turn_id,
                 example_id=example_id,
-                split=split_for(example_id, heldout_share=heldout_share),
+                split=split_for(split_key(turn.query), heldout_share=heldout_share),
                 query=turn.query,
                 gold_answer=judgment.gold_answer,
                 answer_rating=judgment.answer_rating,
@@ -90,6 +92,7 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
             knowledge_base=knowledge_base,
             created_by=created_by,
             heldout_share=heldout_share,
+            split_rule=DatasetSnapshot.SplitRule.QUERY_TEXT,
             example_count=len(examples),
             train_count=sum(e.split == SnapshotExample.Split.TRAIN for e in examples),
             heldout_count=sum(e.split == SnapshotExample.Split.HELDOUT for e in examples),

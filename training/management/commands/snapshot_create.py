@@ -25,6 +25,7 @@ class Command(BaseCommand):
             "id": snapshot.pk,
             "knowledge_base": kb,
             "heldout_share": snapshot.heldout_share,
+            "split_rule": snapshot.split_rule,
             "examples": snapshot.example_count,
             "train": snapshot.train_count,
             "heldout": snapshot.heldout_count,
@@ -36,5 +37,6 @@ class Command(BaseCommand):
         else:
             self.stdout.write(
                 f"snapshot #{snapshot.pk} of {kb}: {snapshot.example_count} examples "
-                f"({snapshot.train_count} train / {snapshot.heldout_count} held-out) from {summary['labels']} labels"
+                f"({snapshot.train_count} train / {snapshot.heldout_count} held-out, split {snapshot.get_split_rule_display()}) "
+                f"from {summary['labels']} labels"
             )
