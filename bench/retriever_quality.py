@@ -247,12 +247,14 @@ def evaluate(*, space, query_model_reference: str | None, data: SciFact, query_i
 
 def paired_delta(candidate: Scores, base: Scores, *, seed: int, resamples: int = 10_000) -> tuple[float, float, float, int, int]:
     """Mean nDCG@10 change with a paired bootstrap 95% interval, and queries improved / worse."""
+    from rag.metrics import paired_bootstrap_interval  # the interval the review page shows
+
     ids = sorted(base.per_query)
     deltas = np.array([candidate.per_query[q] - base.per_query[q] for q in ids])
-    rng = np.random.default_rng(seed)
-    means = deltas[rng.integers(0, len(deltas), (resamples, len(deltas)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(deltas.mean()), float(low), float(high), int((deltas > 1e-9).sum()), int((deltas < -1e-9).sum())
+    interval = paired_bootstrap_interval(
+        {q: candidate.per_query[q] for q in ids}, base.per_query, seed=seed, resamples=resamples
+    )
+    return interval["delta"], interval["low"], interval["high"], int((deltas > 1e-9).sum()), int((deltas < -1e-9).sum())
 
 
 # --- training through the service ---------------------------------------------------------

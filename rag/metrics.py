@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 # --- Retrieval --------------------------------------------------------------------------------
 
 
@@ -255,3 +257,34 @@ def answer_report(
         "mean": {name: _mean(figures[name] for figures in per_query.values()) for name in names},
         "per_query": per_query,
     }
+
+
+# --- Confidence ----------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def paired_bootstrap_interval(
+    candidate: Mapping[str, float | None],
+    baseline: Mapping[str, float | None],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+) -> dict[str, float | int] | None:
+    """The mean per-query change (candidate - baseline) with a paired bootstrap interval.
+
+    Only queries both sides scored count. Queries are resampled with replacement, the same
+    draw for both sides (paired), `resamples` times from a seeded generator, so the interval is
+    reproducible; its bounds are the (1 - confidence) / 2 percentiles of the resampled means.
+    None when no query was scored on both sides.
+    """
+    ids = sorted(q for q in candidate.keys() & baseline.keys() if candidate[q] is not None and baseline[q] is not None)
+    if not ids:
+        return None
+    deltas = np.array([candidate[q] - baseline[q] for q in ids], dtype=float)
+    rng = np.random.default_rng(seed)
+    means = deltas[rng.integers(0, len(deltas), (resamples, len(deltas)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"delta": float(deltas.mean()), "low": float(low), "high": float(high), "queries": len(ids)}

@@ -163,6 +163,12 @@ class Evaluation(models.Model):
     baseline_name = models.CharField(max_length=100)
     candidate_metrics = models.JSONField(default=dict)
     baseline_metrics = models.JSONField(default=dict)
+    # Per metric: the mean per-query change with its paired bootstrap 95% interval
+    # ({"delta", "low", "high", "queries"}; rag.metrics.paired_bootstrap_interval, seed 0).
+    delta_intervals = models.JSONField(default=dict)
+    # Held-out examples left out because a version in the candidate's lineage trained on their
+    # query (an older snapshot, or one made with another held-out share, can overlap).
+    heldout_left_out = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -151,6 +151,8 @@ class MetricRow:
     candidate: float | None
     baseline: float | None
     headline: bool
+    # The paired bootstrap 95% interval of the change ({"low", "high", ...}), when computed.
+    interval: dict | None = None
 
     @property
     def delta(self) -> float | None:
@@ -236,7 +238,13 @@ def model_version_review(*, version: ModelVersion) -> VersionReview:
     unchanged: list[QueryDiff] = []
     if evaluation is not None:
         rows = [
-            MetricRow(name, evaluation.candidate_metrics.get(name), evaluation.baseline_metrics.get(name), name == headline)
+            MetricRow(
+                name,
+                evaluation.candidate_metrics.get(name),
+                evaluation.baseline_metrics.get(name),
+                name == headline,
+                evaluation.delta_intervals.get(name),
+            )
             for name in names
         ]
         results = EvaluationQueryResult.objects.filter(evaluation=evaluation).select_related("example")

@@ -13,6 +13,7 @@ from rag.metrics import (
     mrr_at_k,
     ndcg_at_k,
     normalize_answer,
+    paired_bootstrap_interval,
     recall_at_k,
     retrieval_report,
     token_f1,
@@ -307,3 +308,20 @@ def test_answer_report_without_passages_has_no_groundedness():
     report = answer_report(predictions={"q1": "Paris"}, golds={"q1": ["Paris"]})
     assert report["mean"] == {"exact_match": 1.0, "f1": 1.0, "groundedness": None}
     assert report["counted"]["groundedness"] == 0
+
+
+def test_paired_bootstrap_interval_is_seeded_paired_and_skips_unscored_queries():
+    candidate = {"a": 1.0, "b": 0.5, "c": 0.0, "d": None}
+    baseline = {"a": 0.5, "b": 0.5, "c": 0.5, "d": 1.0, "e": 0.0}
+    interval = paired_bootstrap_interval(candidate, baseline, seed=3)
+    # a, b, c are scored on both sides: deltas +0.5, 0, -0.5
+    assert interval["queries"] == 3 and interval["delta"] == pytest.approx(0.0)
+    assert interval == paired_bootstrap_interval(candidate, baseline, seed=3)
+    assert -0.5 <= interval["low"] < 0 < interval["high"] <= 0.5
+    # The same change on every query: no spread at all.
+    constant = paired_bootstrap_interval({"a": 0.75, "b": 0.5}, {"a": 0.5, "b": 0.25})
+    assert (constant["low"], constant["delta"], constant["high"]) == pytest.approx((0.25, 0.25, 0.25))
+    assert paired_bootstrap_interval({"a": None}, {"a": 1.0}) is None
+    # A wider confidence gives a wider interval.
+    narrow = paired_bootstrap_interval(candidate, baseline, confidence=0.5)
+    assert narrow["high"] - narrow["low"] < interval["high"] - interval["low"]

@@ -331,3 +331,43 @@ def test_a_local_hf_generator_reports_the_gold_answer_likelihood(tmp_path, knowl
     assert evaluation.candidate_metrics["answer_log_likelihood"] == pytest.approx(expected, abs=1e-4)
     assert evaluation.baseline_metrics["answer_log_likelihood"] is None  # the extractive baseline cannot score text
     assert evaluation.baseline_name == "extractive"
+
+
+# --- honest held-out data and confidence ------------------------------------------------------
+
+
+def test_held_out_queries_a_lineage_trained_on_are_refused_or_left_out(monkeypatch, knowledge_base, three_queries):
+    # The parent trained on "One?" (the same query as held-out "one", cased and punctuated otherwise).
+    parent_data = make_snapshot(knowledge_base, [
+        {"example_id": "p1", "query": "One?", "split": "train", "relevant": [passage("a", "A")]},
+        {"example_id": "p2", "query": "something else", "split": "train", "relevant": [passage("a", "A")]},
+    ])  # fmt: skip
+    parent = retriever_version(knowledge_base, "retriever-v1", snapshot=parent_data)
+    candidate = retriever_version(knowledge_base, "retriever-v2", snapshot=three_queries)
+    ModelVersion.objects.filter(pk=candidate.pk).update(parent=parent)
+    fake_rankings(monkeypatch, {"retriever-v2": {"one": ["A"], "two": ["A", "D"], "three": ["E"]}, "base": {}})
+
+    with pytest.raises(InvalidInput, match=r"overlaps what retriever-v1 trained on: 1 of its 4 held-out queries \('one'\)"):
+        model_version_evaluate(version=candidate, snapshot=three_queries)
+    assert not Evaluation.objects.exists()
+
+    evaluation = model_version_evaluate(version=candidate)  # its own snapshot: the overlap is left out
+    assert evaluation.heldout_left_out == 1
+    assert evaluation.candidate_metrics["queries"] == 2
+    assert sorted(r.example.query for r in evaluation.query_results.all()) == ["three", "two"]
+
+
+def test_every_delta_carries_a_reproducible_paired_bootstrap_interval(monkeypatch, knowledge_base, three_queries):
+    candidate = retriever_version(knowledge_base, "retriever-v2", snapshot=three_queries)
+    # Candidate perfect on all three scored queries, base finds nothing: every nDCG delta is +1.
+    fake_rankings(monkeypatch, {"retriever-v2": {"one": ["A"], "two": ["A", "D"], "three": ["E"]}, "base": {"one": ["A"]}})
+
+    first = model_version_evaluate(version=candidate)
+    second = model_version_evaluate(version=candidate)
+
+    ndcg = first.delta_intervals["ndcg@10"]
+    assert ndcg["queries"] == 3 and ndcg["delta"] == pytest.approx(2 / 3)
+    assert 0 <= ndcg["low"] <= ndcg["delta"] <= ndcg["high"] <= 1
+    assert ndcg["low"] == pytest.approx(0.0) and ndcg["high"] == pytest.approx(1.0)
+    assert first.delta_intervals == second.delta_intervals
+    assert set(first.delta_intervals) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}

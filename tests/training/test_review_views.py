@@ -55,6 +55,7 @@ def make_evaluation(version, snapshot, deltas, *, baseline=None):
         baseline=baseline, baseline_name=baseline.name if baseline else "base",
         candidate_metrics={"queries": len(deltas), "recall@1": 0.5, "recall@5": 0.75, "recall@10": 1.0, "mrr@10": 0.6, "ndcg@10": 0.75},
         baseline_metrics={"queries": len(deltas), "recall@1": 0.5, "recall@5": 1.0, "recall@10": 1.0, "mrr@10": 0.5, "ndcg@10": 0.5},
+        delta_intervals={"ndcg@10": {"delta": 0.25, "low": 0.125, "high": 0.375, "queries": len(deltas)}},
     )
     for example, delta in zip(snapshot.examples.order_by("pk"), deltas):
         i = example.example_id[1:]
@@ -163,6 +164,7 @@ def test_version_page_shows_lineage_and_the_evaluation_side_by_side(admin_client
     assert '<td class="num better">+0.250</td>' in metrics  # nDCG@10 0.75 vs 0.5
     assert '<td class="num worse">-0.250</td>' in metrics  # recall@5 0.75 vs 1.0
     assert '<td class="num">0.000</td>' in metrics  # recall@1 unchanged
+    assert "95% interval" in metrics and '<td class="num">[0.125, 0.375]</td>' in metrics  # nDCG@10's interval
     assert "<strong>1</strong> improved" in html and "<strong>1</strong> regressed" in html and "<strong>1</strong> unchanged" in html
     regressed = html[html.index('id="regressed"'):html.index('id="improved"')]
     assert "query 1" in regressed and "Right 1" in regressed and "Wrong 1" in regressed and "query 0" not in regressed

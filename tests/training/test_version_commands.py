@@ -56,13 +56,16 @@ def test_evaluate_prints_candidate_and_baseline_side_by_side(monkeypatch, capsys
     assert result["delta"] == pytest.approx({"recall@1": 0, "recall@5": 0, "recall@10": 0, "mrr@10": 0, "ndcg@10": 0})
     assert (result["improved"], result["regressed"], result["unchanged"]) == (1, 1, 0)
     assert result["headline"] == "ndcg@10"
+    # One query up by 1, one down by 1: the paired bootstrap's 95% interval spans both.
+    assert result["delta_intervals"]["recall@1"] == pytest.approx({"delta": 0.0, "low": -1.0, "high": 1.0, "queries": 2})
+    assert result["heldout_left_out"] == 0
 
     table = run(capsys, "evaluate", "test-kb", "--version", "retriever-v1", "--snapshot", str(snapshot.pk))
     lines = table.splitlines()
     assert lines[0] == f"retriever-v1 vs base: held-out split of snapshot {snapshot.pk}, 2 queries"
-    assert lines[1].split() == ["metric", "retriever-v1", "base", "delta"]
-    assert lines[2].split() == ["recall@1", "0.5000", "0.5000", "+0.0000"]
-    assert lines[5].split() == ["mrr@10", "0.7500", "0.7500", "+0.0000"]
+    assert lines[1].split() == ["metric", "retriever-v1", "base", "delta", "95%", "interval"]
+    assert lines[2].split() == ["recall@1", "0.5000", "0.5000", "+0.0000", "[-1.0000,", "+1.0000]"]
+    assert lines[5].split() == ["mrr@10", "0.7500", "0.7500", "+0.0000", "[-0.5000,", "+0.5000]"]
     assert lines[-1] == "per query (ndcg@10): 1 improved, 1 regressed, 0 unchanged"
     assert ModelVersion.objects.get(name="retriever-v1").metrics["mrr@10"] == 0.75
 

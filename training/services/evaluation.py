@@ -30,6 +30,13 @@ Generator
   Headline (per-query delta): token F1.
 - The baseline is the live generator version, else the knowledge base's configured generator.
 
+Honest held-out data: a candidate is scored only on held-out examples whose query (normalised,
+rag.datasets.split_key) no version in its lineage (itself, its parent, and so on) trained on.
+With the default snapshot such examples are left out and counted (`heldout_left_out`); a
+snapshot named by the caller whose held-out part overlaps that training data is refused with
+the overlap named. Every metric's candidate-minus-baseline change carries a paired bootstrap
+95% interval over queries (seeded, so the same evaluation gives the same interval).
+
 If the candidate itself is live, the baseline is the base model (comparing a version with itself
 says nothing). All retrieval and generation happen before anything is written; the evaluation,
 its per-query rows and the candidate's headline metrics are then stored in one transaction.
@@ -51,7 +58,8 @@ from knowledge.services.turns import (
     generator_load as cached_generator,  # one loaded model per process, shared with serving
 )
 from rag.generation import ContextPassage, GeneratorError
-from rag.metrics import answer_report, retrieval_report
+from rag.datasets import split_key
+from rag.metrics import answer_report, paired_bootstrap_interval, retrieval_report
 from training.models import (
     Component,
     DatasetSnapshot,
@@ -282,6 +290,63 @@ def _score_generator(generator: GeneratorUnderTest, examples: list[SnapshotExamp
 # --- the service ----------------------------------------------------------------------------
 
 
+LINEAGE_OVERLAP_SHOWN = 3
+
+
+def lineage_training_queries(*, version: ModelVersion) -> dict[str, str]:
+    """{normalised query: name of the version that trained on it} over the version's lineage:
+    the train split of its snapshot, its parent's, and so on up."""
+    trained: dict[str, str] = {}
+    seen: set[int] = set()
+    current: ModelVersion | None = version
+    while current is not None and current.pk not in seen:
+        seen.add(current.pk)
+        if current.snapshot_id is not None:
+            queries = SnapshotExample.objects.filter(
+                snapshot_id=current.snapshot_id, split=SnapshotExample.Split.TRAIN
+            ).values_list("query", flat=True)
+            for query in queries:
+                trained.setdefault(split_key(query), current.name)
+        current = current.parent
+    return trained
+
+
+def _honest_heldout(
+    *, version: ModelVersion, snapshot: DatasetSnapshot, examples: list[SnapshotExample], named: bool
+) -> tuple[list[SnapshotExample], int]:
+    """The held-out examples no version in the lineage trained on, and how many were left out."""
+    trained = lineage_training_queries(version=version)
+    overlap = [e for e in examples if split_key(e.query) in trained]
+    if overlap and named:
+        versions = sorted({trained[split_key(e.query)] for e in overlap})
+        shown = ", ".join(repr(e.query) for e in overlap[:LINEAGE_OVERLAP_SHOWN])
+        raise InvalidInput(
+            f"Snapshot {snapshot.pk}'s held-out part overlaps what {', '.join(versions)} trained on: "
+            f"{len(overlap)} of its {len(examples)} held-out queries ({shown}"
+            f"{', ...' if len(overlap) > LINEAGE_OVERLAP_SHOWN else ''}). Evaluate {version.name!r} on a snapshot "
+            "whose held-out queries no version in its lineage trained on."
+        )
+    kept = [e for e in examples if split_key(e.query) not in trained]
+    if not kept:
+        raise InvalidInput(
+            f"Every held-out query of snapshot {snapshot.pk} was trained on by {version.name!r} or its lineage; "
+            "there is nothing honest to evaluate on."
+        )
+    return kept, len(overlap)
+
+
+def _intervals(candidate: _Scored, baseline: _Scored, metric_names) -> dict[str, dict]:
+    intervals = {}
+    for name in metric_names:
+        interval = paired_bootstrap_interval(
+            {q: figures.get(name) for q, figures in candidate.per_query.items()},
+            {q: figures.get(name) for q, figures in baseline.per_query.items()},
+        )
+        if interval is not None:
+            intervals[name] = interval
+    return intervals
+
+
 def _delta(candidate: dict, baseline: dict, metric: str) -> float:
     return (candidate.get(metric) or 0.0) - (baseline.get(metric) or 0.0)
 
@@ -294,10 +359,12 @@ def model_version_evaluate(*, version: ModelVersion, snapshot: DatasetSnapshot |
     version = ModelVersion.objects.select_related("knowledge_base", "embedding_space", "snapshot").get(pk=version.pk)
     if version.status == ModelVersion.Status.FAILED:
         raise Conflict(f"Model version {version.name!r} failed; there is nothing to evaluate.")
+    named = snapshot is not None
     snapshot = _snapshot_for(version=version, snapshot=snapshot)
     examples = list(snapshot.examples.filter(split=SnapshotExample.Split.HELDOUT).order_by("pk"))
     if not examples:
         raise InvalidInput(f"Snapshot {snapshot.pk} has no held-out examples to evaluate on.")
+    examples, left_out = _honest_heldout(version=version, snapshot=snapshot, examples=examples, named=named)
     model_version_verify(version=version)  # a tampered artifact is refused before it is loaded
 
     headline = HEADLINE_METRIC[version.component]
@@ -333,6 +400,8 @@ def model_version_evaluate(*, version: ModelVersion, snapshot: DatasetSnapshot |
             baseline_name=baseline.name,
             candidate_metrics=candidate_scores.metrics,
             baseline_metrics=baseline_scores.metrics,
+            delta_intervals=_intervals(candidate_scores, baseline_scores, metric_names),
+            heldout_left_out=left_out,
         )
         EvaluationQueryResult.objects.bulk_create(
             EvaluationQueryResult(

@@ -65,6 +65,8 @@ class Command(BaseCommand):
                 "candidate_metrics": candidate,
                 "baseline_metrics": baseline,
                 "delta": delta,
+                "delta_intervals": evaluation.delta_intervals,
+                "heldout_left_out": evaluation.heldout_left_out,
                 **counts,
             }))
             return
@@ -73,10 +75,18 @@ class Command(BaseCommand):
             f"{version.name} vs {evaluation.baseline_name}: held-out split of snapshot {evaluation.snapshot_id}, "
             f"{candidate.get('queries')} queries"
         )
-        self.stdout.write(f"{'metric':<22} {version.name:>{width}} {evaluation.baseline_name:>{width}} {'delta':>9}")
+        if evaluation.heldout_left_out:
+            self.stdout.write(f"({evaluation.heldout_left_out} held-out queries left out: its lineage trained on them)")
+        self.stdout.write(
+            f"{'metric':<22} {version.name:>{width}} {evaluation.baseline_name:>{width}} {'delta':>9}  95% interval"
+        )
         for name in names:
             change = "—" if delta[name] is None else f"{delta[name]:+.4f}"
-            self.stdout.write(f"{name:<22} {_figure(candidate.get(name)):>{width}} {_figure(baseline.get(name)):>{width}} {change:>9}")
+            interval = evaluation.delta_intervals.get(name)
+            bounds = f"[{interval['low']:+.4f}, {interval['high']:+.4f}]" if interval else ""
+            self.stdout.write(
+                f"{name:<22} {_figure(candidate.get(name)):>{width}} {_figure(baseline.get(name)):>{width}} {change:>9}  {bounds}"
+            )
         self.stdout.write(
             f"per query ({HEADLINE_METRIC[version.component]}): {counts['improved']} improved, "
             f"{counts['regressed']} regressed, {counts['unchanged']} unchanged"
