@@ -247,7 +247,8 @@ def evaluate(*, space, query_model_reference: str | None, data: SciFact, query_i
 
 def paired_delta(candidate: Scores, base: Scores, *, seed: int, resamples: int = 10_000) -> tuple[float, float, float, int, int]:
     """Mean nDCG@10 change with a paired bootstrap 95% interval, and queries improved / worse."""
-    from rag.metrics import paired_bootstrap_interval  # the interval the review page shows
+    # The interval the review page shows.
+    from rag.metrics import paired_bootstrap_interval
 
     ids = sorted(base.per_query)
     deltas = np.array([candidate.per_query[q] - base.per_query[q] for q in ids])

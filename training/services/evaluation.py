@@ -54,11 +54,10 @@ from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import EmbeddingSpace, KnowledgeBase
 from knowledge.selectors import passages_retrieve
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
-from knowledge.services.turns import (
-    generator_load as cached_generator,  # one loaded model per process, shared with serving
-)
-from rag.generation import ContextPassage, GeneratorError
+# One loaded model per process, shared with serving.
+from knowledge.services.turns import generator_load as cached_generator
 from rag.datasets import split_key
+from rag.generation import ContextPassage, GeneratorError
 from rag.metrics import answer_report, paired_bootstrap_interval, retrieval_report
 from training.models import (
     Component,
