@@ -39,6 +39,17 @@ class DatasetSnapshot(models.Model):
         ordering = ["-created_at"]
 
 
+class EvaluationSet(models.Model):
+    """A knowledge base's pinned evaluation set: the held-out part of one snapshot that every
+    later candidate is scored on unless a snapshot is named, so figures stay comparable
+    across versions."""
+
+    knowledge_base = models.OneToOneField(KnowledgeBase, on_delete=models.CASCADE, related_name="evaluation_set")
+    snapshot = models.ForeignKey(DatasetSnapshot, on_delete=models.PROTECT, related_name="+")
+    pinned_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    pinned_at = models.DateTimeField(auto_now=True)
+
+
 class SnapshotExample(models.Model):
     """One turn's final judgment as it stood when the snapshot was taken."""
 

@@ -16,6 +16,7 @@ from training.models import (
     DatasetSnapshot,
     Evaluation,
     EvaluationQueryResult,
+    EvaluationSet,
     ModelVersion,
     PromotionEvent,
     TrainingRun,
@@ -104,6 +105,8 @@ class ModelsOverview:
     active_runs: bool
     events: list[PromotionEvent]
     snapshots: list[DatasetSnapshot]
+    # The snapshot whose held-out part every candidate is scored on, if one is pinned.
+    pinned_snapshot_id: int | None = None
 
 
 def training_runs_recent(*, knowledge_base: KnowledgeBase) -> list[TrainingRun]:
@@ -139,7 +142,11 @@ def models_overview(*, knowledge_base: KnowledgeBase) -> ModelsOverview:
         .order_by("-created_at", "-pk")[:EVENTS_SHOWN]
     )
     snapshots = list(DatasetSnapshot.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-pk")[:SNAPSHOTS_SHOWN])
-    return ModelsOverview(components=components, runs=runs, active_runs=runs_active(runs), events=events, snapshots=snapshots)
+    pinned = EvaluationSet.objects.filter(knowledge_base=knowledge_base).values_list("snapshot_id", flat=True).first()
+    return ModelsOverview(
+        components=components, runs=runs, active_runs=runs_active(runs), events=events, snapshots=snapshots,
+        pinned_snapshot_id=pinned,
+    )
 
 
 # --- one version ------------------------------------------------------------------------------

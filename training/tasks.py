@@ -42,7 +42,9 @@ def model_version_evaluate_task(version_id: int) -> None:
     if version is None:
         return
     try:
-        evaluation.model_version_evaluate(version=version, snapshot=version.snapshot)
+        # No snapshot named: the service takes the pinned evaluation set, else the version's own
+        # snapshot, and leaves out held-out queries the version's lineage trained on.
+        evaluation.model_version_evaluate(version=version)
     except ServiceError as error:  # e.g. a snapshot with nothing held out: a reason, not a crash
         logger.warning("Model version %s (%s) was not evaluated: %s", version.name, version.pk, error)
 

@@ -12,9 +12,10 @@ from knowledge.models import EmbeddingSpace
 from knowledge.selectors import RetrievedChunk
 from knowledge.services.turns import turn_ask
 from rag.generation import ContextPassage, GeneratedAnswer, build_prompt
-from training.models import Evaluation, EvaluationQueryResult, ModelVersion
+from training.models import Evaluation, EvaluationQueryResult, EvaluationSet, ModelVersion
 from training.services import evaluation as evaluation_module
 from training.services.evaluation import model_version_evaluate
+from training.services.evaluation_sets import evaluation_set_pin, evaluation_set_unpin
 from training.services.snapshots import dataset_snapshot_create
 from training.services.versions import model_version_promote
 
@@ -371,3 +372,33 @@ def test_every_delta_carries_a_reproducible_paired_bootstrap_interval(monkeypatc
     assert ndcg["low"] == pytest.approx(0.0) and ndcg["high"] == pytest.approx(1.0)
     assert first.delta_intervals == second.delta_intervals
     assert set(first.delta_intervals) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
+
+
+def test_a_pinned_evaluation_set_scores_every_later_candidate_unless_a_snapshot_is_named(monkeypatch, knowledge_base, three_queries):
+    own = make_snapshot(knowledge_base, [{"example_id": "o1", "query": "own query", "relevant": [passage("z", "Z")]}])
+    candidate = retriever_version(knowledge_base, "retriever-v2", snapshot=own)
+    fake_rankings(monkeypatch, {"retriever-v2": {"one": ["A"], "own query": ["Z"]}, "base": {}})
+
+    assert model_version_evaluate(version=candidate).snapshot == own  # nothing pinned: its own snapshot
+    pinned = evaluation_set_pin(knowledge_base=knowledge_base, snapshot=three_queries)
+    assert pinned.snapshot == three_queries
+    evaluation = model_version_evaluate(version=candidate)
+    assert evaluation.snapshot == three_queries and evaluation.candidate_metrics["queries"] == 3
+    assert model_version_evaluate(version=candidate, snapshot=own).snapshot == own  # a named snapshot wins
+
+    evaluation_set_unpin(knowledge_base=knowledge_base)
+    assert model_version_evaluate(version=candidate).snapshot == own
+    with pytest.raises(Conflict, match="no pinned evaluation set"):
+        evaluation_set_unpin(knowledge_base=knowledge_base)
+
+
+def test_pinning_refuses_a_snapshot_with_nothing_held_out_or_of_another_knowledge_base(knowledge_base, three_queries):
+    from knowledge.services.knowledge_bases import knowledge_base_create
+
+    train_only = make_snapshot(knowledge_base, [{"example_id": "t", "query": "q", "split": "train", "relevant": [passage("a", "A")]}])
+    with pytest.raises(InvalidInput, match="no held-out examples"):
+        evaluation_set_pin(knowledge_base=knowledge_base, snapshot=train_only)
+    other = knowledge_base_create(slug="other-kb", name="Other")
+    with pytest.raises(InvalidInput, match="another knowledge base"):
+        evaluation_set_pin(knowledge_base=other, snapshot=three_queries)
+    assert not EvaluationSet.objects.exists()

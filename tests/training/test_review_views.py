@@ -10,12 +10,14 @@ from django.test.utils import CaptureQueriesContext
 from curation.models import Membership
 from knowledge.models import EmbeddingSpace
 from training.models import (
+    DatasetSnapshot,
     Evaluation,
     EvaluationQueryResult,
     ModelVersion,
     PromotionEvent,
     TrainingRun,
 )
+from training.services.evaluation_sets import evaluation_set_pin
 from training.services.versions import model_version_promote
 
 from .conftest import generator_version, make_snapshot, passage, retriever_version
@@ -131,6 +133,14 @@ def test_models_page_lists_versions_runs_and_the_promotion_log(admin_client, kno
     log = html[html.index('id="promotion-log"'):]
     assert log.index("retriever-v2") < log.index("because 0")  # newest first
     assert 'href="/kbs/test-kb/snapshots/' in html and "beir.zip" in html
+    assert "pinned evaluation set" not in html
+    heldout = DatasetSnapshot.objects.filter(knowledge_base=knowledge_base, heldout_count__gt=0).first()
+    evaluation_set_pin(knowledge_base=knowledge_base, snapshot=heldout)
+    snapshots = admin_client.get("/kbs/test-kb/models/").content.decode()
+    snapshots = snapshots[snapshots.index('id="snapshots"'):]
+    row = snapshots[snapshots.index(f"<td>#{heldout.pk}"):]
+    assert row[: row.index("</td>")].endswith("pinned evaluation set</strong>")
+    assert snapshots.count("pinned evaluation set</strong>") == 1
 
 
 def test_the_runs_fragment_polls_while_a_run_is_active(admin_client, knowledge_base):

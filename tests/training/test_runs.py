@@ -557,7 +557,7 @@ def test_an_openai_run_that_cannot_reach_the_api_fails_with_the_reason(labelled_
 # --- tasks and receivers -----------------------------------------------------------------
 
 
-def test_the_evaluation_task_hands_the_version_and_its_snapshot_to_the_evaluation_service(labelled_kb, monkeypatch):
+def test_the_evaluation_task_hands_the_version_to_the_evaluation_service_which_picks_the_snapshot(labelled_kb, monkeypatch):
     import training.services
     from training.services.snapshots import dataset_snapshot_create
     from training.tasks import model_version_evaluate_task
@@ -573,7 +573,7 @@ def test_the_evaluation_task_hands_the_version_and_its_snapshot_to_the_evaluatio
     )
     model_version_evaluate_task(version.pk)
     model_version_evaluate_task(987654321)  # a deleted version: nothing to do
-    assert calls == [(version.pk, snapshot)]
+    assert calls == [(version.pk, None)]  # None: the pinned set, else the version's own snapshot
 
     def nothing_held_out(*, version, snapshot=None):
         raise InvalidInput("Snapshot has no held-out examples to evaluate on.")

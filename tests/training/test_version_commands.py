@@ -140,3 +140,13 @@ def test_a_retriever_still_embedding_cannot_be_promoted_from_the_cli(knowledge_b
     retriever_version(knowledge_base, "retriever-v1", space=building)
     fails("promote", "test-kb", "retriever-v1", match="embedded")
     assert not PromotionEvent.objects.exists()
+
+
+def test_evaluation_set_pins_shows_and_unpins(capsys, knowledge_base, snapshot):
+    assert json.loads(run(capsys, "evaluation_set", "test-kb", "--json"))["snapshot"] is None
+    pinned = json.loads(run(capsys, "evaluation_set", "test-kb", "--pin", "latest", "--json"))
+    assert pinned == {"knowledge_base": "test-kb", "snapshot": snapshot.pk, "heldout": 2}
+    assert f"held-out examples of snapshot #{snapshot.pk}" in run(capsys, "evaluation_set", "test-kb")
+    fails("evaluation_set", "test-kb", "--pin", "999999", match="not found")
+    assert json.loads(run(capsys, "evaluation_set", "test-kb", "--unpin", "--json"))["snapshot"] is None
+    fails("evaluation_set", "test-kb", "--unpin", match="no pinned evaluation set")

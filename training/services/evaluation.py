@@ -64,6 +64,7 @@ from training.models import (
     DatasetSnapshot,
     Evaluation,
     EvaluationQueryResult,
+    EvaluationSet,
     ModelVersion,
     SnapshotExample,
 )
@@ -109,6 +110,11 @@ class _Scored:
 
 
 def _snapshot_for(*, version: ModelVersion, snapshot: DatasetSnapshot | None) -> DatasetSnapshot:
+    """The snapshot named, else the knowledge base's pinned evaluation set, else the version's
+    training snapshot, else the latest."""
+    if snapshot is None:
+        pinned = EvaluationSet.objects.filter(knowledge_base_id=version.knowledge_base_id).select_related("snapshot").first()
+        snapshot = pinned.snapshot if pinned is not None else None
     if snapshot is None:
         snapshot = version.snapshot
     if snapshot is None:
@@ -352,7 +358,8 @@ def _delta(candidate: dict, baseline: dict, metric: str) -> float:
 
 def model_version_evaluate(*, version: ModelVersion, snapshot: DatasetSnapshot | None = None) -> Evaluation:
     """Score `version` and the baseline on the held-out split of `snapshot` (default: the
-    version's training snapshot, else the knowledge base's latest) and store the result; the
+    knowledge base's pinned evaluation set, else the version's training snapshot, else the
+    knowledge base's latest) and store the result; the
     candidate's figures are also copied into `version.metrics`."""
     given = version
     version = ModelVersion.objects.select_related("knowledge_base", "embedding_space", "snapshot").get(pk=version.pk)

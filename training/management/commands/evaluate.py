@@ -31,7 +31,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("kb")
         parser.add_argument("--version", required=True, dest="version_name", metavar="NAME", help="the model version to evaluate")
-        parser.add_argument("--snapshot", metavar="ID", help="snapshot id (default: the version's training snapshot, else the latest)")
+        parser.add_argument("--snapshot", metavar="ID", help="snapshot id (default: the pinned evaluation set, else the version's training snapshot, else the latest)")
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args, kb, version_name, snapshot, **options):
