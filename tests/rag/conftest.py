@@ -54,7 +54,21 @@ def reference_mean_log_prob(model_path: Path, *, prompt: str, answer: str) -> fl
 API_KEY = "sk-test-secret"
 
 
-class FakeFineTuningApi(BaseHTTPRequestHandler):
+class JsonReplyHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers with a body as JSON (the fake APIs' base)."""
+
+    def reply_raw(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+
+class FakeFineTuningApi(JsonReplyHandler):
     """OpenAI's fine-tuning endpoints, in memory; a job advances one status per GET.
 
     Routes under /v1 behave; /broken/v1 answers HTML; /noevents/v1 has no events endpoint.
@@ -202,13 +216,3 @@ class FakeFineTuningApi(BaseHTTPRequestHandler):
 
     def reply(self, status: int, payload: dict) -> None:
         self.reply_raw(status, json.dumps(payload).encode())
-
-    def reply_raw(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass

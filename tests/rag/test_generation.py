@@ -4,7 +4,7 @@ import json
 import math
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from rag.generation import (
     build_prompt,
     make_generator,
 )
-from tests.rag.conftest import reference_mean_log_prob, tiny_tokenizer
+from tests.rag.conftest import JsonReplyHandler, reference_mean_log_prob, tiny_tokenizer
 
 PASSAGES = [
     ContextPassage(
@@ -128,7 +128,7 @@ def test_extractive_reads_only_the_top_passages():
 # --- OpenAI-compatible --------------------------------------------------------------------
 
 
-class FakeChatServer(BaseHTTPRequestHandler):
+class FakeChatServer(JsonReplyHandler):
     """Answers /ok/v1, /unauthorized/v1 and /malformed/v1 chat completions like a real server."""
 
     requests: list[dict] = []
@@ -139,22 +139,12 @@ class FakeChatServer(BaseHTTPRequestHandler):
             {"path": self.path, "authorization": self.headers.get("Authorization"), "body": body}
         )
         if self.path.startswith("/unauthorized/"):
-            self.reply(401, json.dumps({"error": {"message": "Incorrect API key provided"}}).encode())
+            self.reply_raw(401, json.dumps({"error": {"message": "Incorrect API key provided"}}).encode())
         elif self.path.startswith("/malformed/"):
-            self.reply(200, b"<html>not json</html>")
+            self.reply_raw(200, b"<html>not json</html>")
         else:
             completion = {"choices": [{"message": {"role": "assistant", "content": " Within 14 days [2], see [9]. "}}]}
-            self.reply(200, json.dumps(completion).encode())
-
-    def reply(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
+            self.reply_raw(200, json.dumps(completion).encode())
 
 
 @pytest.fixture(scope="module")
