@@ -85,6 +85,8 @@ class ModelVersion(models.Model):
         LIVE = "live"
         RETIRED = "retired"
         FAILED = "failed"
+        # Refused by a retraining policy's gate; it never went live.
+        REJECTED = "rejected"
 
     knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="model_versions")
     component = models.CharField(max_length=20, choices=Component.choices)
@@ -214,8 +216,210 @@ class PromotionEvent(models.Model):
     from_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     to_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Who acted when no person did, e.g. "policy nightly-retriever" for an automatic promotion.
+    actor_name = models.CharField(max_length=150, blank=True)
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+
+
+class EvaluationJob(models.Model):
+    """One evaluation of a candidate as a job: queued, running, then an Evaluation or an error."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="evaluation_jobs")
+    candidate = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluation_jobs")
+    # None: the pinned evaluation set, else the candidate's own snapshot.
+    snapshot = models.ForeignKey(DatasetSnapshot, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    evaluation = models.OneToOneField(Evaluation, null=True, blank=True, on_delete=models.SET_NULL, related_name="job")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
+
+
+class RetrainingPolicy(models.Model):
+    """When a component of a knowledge base is retrained by itself, how, and what may go live.
+
+    Triggers: a cron schedule in a time zone, and/or at least `min_new_labels` final labels
+    since the last cycle's snapshot. Gate: the primary metric must beat live by `gate_margin`
+    with the lower bound of its bootstrap interval above zero, no guard metric may drop by more
+    than its tolerance, and the held-out set must have at least `gate_min_queries` queries.
+    """
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="retraining_policies")
+    component = models.CharField(max_length=20, choices=Component.choices)
+    name = models.CharField(max_length=100)
+    enabled = models.BooleanField(default=True)
+    mode = models.CharField(max_length=40)
+    parameters = models.JSONField(default=dict, blank=True)
+    # Five-field cron expression ("0 3 * * *"); blank: no schedule.
+    schedule = models.CharField(max_length=100, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    # None: no label-count trigger.
+    min_new_labels = models.PositiveIntegerField(null=True, blank=True)
+    gate_metric = models.CharField(max_length=40)
+    gate_margin = models.FloatField(default=0.0)
+    # {metric: largest allowed drop}, e.g. {"recall@10": 0.02}.
+    gate_guards = models.JSONField(default=dict, blank=True)
+    gate_min_queries = models.PositiveIntegerField(default=20)
+    auto_promote = models.BooleanField(default=False)
+    # The last schedule time a cycle was started for (the next is computed after it).
+    schedule_fired_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["knowledge_base_id", "component"]
+        verbose_name_plural = "retraining policies"
+        constraints = [
+            models.UniqueConstraint(fields=["knowledge_base", "component"], name="one_policy_per_component"),
+            models.UniqueConstraint(fields=["knowledge_base", "name"], name="policy_name_unique_per_kb"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LoopCycle(models.Model):
+    """One triggered retraining: snapshot -> train -> embed -> evaluate -> gate -> promote or review.
+
+    Each stage is idempotent: `training.services.loop.loop_cycle_advance` looks at what the cycle
+    already has (its snapshot, run, candidate, evaluation job) and does only the next step.
+    """
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        LABELS = "labels", "new labels"
+        MANUAL = "manual", "run now"
+
+    class Stage(models.TextChoices):
+        SNAPSHOT = "snapshot"
+        TRAIN = "train"
+        EMBED = "embed"
+        EVALUATE = "evaluate"
+        GATE = "gate"
+        DONE = "done"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        PROMOTED = "promoted"
+        AWAITING_REVIEW = "awaiting_review", "awaiting review"
+        REFUSED = "refused", "refused by the gate"
+        FAILED = "failed"
+
+    policy = models.ForeignKey(RetrainingPolicy, on_delete=models.CASCADE, related_name="cycles")
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="loop_cycles")
+    component = models.CharField(max_length=20, choices=Component.choices)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.SNAPSHOT)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    snapshot = models.ForeignKey(DatasetSnapshot, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    training_run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Training attempts: a run whose worker died is retried on the same snapshot (bounded).
+    training_attempts = models.PositiveIntegerField(default=0)
+    candidate = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    evaluation_job = models.ForeignKey(EvaluationJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # {"passed", "reasons", "metric", "delta", "low", "high", "queries", "guards"}: what decided it.
+    gate_outcome = models.JSONField(default=dict, blank=True)
+    labels_at_start = models.PositiveIntegerField(default=0)
+    # {stage: seconds spent in it}.
+    stage_seconds = models.JSONField(default=dict, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    stage_started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy"], condition=Q(status="running"), name="one_running_cycle_per_policy"),
+        ]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status != self.Status.RUNNING
+
+
+class WebhookEndpoint(models.Model):
+    """Where a knowledge base's loop events are posted, signed as Standard Webhooks specifies."""
+
+    class Event(models.TextChoices):
+        CYCLE_FINISHED = "cycle.finished"
+        CANDIDATE_AWAITING_REVIEW = "candidate.awaiting_review"
+        VERSION_PROMOTED = "version.promoted"
+        VERSION_ROLLED_BACK = "version.rolled_back"
+        RUN_FAILED = "run.failed"
+        GATE_REFUSED = "gate.refused"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.URLField(max_length=1000)
+    # "whsec_" + base64 of the key bytes, as the Standard Webhooks libraries take it.
+    secret = models.CharField(max_length=200)
+    # Event types it receives; empty: all of them.
+    events = models.JSONField(default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookMessage(models.Model):
+    """One event for one endpoint; delivered by a Celery task with retries and backoff."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"  # gave up after the last retry
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="messages")
+    # The `webhook-id` header: the same on every attempt, so a receiver can drop duplicates.
+    message_id = models.CharField(max_length=64, unique=True)
+    event = models.CharField(max_length=40)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempt_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+
+class WebhookAttempt(models.Model):
+    """One try at delivering a message: what the receiver answered, or why it could not."""
+
+    message = models.ForeignKey(WebhookMessage, on_delete=models.CASCADE, related_name="attempts")
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # When the next try is due (None: delivered, or no tries left).
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]

@@ -52,3 +52,9 @@ def model_version_evaluate_task(version_id: int) -> None:
 @shared_task
 def training_runs_fail_stalled_task() -> None:
     runs.training_runs_fail_stalled()
+
+
+@shared_task
+def webhook_message_deliver_task(message_id: int) -> None:
+    # Delivery (signing, retries with backoff, attempt rows) lands with the webhooks work.
+    logger.info("Webhook message %s recorded", message_id)

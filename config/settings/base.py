@@ -167,3 +167,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("RAGLOOP_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "pgserver": {"level": "WARNING"}},
 }
+
+# --- The continuous loop ------------------------------------------------------------------
+# How often beat's loop tick checks retraining policies (schedules and label counts) and moves
+# running cycles on; also the period of the stalled-run sweepers.
+RAGLOOP_LOOP_TICK_SECONDS = env_int("RAGLOOP_LOOP_TICK_SECONDS", 60)

@@ -5,6 +5,7 @@ from django.db import transaction
 
 from curation.models import Adjudication, AnswerRating, Label, Relevance
 from curation.services.labels import MAX_TEXT, turn_label_state_refresh
+from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Turn
 
@@ -95,4 +96,5 @@ def adjudication_record(
             },
         )
         turn_label_state_refresh(turn=Turn.objects.select_related("knowledge_base").get(pk=turn.pk))
+        labels_finalised_send_on_commit(locked.knowledge_base_id)
     return adjudication

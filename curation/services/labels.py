@@ -22,6 +22,7 @@ from curation.models import (
     Relevance,
     TurnHold,
 )
+from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import Chunk, Turn
 
@@ -192,6 +193,8 @@ def label_submit(
         LabelDraft.objects.filter(turn=turn, curator=curator).delete()
         TurnHold.objects.filter(turn=turn, curator=curator).delete()
         turn_label_state_refresh(turn=turn)
+        if not imported:  # an import announces its labels once, when it is done
+            labels_finalised_send_on_commit(turn.knowledge_base_id)
     return label
 
 

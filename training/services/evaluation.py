@@ -54,6 +54,7 @@ from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import EmbeddingSpace, KnowledgeBase
 from knowledge.selectors import passages_retrieve
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
+
 # One loaded model per process, shared with serving.
 from knowledge.services.turns import generator_load as cached_generator
 from rag.datasets import split_key

@@ -15,6 +15,7 @@ from curation.models import Label, Membership
 from curation.permissions import CURATOR_GROUP
 from curation.services.label_io.records import LabelFileError, LabelRecord
 from curation.services.labels import LabelInput, label_payload, label_submit
+from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
 from knowledge.services.turns import (
@@ -299,6 +300,8 @@ def labels_import(
                 result.labels_created += 1
             else:
                 result.labels_updated += 1
+        if result.labels_created or result.labels_updated:
+            labels_finalised_send_on_commit(knowledge_base.pk)
     return result
 
 
