@@ -9,8 +9,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from knowledge.errors import ServiceError
-from training.services import runs
+from training.services import evaluation_jobs, loop, runs
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +22,8 @@ LOCK_RETRIES = 240  # two hours
 @shared_task(bind=True, max_retries=LOCK_RETRIES)
 def training_run_execute_task(self, run_id: int) -> str:
     outcome = runs.training_run_execute(run_id=run_id)
+    # A cycle waiting for this run moves on now rather than at the next loop tick.
+    loop.loop_cycles_advance_soon(training_run_id=run_id)
     if outcome == runs.Outcome.WAITING_FOR_LOCK:
         if self.request.retries >= self.max_retries:
             runs.training_run_fail_waiting(run_id=run_id)
@@ -33,20 +34,10 @@ def training_run_execute_task(self, run_id: int) -> str:
 
 
 @shared_task
-def model_version_evaluate_task(version_id: int) -> None:
-    # Imported when the task runs: the evaluation service is its own module, loaded with its models.
-    from training.models import ModelVersion
-    from training.services import evaluation
-
-    version = ModelVersion.objects.select_related("snapshot").filter(pk=version_id).first()
-    if version is None:
-        return
-    try:
-        # No snapshot named: the service takes the pinned evaluation set, else the version's own
-        # snapshot, and leaves out held-out queries the version's lineage trained on.
-        evaluation.model_version_evaluate(version=version)
-    except ServiceError as error:  # e.g. a snapshot with nothing held out: a reason, not a crash
-        logger.warning("Model version %s (%s) was not evaluated: %s", version.name, version.pk, error)
+def evaluation_job_execute_task(job_id: int) -> None:
+    job = evaluation_jobs.evaluation_job_execute(job_id=job_id)
+    if job is not None and job.is_finished:
+        loop.loop_cycles_advance_soon(candidate_id=job.candidate_id)
 
 
 @shared_task
@@ -58,3 +49,19 @@ def training_runs_fail_stalled_task() -> None:
 def webhook_message_deliver_task(message_id: int) -> None:
     # Delivery (signing, retries with backoff, attempt rows) lands with the webhooks work.
     logger.info("Webhook message %s recorded", message_id)
+
+
+@shared_task
+def loop_cycle_advance_task(cycle_id: int) -> None:
+    loop.loop_cycle_advance(cycle_id=cycle_id)
+
+
+@shared_task
+def loop_policies_check_task(knowledge_base_id: int | None = None) -> None:
+    """New labels arrived (knowledge_base_id) or beat's tick (None: every knowledge base)."""
+    loop.loop_policies_check(knowledge_base_id=knowledge_base_id)
+
+
+@shared_task
+def loop_tick_task() -> None:
+    loop.loop_tick()

@@ -127,6 +127,11 @@ RAGLOOP_EMBEDDING_STALL_SECONDS = env_int("RAGLOOP_EMBEDDING_STALL_SECONDS", 300
 # A running training run whose heartbeat is older than this is failed by the beat sweeper.
 RAGLOOP_TRAINING_STALL_SECONDS = env_int("RAGLOOP_TRAINING_STALL_SECONDS", 600)
 
+# --- The continuous loop ------------------------------------------------------------------
+# How often beat's loop tick checks retraining policies (schedules and label counts) and moves
+# running cycles on; also the period of the stalled-run sweepers.
+RAGLOOP_LOOP_TICK_SECONDS = env_int("RAGLOOP_LOOP_TICK_SECONDS", 60)
+
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -------------
 CELERY_BROKER_URL = REDIS_URL
 # Work state lives in database rows (jobs as rows), so task results are not stored.
@@ -142,7 +147,7 @@ CELERY_TASK_ROUTES = {
     "knowledge.tasks.chunk_batch_embed_task": {"queue": "embedding"},
     # Training and evaluation load models: one at a time, on the (GPU) training worker.
     "training.tasks.training_run_execute_task": {"queue": "training"},
-    "training.tasks.model_version_evaluate_task": {"queue": "training"},
+    "training.tasks.evaluation_job_execute_task": {"queue": "training"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
@@ -152,7 +157,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     "fail-stalled-training-runs": {
         "task": "training.tasks.training_runs_fail_stalled_task",
-        "schedule": 60.0,
+        "schedule": float(RAGLOOP_LOOP_TICK_SECONDS),
+    },
+    # Retraining policies: schedules and label counts, running cycles moved on.
+    "loop-tick": {
+        "task": "training.tasks.loop_tick_task",
+        "schedule": float(RAGLOOP_LOOP_TICK_SECONDS),
     },
     "delete-expired-turn-holds": {
         "task": "curation.tasks.turn_holds_expired_delete_task",
@@ -167,8 +177,3 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("RAGLOOP_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "pgserver": {"level": "WARNING"}},
 }
-
-# --- The continuous loop ------------------------------------------------------------------
-# How often beat's loop tick checks retraining policies (schedules and label counts) and moves
-# running cycles on; also the period of the stalled-run sweepers.
-RAGLOOP_LOOP_TICK_SECONDS = env_int("RAGLOOP_LOOP_TICK_SECONDS", 60)

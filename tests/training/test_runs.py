@@ -2,9 +2,7 @@
 execution, the stall sweeper, cancellation, and tiny real runs in every mode that produce
 candidate versions serving can load."""
 
-import sys
 import threading
-import types
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -71,7 +69,8 @@ def no_tasks_sent(monkeypatch):
     sent: list[tuple[str, tuple]] = []
     for module, name in [
         (training.tasks, "training_run_execute_task"),
-        (training.tasks, "model_version_evaluate_task"),
+        (training.tasks, "evaluation_job_execute_task"),
+        (training.tasks, "loop_cycle_advance_task"),
         (knowledge.tasks, "embedding_job_dispatch_task"),
         (knowledge.tasks, "embedding_space_index_build_task"),
     ]:
@@ -376,7 +375,7 @@ def test_a_query_only_contrastive_run_registers_a_candidate_with_lineage_that_se
     assert (run.status, run.progress, run.error) == ("succeeded", 1.0, "")
     assert "mining negatives with the live retriever (retriever-v1)" in run.log
     assert f"registered candidate {version.name}" in run.log
-    assert no_tasks_sent == [("model_version_evaluate_task", (version.pk,))]
+    assert no_tasks_sent == [("evaluation_job_execute_task", (_evaluation_job(version).pk,))]
     # lineage
     assert (version.name, version.status, version.component, version.mode) == (
         "retriever-v2", "candidate", "retriever", "contrastive_query_only"
@@ -427,7 +426,7 @@ def test_a_full_mode_run_embeds_the_corpus_into_its_own_space_before_it_is_evalu
 
     space.refresh_from_db()
     assert space.status == EmbeddingSpace.Status.READY
-    assert no_tasks_sent[-1] == ("model_version_evaluate_task", (version.pk,))
+    assert no_tasks_sent[-1] == ("evaluation_job_execute_task", (_evaluation_job(version).pk,))
     model_version_promote(version=version, actor=admin_user)
     choice = retriever_for(knowledge_base=kb)
     assert (choice.version, choice.space) == (version.name, space)
@@ -476,7 +475,7 @@ def test_an_lsr_run_scores_chunks_with_the_language_model_and_trains_the_query_e
     assert version.embedding_space == labelled_kb.live_space
     assert version.query_model_reference.endswith(f"/{run.pk}/query_encoder")
     assert len(version.training_curve) == 2  # 4 queries in batches of 2
-    assert no_tasks_sent == [("model_version_evaluate_task", (version.pk,))]
+    assert no_tasks_sent == [("evaluation_job_execute_task", (_evaluation_job(version).pk,))]
 
 
 @pytest.mark.slow
@@ -554,32 +553,13 @@ def test_an_openai_run_that_cannot_reach_the_api_fails_with_the_reason(labelled_
     assert run.error.startswith("FineTuningError: could not reach fine-tuning endpoint") and "sk-wrong" not in run.log
 
 
+def _evaluation_job(version):
+    from training.models import EvaluationJob
+
+    return EvaluationJob.objects.get(candidate=version)
+
+
 # --- tasks and receivers -----------------------------------------------------------------
-
-
-def test_the_evaluation_task_hands_the_version_to_the_evaluation_service_which_picks_the_snapshot(labelled_kb, monkeypatch):
-    import training.services
-    from training.services.snapshots import dataset_snapshot_create
-    from training.tasks import model_version_evaluate_task
-
-    calls = []
-    fake = types.ModuleType("training.services.evaluation")
-    fake.model_version_evaluate = lambda *, version, snapshot=None: calls.append((version.pk, snapshot))
-    monkeypatch.setitem(sys.modules, "training.services.evaluation", fake)
-    monkeypatch.setattr(training.services, "evaluation", fake, raising=False)
-    snapshot = dataset_snapshot_create(knowledge_base=labelled_kb)
-    version = model_version_register(
-        knowledge_base=labelled_kb, component="generator", artifact_folder=None, snapshot=snapshot, generator_backend="extractive"
-    )
-    model_version_evaluate_task(version.pk)
-    model_version_evaluate_task(987654321)  # a deleted version: nothing to do
-    assert calls == [(version.pk, None)]  # None: the pinned set, else the version's own snapshot
-
-    def nothing_held_out(*, version, snapshot=None):
-        raise InvalidInput("Snapshot has no held-out examples to evaluate on.")
-
-    fake.model_version_evaluate = nothing_held_out
-    model_version_evaluate_task(version.pk)  # a reason to skip, logged; not a task failure
 
 
 def test_the_execute_task_retries_while_the_lock_is_held(labelled_kb, no_tasks_sent, monkeypatch):

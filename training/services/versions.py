@@ -122,8 +122,12 @@ def _serving_ready(version: ModelVersion) -> None:
     model_version_verify(version=version)
 
 
-def model_version_promote(*, version: ModelVersion, actor=None, reason: str = "", automatic: bool = False) -> PromotionEvent:
-    """Make `version` live and retire the previous live version, in one transaction."""
+def model_version_promote(
+    *, version: ModelVersion, actor=None, reason: str = "", automatic: bool = False, actor_name: str = ""
+) -> PromotionEvent:
+    """Make `version` live and retire the previous live version, in one transaction.
+
+    `actor_name` says who acted when no person did ("policy nightly-retriever")."""
     with transaction.atomic():
         KnowledgeBase.objects.select_for_update().get(pk=version.knowledge_base_id)  # one promotion at a time
         version = ModelVersion.objects.select_related("embedding_space").get(pk=version.pk)
@@ -144,8 +148,21 @@ def model_version_promote(*, version: ModelVersion, actor=None, reason: str = ""
             from_version=previous,
             to_version=version,
             actor=actor,
+            actor_name=actor_name or (actor.get_username() if actor else ""),
             reason=reason,
         )
+
+
+def model_version_reject(*, version: ModelVersion, reason: str) -> ModelVersion:
+    """A candidate refused by a policy's gate: it can no longer go live by itself."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if version.status != ModelVersion.Status.CANDIDATE:
+            raise Conflict(f"Model version {version.name!r} is {version.status}, not a candidate; it cannot be rejected.")
+        version.status = ModelVersion.Status.REJECTED
+        version.metrics = {**version.metrics, "rejected_because": reason}
+        version.save(update_fields=["status", "metrics"])
+    return version
 
 
 def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, actor=None, reason: str = "") -> PromotionEvent:

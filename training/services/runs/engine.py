@@ -19,6 +19,7 @@ from django.utils import timezone
 from knowledge.errors import InvalidInput
 from knowledge.models import EmbeddingSpace
 from training.models import Component, ModelVersion, TrainingRun
+from training.services.evaluation_jobs import evaluation_job_start
 from training.services.runs.lifecycle import fail_stalled, heartbeat_fresh
 from training.services.runs.shared import Reporter, Trained, log_line
 from training.services.runs.trainers.generator import (
@@ -208,10 +209,9 @@ def code_revision() -> str:
     return result.stdout.strip()[:64]
 
 
-def _enqueue_evaluation(version_id: int) -> None:
-    from training.tasks import model_version_evaluate_task
-
-    model_version_evaluate_task.delay(version_id)
+def _evaluation_start(version_id: int) -> None:
+    # A job row per evaluation (training.services.evaluation_jobs): status and error are shown.
+    evaluation_job_start(version=ModelVersion.objects.get(pk=version_id))
 
 
 def _register(*, run_id: int, trained: Trained, reporter: Reporter) -> Outcome:
@@ -274,7 +274,7 @@ def _register(*, run_id: int, trained: Trained, reporter: Reporter) -> Outcome:
         run.log += log_line(note)
         run.save(update_fields=["status", "progress", "finished_at", "heartbeat_at", "log"])
         if evaluate_now:
-            transaction.on_commit(lambda: _enqueue_evaluation(version.pk))
+            _evaluation_start(version.pk)
     return Outcome.SUCCEEDED
 
 
@@ -289,5 +289,5 @@ def retriever_candidates_evaluate_when_ready(*, space: EmbeddingSpace) -> list[i
         ).values_list("pk", flat=True)
     )
     for version_id in version_ids:
-        transaction.on_commit(functools.partial(_enqueue_evaluation, version_id))
+        _evaluation_start(version_id)
     return version_ids

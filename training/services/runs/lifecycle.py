@@ -118,10 +118,14 @@ def training_run_fail_waiting(*, run_id: int) -> None:
         run.save(update_fields=["status", "error", "finished_at", "log"])
 
 
+# How a stalled run's error starts (the loop trains such a run again; other failures it does not).
+STALLED_PREFIX = "The worker stopped"
+
+
 def _stalled_message(run: TrainingRun) -> str:
     last = run.heartbeat_at or run.started_at
     since = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last else "it started"
-    return f"The worker stopped (no heartbeat since {since})."
+    return f"{STALLED_PREFIX} (no heartbeat since {since})."
 
 
 def heartbeat_fresh(run: TrainingRun) -> bool:

@@ -1,0 +1,159 @@
+"""Retraining policies: setting one (validated as `train` validates a run), and reading what
+its triggers see: the next scheduled time and the final labels since the last cycle's snapshot."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from curation.selectors import turn_final_judgments
+from knowledge.errors import Conflict, InvalidInput
+from knowledge.models import KnowledgeBase, Turn
+from training.models import Component, DatasetSnapshot, LoopCycle, RetrainingPolicy, TrainingRun
+from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
+from training.services.loop.schedule import cron_parse, next_fire_time, time_zone_get
+from training.services.runs.parameters import validated_parameters
+
+METRICS = {Component.RETRIEVER: RETRIEVER_METRICS, Component.GENERATOR: GENERATOR_METRICS}
+DEFAULT_MODE = {Component.RETRIEVER: "contrastive", Component.GENERATOR: "lora_raft"}
+NAME_MAX_LENGTH = 100
+
+# What `retraining_policy_set` accepts, besides knowledge_base and component.
+POLICY_FIELDS = (
+    "name", "enabled", "mode", "parameters", "schedule", "timezone", "min_new_labels",
+    "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote",
+)  # fmt: skip
+
+
+def _number(name: str, value, *, kind=float, low: float | None = None, high: float | None = None):
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise InvalidInput(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if low is not None and high is not None else f"at least {low:g}"
+        raise InvalidInput(f"{name} must be {bounds}, got {value!r}.")
+    return kind(value)
+
+
+def _validated(knowledge_base: KnowledgeBase, component: str, values: dict) -> dict:
+    """The policy's fields after every check; InvalidInput names the first problem."""
+    if component not in Component.values:
+        raise InvalidInput(f"Component {component!r} is unknown; choose one of {', '.join(Component.values)}.")
+    name = str(values.get("name") or "").strip()
+    if not name or len(name) > NAME_MAX_LENGTH or "\x00" in name:
+        raise InvalidInput(f"A policy needs a name of 1 to {NAME_MAX_LENGTH} characters.")
+    enabled, auto_promote = values.get("enabled", True), values.get("auto_promote", False)
+    if not isinstance(enabled, bool) or not isinstance(auto_promote, bool):
+        raise InvalidInput("enabled and auto_promote must be true or false.")
+    mode = values.get("mode") or DEFAULT_MODE[component]
+    parameters = values.get("parameters") or {}
+    # The run's own checks, so a policy never stores what `train` would refuse.
+    validated_parameters(knowledge_base=knowledge_base, component=component, mode=mode, parameters=parameters, snapshot=None)
+    schedule = " ".join(str(values.get("schedule") or "").split())
+    zone = str(values.get("timezone") or "UTC")
+    time_zone_get(zone)
+    if schedule:
+        cron_parse(schedule)
+    min_new_labels = values.get("min_new_labels")
+    if min_new_labels in ("", 0):
+        min_new_labels = None
+    if min_new_labels is not None:
+        min_new_labels = _number("min_new_labels", min_new_labels, kind=int, low=1, high=10_000_000)
+    metrics = METRICS[component]
+    gate_metric = values.get("gate_metric") or HEADLINE_METRIC[component]
+    if gate_metric not in metrics:
+        raise InvalidInput(f"gate_metric {gate_metric!r} is not a {component} metric; choose one of {', '.join(metrics)}.")
+    guards = values.get("gate_guards") or {}
+    if not isinstance(guards, dict):
+        raise InvalidInput("gate_guards must map metric names to the largest drop each may take, e.g. {\"recall@10\": 0.02}.")
+    for metric, tolerance in guards.items():
+        if metric not in metrics:
+            raise InvalidInput(f"Guard metric {metric!r} is not a {component} metric; choose among {', '.join(metrics)}.")
+        _number(f"The tolerance of guard {metric}", tolerance, low=0, high=1)
+    return {
+        "name": name,
+        "enabled": enabled,
+        "mode": mode,
+        "parameters": parameters,
+        "schedule": schedule,
+        "timezone": zone,
+        "min_new_labels": min_new_labels,
+        "gate_metric": gate_metric,
+        "gate_margin": _number("gate_margin", values.get("gate_margin", 0.0), low=0, high=1),
+        "gate_guards": {metric: float(tolerance) for metric, tolerance in sorted(guards.items())},
+        "gate_min_queries": _number("gate_min_queries", values.get("gate_min_queries", 20), kind=int, low=1, high=10_000_000),
+        "auto_promote": auto_promote,
+    }
+
+
+def retraining_policy_set(*, knowledge_base: KnowledgeBase, component: str, changes: dict, actor=None) -> RetrainingPolicy:
+    """Create the component's policy, or change the given fields of the existing one.
+
+    Unknown fields and invalid values are refused (InvalidInput) before anything is written. A
+    changed schedule counts from now: the tick never fires the times that passed before.
+    """
+    unknown = sorted(set(changes) - set(POLICY_FIELDS))
+    if unknown:
+        raise InvalidInput(f"Unknown policy field(s): {', '.join(unknown)}. Known: {', '.join(POLICY_FIELDS)}.")
+    with transaction.atomic():
+        policy = (
+            RetrainingPolicy.objects.select_for_update().filter(knowledge_base=knowledge_base, component=component).first()
+        )
+        current = {field: getattr(policy, field) for field in POLICY_FIELDS} if policy else {"name": f"{knowledge_base.slug}-{component}"}
+        values = _validated(knowledge_base, component, {**current, **changes})
+        if policy is None:
+            policy = RetrainingPolicy(knowledge_base=knowledge_base, component=component, created_by=actor)
+        if policy.pk is None or values["schedule"] != policy.schedule or values["timezone"] != policy.timezone:
+            policy.schedule_fired_at = timezone.now()
+        for field, value in values.items():
+            setattr(policy, field, value)
+        try:
+            with transaction.atomic():
+                policy.save()
+        except IntegrityError:
+            raise Conflict(f"Another policy of {knowledge_base.slug!r} is already named {values['name']!r}.") from None
+    return policy
+
+
+def policy_next_run_at(policy: RetrainingPolicy) -> datetime | None:
+    """When the schedule fires next (None: no schedule, or the policy is off)."""
+    if not policy.schedule or not policy.enabled:
+        return None
+    after = policy.schedule_fired_at or policy.created_at or timezone.now()
+    return next_fire_time(cron_parse(policy.schedule), after=after, time_zone=policy.timezone)
+
+
+def last_training_snapshot(*, knowledge_base: KnowledgeBase, component: str) -> DatasetSnapshot | None:
+    """The snapshot the component was last trained (or a cycle last started) on."""
+    snapshot_ids = [
+        TrainingRun.objects.filter(knowledge_base=knowledge_base, component=component, snapshot__isnull=False)
+        .order_by("-created_at", "-pk")
+        .values_list("snapshot_id", flat=True)
+        .first(),
+        LoopCycle.objects.filter(knowledge_base=knowledge_base, component=component, snapshot__isnull=False)
+        .order_by("-created_at", "-pk")
+        .values_list("snapshot_id", flat=True)
+        .first(),
+    ]
+    return DatasetSnapshot.objects.filter(pk__in=[pk for pk in snapshot_ids if pk]).order_by("-created_at", "-pk").first()
+
+
+@dataclass(frozen=True)
+class LabelCount:
+    new_final_labels: int
+    since: datetime | None  # the last training snapshot's time; None: every label counts
+
+
+def new_final_labels(*, knowledge_base: KnowledgeBase, component: str) -> LabelCount:
+    """Turns whose final judgment was made or changed after the last training snapshot."""
+    snapshot = last_training_snapshot(knowledge_base=knowledge_base, component=component)
+    since = snapshot.created_at if snapshot else None
+    turns = Turn.objects.filter(knowledge_base=knowledge_base)
+    if since is None:
+        changed = turns.filter(label_count__gte=1) | turns.filter(adjudication__isnull=False)
+    else:
+        changed = turns.filter(labels__updated_at__gt=since, labels__skipped=False) | turns.filter(
+            adjudication__updated_at__gt=since
+        )
+    judgments = turn_final_judgments(turns=changed.distinct())
+    return LabelCount(new_final_labels=sum(1 for judgment in judgments.values() if judgment.is_final), since=since)
