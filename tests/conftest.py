@@ -141,6 +141,27 @@ class CeleryWorker:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
 
 
+class CeleryBeat(CeleryWorker):
+    """A real `celery beat` process with a schedule file of its own (two can run side by side)."""
+
+    def __init__(self, *, env: dict[str, str], name: str) -> None:
+        super().__init__(queues="", env=env, name=name)
+        self.schedule_path = self.log_path.with_suffix(".schedule")
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "beat", "-s", str(self.schedule_path),
+             "--pidfile=", "--loglevel", "INFO"],
+            cwd=REPO_ROOT, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self, *, kill: bool = False) -> None:
+        super().stop(kill=kill)
+        for path in self.schedule_path.parent.glob(self.schedule_path.name + "*"):
+            path.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db):
     """Start a real worker on the `default` and `embedding` queues, bound to the test database

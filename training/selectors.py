@@ -1,14 +1,19 @@
 """Read operations of the training app: snapshots, model versions with their lineage and latest
-evaluation, training runs and the promotion log, each page in a fixed number of queries."""
+evaluation, training runs and the promotion log, each page in a fixed number of queries; and
+the loop page's policies, cycles and charts."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
+from curation.models import Label
 from knowledge.errors import NotFound
 from knowledge.models import KnowledgeBase
 from training.models import (
@@ -17,8 +22,10 @@ from training.models import (
     Evaluation,
     EvaluationQueryResult,
     EvaluationSet,
+    LoopCycle,
     ModelVersion,
     PromotionEvent,
+    RetrainingPolicy,
     TrainingRun,
 )
 from training.services.evaluation import (
@@ -26,6 +33,7 @@ from training.services.evaluation import (
     HEADLINE_METRIC,
     RETRIEVER_METRICS,
 )
+from training.services.loop import new_final_labels, policy_next_run_at
 
 # A per-query delta smaller than this is "unchanged" (float noise, not a change in ranking).
 UNCHANGED_TOLERANCE = 1e-9
@@ -276,3 +284,123 @@ def model_version_review(*, version: ModelVersion) -> VersionReview:
         unchanged=unchanged,
         live=live,
     )
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+CYCLES_SHOWN = 50
+LOOP_CHART_DAYS = 30
+
+
+@dataclass
+class PolicyStatus:
+    policy: Any
+    next_run_at: Any  # datetime | None
+    new_final_labels: int
+    labels_since: Any  # datetime | None
+    running_cycle: Any  # LoopCycle | None
+
+    @property
+    def labels_progress(self) -> float | None:
+        """Share of the label threshold reached (capped at 1), None without a label trigger."""
+        if not self.policy.min_new_labels:
+            return None
+        return min(1.0, self.new_final_labels / self.policy.min_new_labels)
+
+
+@dataclass
+class VersionPoint:
+    name: str
+    created_at: Any
+    value: float | None
+    status: str
+    is_live: bool
+
+
+@dataclass
+class LoopOverview:
+    knowledge_base: KnowledgeBase
+    policies: list[PolicyStatus]
+    missing_components: list[str]
+    cycles: list
+    version_points: dict[str, list[VersionPoint]]  # component -> its versions, oldest first
+    labels_per_day: list[tuple[Any, int]]  # (date, final labels submitted that day), oldest first
+    cycles_per_day: dict[Any, int]
+
+
+def loop_overview(*, knowledge_base: KnowledgeBase) -> LoopOverview:
+    """Everything the loop page shows: policies with what their triggers see, the cycle history
+    and the figures of the two charts."""
+    policies = []
+    for policy in RetrainingPolicy.objects.filter(knowledge_base=knowledge_base).order_by("component"):
+        count = new_final_labels(knowledge_base=knowledge_base, component=policy.component)
+        policies.append(
+            PolicyStatus(
+                policy=policy,
+                next_run_at=policy_next_run_at(policy),
+                new_final_labels=count.new_final_labels,
+                labels_since=count.since,
+                running_cycle=policy.cycles.filter(status=LoopCycle.Status.RUNNING).first(),
+            )
+        )
+    cycles = list(
+        LoopCycle.objects.filter(knowledge_base=knowledge_base)
+        .select_related("policy", "candidate", "training_run", "evaluation_job", "triggered_by")
+        .order_by("-created_at", "-pk")[:CYCLES_SHOWN]
+    )
+    version_points: dict[str, list[VersionPoint]] = {}
+    for version in ModelVersion.objects.filter(knowledge_base=knowledge_base).order_by("created_at", "pk"):
+        value = version.metrics.get(HEADLINE_METRIC[version.component])
+        version_points.setdefault(version.component, []).append(
+            VersionPoint(
+                name=version.name,
+                created_at=version.created_at,
+                value=value if isinstance(value, int | float) else None,
+                status=version.status,
+                is_live=version.status == ModelVersion.Status.LIVE,
+            )
+        )
+    today = timezone.localdate()
+    first_day = today - dt.timedelta(days=LOOP_CHART_DAYS - 1)
+    counts = dict(
+        Label.objects.filter(turn__knowledge_base=knowledge_base, skipped=False, created_at__date__gte=first_day)
+        .annotate(day=TruncDate("created_at"))
+        .values_list("day")
+        .annotate(count=Count("pk"))
+        .values_list("day", "count")
+    )
+    cycles_per_day = dict(
+        LoopCycle.objects.filter(knowledge_base=knowledge_base, created_at__date__gte=first_day)
+        .annotate(day=TruncDate("created_at"))
+        .values_list("day")
+        .annotate(count=Count("pk"))
+        .values_list("day", "count")
+    )
+    days = [first_day + dt.timedelta(days=n) for n in range(LOOP_CHART_DAYS)]
+    return LoopOverview(
+        knowledge_base=knowledge_base,
+        policies=policies,
+        missing_components=[c for c in Component.values if c not in {p.policy.component for p in policies}],
+        cycles=cycles,
+        version_points=version_points,
+        labels_per_day=[(day, counts.get(day, 0)) for day in days],
+        cycles_per_day={day: cycles_per_day.get(day, 0) for day in days},
+    )
+
+
+def loop_cycle_get(*, knowledge_base: KnowledgeBase, cycle_id: int):
+    cycle = (
+        LoopCycle.objects.select_related("policy", "candidate", "training_run", "evaluation_job", "snapshot")
+        .filter(knowledge_base=knowledge_base, pk=cycle_id)
+        .first()
+    )
+    if cycle is None:
+        raise NotFound(f"Knowledge base {knowledge_base.slug!r} has no loop cycle #{cycle_id}.")
+    return cycle
+
+
+def retraining_policy_get(*, knowledge_base: KnowledgeBase, component: str):
+    policy = RetrainingPolicy.objects.filter(knowledge_base=knowledge_base, component=component).first()
+    if policy is None:
+        raise NotFound(f"Knowledge base {knowledge_base.slug!r} has no {component} retraining policy; set one first.")
+    return policy

@@ -1,4 +1,4 @@
-"""Model review pages for admins: model versions, training runs, promotion, dataset exports."""
+"""Model review pages for admins: model versions, training runs, promotion, dataset exports, the loop."""
 
 from django.urls import path
 
@@ -12,6 +12,12 @@ urlpatterns = [
     path("kbs/<slug:slug>/models/<str:name>/promote/", views.version_promote, name="training_version_promote"),
     path("kbs/<slug:slug>/models/<str:name>/rollback/", views.version_rollback, name="training_version_rollback"),
     path("kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/beir.zip", views.snapshot_export_beir, name="training_snapshot_export_beir"),
+    path("kbs/<slug:slug>/loop/", views.loop_page, name="training_loop"),
+    path("kbs/<slug:slug>/loop/cycles/", views.loop_cycles_fragment, name="training_loop_cycles"),
+    path("kbs/<slug:slug>/loop/cycles/<int:cycle_id>/", views.loop_cycle_detail, name="training_loop_cycle"),
+    path("kbs/<slug:slug>/loop/cycles/<int:cycle_id>/log/", views.loop_cycle_log_fragment, name="training_loop_cycle_log"),
+    path("kbs/<slug:slug>/loop/policies/<str:component>/", views.loop_policy_edit, name="training_loop_policy"),
+    path("kbs/<slug:slug>/loop/policies/<str:component>/run/", views.loop_policy_run, name="training_loop_policy_run"),
     path(
         "kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/<str:export_format>.jsonl",
         views.snapshot_export_jsonl,

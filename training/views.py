@@ -1,9 +1,13 @@
 """Model review pages for admins: a knowledge base's model versions, training runs and promotion
 log; one version's lineage and latest evaluation against the baseline, with per-query diffs and
-the promote and roll back actions; and downloads of dataset snapshot exports.
+the promote and roll back actions; downloads of dataset snapshot exports; and the loop page
+(retraining policies, their form and "run now", the cycle history with its charts, a cycle's
+live log).
 
 Every page is a knowledge base page for admins: 404 for non-members, 403 for curators.
 """
+
+import json
 
 from django.contrib import messages
 from django.http import Http404, HttpResponse
@@ -12,23 +16,32 @@ from django.views.decorators.http import require_GET, require_POST
 
 from curation.views.access import fragment
 from curation.views.review import knowledge_base_admin_page
-from knowledge.errors import Conflict, NotFound, ServiceError
+from knowledge.errors import Conflict, InvalidInput, NotFound, ServiceError
 from knowledge.models import KnowledgeBase
-from training.models import Component, TrainingRun
+from training.loop_charts import labels_and_cycles_chart, metric_chart
+from training.models import Component, RetrainingPolicy, TrainingRun
 from training.selectors import (
+    loop_cycle_get,
+    loop_overview,
     model_version_get,
     model_version_review,
     models_overview,
+    retraining_policy_get,
     runs_active,
     snapshot_get,
     training_runs_recent,
 )
+from training.services.evaluation import HEADLINE_METRIC
 from training.services.exports import (
     EXPORT_FORMATS,
     EXPORT_SPLITS,
     dataset_export_files,
 )
+from training.services.loop import POLICY_FIELDS, loop_cycle_run_now, retraining_policy_set
+from training.services.loop.policies import DEFAULT_MODE
+from training.services.loop.policies import METRICS as POLICY_METRICS
 from training.services.runs import training_run_cancel
+from training.services.runs.parameters import MODES
 from training.services.versions import model_version_promote, model_version_rollback
 
 CURVE_WIDTH = 480
@@ -211,3 +224,148 @@ def snapshot_export_jsonl(request, knowledge_base: KnowledgeBase, snapshot_id: i
 @knowledge_base_admin_page
 def snapshot_export_beir(request, knowledge_base: KnowledgeBase, snapshot_id: int):
     return _export_response(request, knowledge_base, snapshot_id, "beir")
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def _policy_form_values(post) -> dict:
+    """The policy form's fields as `retraining_policy_set` takes them (it validates them)."""
+
+    def number(name, kind=float):
+        text = post.get(name, "").strip()
+        if not text:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise InvalidInput(f"{name.replace('_', ' ')} must be {'a whole number' if kind is int else 'a number'}, got {text!r}.") from None
+
+    def mapping(name, label):
+        text = post.get(name, "").strip()
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            raise InvalidInput(f"{label} must be a JSON object such as {{\"epochs\": 3}}: {error}.") from None
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{label} must be a JSON object such as {{\"epochs\": 3}}.")
+        return value
+
+    values = {
+        "name": post.get("name", "").strip(),
+        "enabled": post.get("enabled") == "on",
+        "mode": post.get("mode", "").strip(),
+        "parameters": mapping("parameters", "Parameters"),
+        "schedule": post.get("schedule", "").strip(),
+        "timezone": post.get("timezone", "").strip() or "UTC",
+        "min_new_labels": number("min_new_labels", int) or None,
+        "gate_metric": post.get("gate_metric", "").strip(),
+        "gate_guards": mapping("gate_guards", "Guards"),
+        "auto_promote": post.get("auto_promote") == "on",
+    }
+    for name, kind in (("gate_margin", float), ("gate_min_queries", int)):
+        value = number(name, kind)
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def _policy_form_initial(knowledge_base, component: str, policy) -> dict:
+    if policy is None:
+        return {
+            "name": f"{knowledge_base.slug}-{component}", "enabled": True, "mode": DEFAULT_MODE[component], "parameters": "",
+            "schedule": "", "timezone": "UTC", "min_new_labels": None, "gate_metric": HEADLINE_METRIC[component],
+            "gate_margin": 0.01, "gate_min_queries": 20, "gate_guards": "", "auto_promote": False,
+        }  # fmt: skip
+    form = {field: getattr(policy, field) for field in POLICY_FIELDS}
+    form["parameters"] = json.dumps(policy.parameters) if policy.parameters else ""
+    form["gate_guards"] = json.dumps(policy.gate_guards) if policy.gate_guards else ""
+    return form
+
+
+@require_GET
+@knowledge_base_admin_page
+def loop_page(request, knowledge_base: KnowledgeBase):
+    overview = loop_overview(knowledge_base=knowledge_base)
+    return render(request, "training/loop.html", {
+        "kb": knowledge_base,
+        "overview": overview,
+        "metric_charts": [
+            {"component": component, "metric": HEADLINE_METRIC[component], "chart": metric_chart(points)}
+            for component, points in sorted(overview.version_points.items())
+        ],
+        "labels_chart": labels_and_cycles_chart(overview.labels_per_day, overview.cycles_per_day),
+        "cycles_running": any(not cycle.is_finished for cycle in overview.cycles),
+    })
+
+
+@require_GET
+@knowledge_base_admin_page
+def loop_cycles_fragment(request, knowledge_base: KnowledgeBase):
+    overview = loop_overview(knowledge_base=knowledge_base)
+    running = any(not cycle.is_finished for cycle in overview.cycles)
+    return fragment(render(request, "training/_cycles.html", {"kb": knowledge_base, "overview": overview, "cycles_running": running}))
+
+
+@knowledge_base_admin_page
+def loop_policy_edit(request, knowledge_base: KnowledgeBase, component: str):
+    if component not in Component.values:
+        raise Http404("No such component.")
+    policy = RetrainingPolicy.objects.filter(knowledge_base=knowledge_base, component=component).first()
+    context = {
+        "kb": knowledge_base, "component": component, "policy": policy, "modes": MODES[component],
+        "metrics": POLICY_METRICS[component], "error": "", "form": _policy_form_initial(knowledge_base, component, policy),
+    }  # fmt: skip
+    if request.method == "POST":
+        try:
+            values = _policy_form_values(request.POST)
+            retraining_policy_set(knowledge_base=knowledge_base, component=component, changes=values, actor=request.user)
+        except ServiceError as error:
+            # Shown again as typed, so the admin fixes the one field named in the message.
+            context["form"] = {field: request.POST.get(field, "") for field in POLICY_FIELDS}
+            context["form"].update(enabled=request.POST.get("enabled") == "on", auto_promote=request.POST.get("auto_promote") == "on")
+            context["error"] = str(error)
+            return render(request, "training/policy_form.html", context, status=error.status_code)
+        messages.success(request, f"The {component} policy was saved.")
+        return redirect("training_loop", slug=knowledge_base.slug)
+    if request.method != "GET":
+        return HttpResponse(status=405)
+    return render(request, "training/policy_form.html", context)
+
+
+@require_POST
+@knowledge_base_admin_page
+def loop_policy_run(request, knowledge_base: KnowledgeBase, component: str):
+    try:
+        policy = retraining_policy_get(knowledge_base=knowledge_base, component=component)
+        cycle = loop_cycle_run_now(policy=policy, actor=request.user)
+    except NotFound:
+        raise Http404("No such policy.") from None
+    except ServiceError as error:
+        messages.error(request, str(error))
+        return redirect("training_loop", slug=knowledge_base.slug)
+    return redirect("training_loop_cycle", slug=knowledge_base.slug, cycle_id=cycle.pk)
+
+
+def _cycle_or_404(knowledge_base, cycle_id):
+    try:
+        return loop_cycle_get(knowledge_base=knowledge_base, cycle_id=cycle_id)
+    except NotFound:
+        raise Http404("No such cycle.") from None
+
+
+@require_GET
+@knowledge_base_admin_page
+def loop_cycle_detail(request, knowledge_base: KnowledgeBase, cycle_id: int):
+    cycle = _cycle_or_404(knowledge_base, cycle_id)
+    return render(request, "training/cycle_detail.html", {"kb": knowledge_base, "cycle": cycle})
+
+
+@require_GET
+@knowledge_base_admin_page
+def loop_cycle_log_fragment(request, knowledge_base: KnowledgeBase, cycle_id: int):
+    """The cycle's log and its training run's, polled while the cycle runs."""
+    cycle = _cycle_or_404(knowledge_base, cycle_id)
+    return fragment(render(request, "training/_cycle_log.html", {"kb": knowledge_base, "cycle": cycle}))

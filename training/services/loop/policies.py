@@ -1,5 +1,6 @@
 """Retraining policies: setting one (validated as `train` validates a run), and reading what
-its triggers see: the next scheduled time and the final labels since the last cycle's snapshot."""
+its triggers see: the next scheduled time and the final labels since the last snapshot the loop
+knows (trained on, started a cycle with, or pinned as the evaluation set)."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,7 @@ from django.utils import timezone
 from curation.selectors import turn_final_judgments
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import KnowledgeBase, Turn
-from training.models import Component, DatasetSnapshot, LoopCycle, RetrainingPolicy, TrainingRun
+from training.models import Component, DatasetSnapshot, EvaluationSet, LoopCycle, RetrainingPolicy, TrainingRun
 from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
 from training.services.loop.schedule import cron_parse, next_fire_time, time_zone_get
 from training.services.runs.parameters import validated_parameters
@@ -123,8 +124,9 @@ def policy_next_run_at(policy: RetrainingPolicy) -> datetime | None:
     return next_fire_time(cron_parse(policy.schedule), after=after, time_zone=policy.timezone)
 
 
-def last_training_snapshot(*, knowledge_base: KnowledgeBase, component: str) -> DatasetSnapshot | None:
-    """The snapshot the component was last trained (or a cycle last started) on."""
+def last_loop_snapshot(*, knowledge_base: KnowledgeBase, component: str) -> DatasetSnapshot | None:
+    """The latest snapshot the component was trained (or a cycle started) on, or that was pinned
+    as the evaluation set: the labels it holds are not new to the loop."""
     snapshot_ids = [
         TrainingRun.objects.filter(knowledge_base=knowledge_base, component=component, snapshot__isnull=False)
         .order_by("-created_at", "-pk")
@@ -134,6 +136,7 @@ def last_training_snapshot(*, knowledge_base: KnowledgeBase, component: str) -> 
         .order_by("-created_at", "-pk")
         .values_list("snapshot_id", flat=True)
         .first(),
+        EvaluationSet.objects.filter(knowledge_base=knowledge_base).values_list("snapshot_id", flat=True).first(),
     ]
     return DatasetSnapshot.objects.filter(pk__in=[pk for pk in snapshot_ids if pk]).order_by("-created_at", "-pk").first()
 
@@ -141,12 +144,12 @@ def last_training_snapshot(*, knowledge_base: KnowledgeBase, component: str) -> 
 @dataclass(frozen=True)
 class LabelCount:
     new_final_labels: int
-    since: datetime | None  # the last training snapshot's time; None: every label counts
+    since: datetime | None  # the last loop snapshot's time; None: every label counts
 
 
 def new_final_labels(*, knowledge_base: KnowledgeBase, component: str) -> LabelCount:
-    """Turns whose final judgment was made or changed after the last training snapshot."""
-    snapshot = last_training_snapshot(knowledge_base=knowledge_base, component=component)
+    """Turns whose final judgment was made or changed after the last loop snapshot."""
+    snapshot = last_loop_snapshot(knowledge_base=knowledge_base, component=component)
     since = snapshot.created_at if snapshot else None
     turns = Turn.objects.filter(knowledge_base=knowledge_base)
     if since is None:
