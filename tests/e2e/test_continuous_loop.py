@@ -204,7 +204,7 @@ def test_labels_retrain_evaluate_gate_and_promote_by_themselves(codename_kb, cur
     # Batch 3, trained long enough to kill the worker mid-run; a new worker finishes the cycle.
     retraining_policy_set(
         knowledge_base=codename_kb, component="retriever",
-        changes={"parameters": {"heldout_share": HELDOUT_SHARE, "epochs": 40, "batch_size": 16, "device": "cpu"}},
+        changes={"parameters": {"heldout_share": HELDOUT_SHARE, "epochs": 6, "batch_size": 16, "device": "cpu"}},
     )  # fmt: skip
     label(codename_kb, curator, good_last)
 
