@@ -20,6 +20,7 @@ from training.models import (
     Component,
     DatasetSnapshot,
     Evaluation,
+    EvaluationJob,
     EvaluationQueryResult,
     EvaluationSet,
     LoopCycle,
@@ -41,6 +42,7 @@ QUERY_ROWS_SHOWN = 50
 RUNS_SHOWN = 20
 EVENTS_SHOWN = 50
 SNAPSHOTS_SHOWN = 10
+JOBS_SHOWN = 10
 # The figures shown next to each version in the list, from its stored metrics.
 LIST_METRICS = {
     Component.RETRIEVER: ("ndcg@10", "recall@10", "mrr@10"),
@@ -206,6 +208,9 @@ class VersionReview:
     regressed: list[QueryDiff]
     unchanged: list[QueryDiff]
     live: ModelVersion | None
+    # The loop cycles that made it (gate outcome) and its evaluation jobs, newest first.
+    cycles: list = field(default_factory=list)
+    evaluation_jobs: list = field(default_factory=list)
 
 
 def _documents(side: dict, relevant: set[str]) -> list[dict[str, Any]]:
@@ -283,6 +288,8 @@ def model_version_review(*, version: ModelVersion) -> VersionReview:
         regressed=regressed,
         unchanged=unchanged,
         live=live,
+        cycles=list(LoopCycle.objects.filter(candidate=version).select_related("policy").order_by("-pk")),
+        evaluation_jobs=list(EvaluationJob.objects.filter(candidate=version).order_by("-created_at", "-pk")[:JOBS_SHOWN]),
     )
 
 

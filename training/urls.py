@@ -7,6 +7,8 @@ from training import views
 urlpatterns = [
     path("kbs/<slug:slug>/models/", views.models_page, name="training_models"),
     path("kbs/<slug:slug>/training-runs/", views.training_runs_fragment, name="training_runs"),
+    path("kbs/<slug:slug>/training-runs/<int:run_id>/", views.training_run_detail, name="training_run_detail"),
+    path("kbs/<slug:slug>/training-runs/<int:run_id>/log/", views.training_run_log_fragment, name="training_run_log"),
     path("kbs/<slug:slug>/training-runs/<int:run_id>/cancel/", views.training_run_cancel_view, name="training_run_cancel"),
     path("kbs/<slug:slug>/models/<str:name>/", views.version_detail, name="training_version_detail"),
     path("kbs/<slug:slug>/models/<str:name>/promote/", views.version_promote, name="training_version_promote"),

@@ -369,3 +369,25 @@ def loop_cycle_log_fragment(request, knowledge_base: KnowledgeBase, cycle_id: in
     """The cycle's log and its training run's, polled while the cycle runs."""
     cycle = _cycle_or_404(knowledge_base, cycle_id)
     return fragment(render(request, "training/_cycle_log.html", {"kb": knowledge_base, "cycle": cycle}))
+
+
+def _run_or_404(knowledge_base, run_id):
+    run = TrainingRun.objects.filter(pk=run_id, knowledge_base=knowledge_base).select_related("snapshot").first()
+    if run is None:
+        raise Http404("No such training run.")
+    return run
+
+
+@require_GET
+@knowledge_base_admin_page
+def training_run_detail(request, knowledge_base: KnowledgeBase, run_id: int):
+    run = _run_or_404(knowledge_base, run_id)
+    return render(request, "training/run_detail.html", {"kb": knowledge_base, "run": run})
+
+
+@require_GET
+@knowledge_base_admin_page
+def training_run_log_fragment(request, knowledge_base: KnowledgeBase, run_id: int):
+    """The run's progress and log, polled while it runs."""
+    run = _run_or_404(knowledge_base, run_id)
+    return fragment(render(request, "training/_run_log.html", {"kb": knowledge_base, "run": run}))

@@ -146,7 +146,7 @@ def test_the_label_trigger_starts_one_cycle_at_the_threshold_and_counts_from_its
     assert loop.new_final_labels(knowledge_base=embedded_knowledge_base, component="retriever").new_final_labels == 4
     assert loop.loop_policies_check() == []
 
-    policy = policy_for(embedded_knowledge_base, min_new_labels=4)
+    policy_for(embedded_knowledge_base, min_new_labels=4)
     [cycle] = loop.loop_policies_check()
     assert (cycle.trigger, cycle.labels_at_start, cycle.stage) == ("labels", 4, "snapshot")
     assert queued["cycles"] == [cycle.pk]

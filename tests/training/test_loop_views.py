@@ -109,3 +109,30 @@ def test_run_now_starts_a_cycle_and_shows_its_log_then_refuses_a_second(admin_cl
     assert "is still running" in again.content.decode() and LoopCycle.objects.count() == 1
     assert admin_client.get(f"/kbs/{knowledge_base.slug}/loop/cycles/999999/").status_code == 404
     assert admin_client.post(f"/kbs/{knowledge_base.slug}/loop/policies/generator/run/").status_code == 404
+
+
+def test_a_runs_log_is_readable_while_it_runs_and_a_version_shows_its_cycle_and_jobs(admin_client, knowledge_base, policy):
+    from training.models import EvaluationJob, TrainingRun
+
+    run = TrainingRun.objects.create(
+        knowledge_base=knowledge_base, component="retriever", mode="contrastive", status="running", progress=0.4,
+        log=f"step 12/30 loss 0.41 {XSS}\n",
+    )  # fmt: skip
+    page = admin_client.get(f"/kbs/{knowledge_base.slug}/training-runs/{run.pk}/").content.decode()
+    assert "step 12/30 loss 0.41" in page and "40%" in page and 'hx-trigger="every 3s"' in page and XSS not in page
+    fragment = admin_client.get(f"/kbs/{knowledge_base.slug}/training-runs/{run.pk}/log/")
+    assert "step 12/30" in fragment.content.decode() and "HX-Request" in fragment["Vary"]
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded", progress=1.0)
+    assert "every 3s" not in admin_client.get(f"/kbs/{knowledge_base.slug}/training-runs/{run.pk}/log/").content.decode()
+
+    version = retriever_version(knowledge_base, "retriever-v1")
+    EvaluationJob.objects.create(knowledge_base=knowledge_base, candidate=version, status="failed", error="Snapshot 3 has no held-out examples.")
+    LoopCycle.objects.create(
+        policy=policy, knowledge_base=knowledge_base, component="retriever", trigger="schedule", stage="done",
+        status="awaiting_review", candidate=version,
+        gate_outcome={"passed": True, "metric": "ndcg@10", "delta": 0.04, "low": 0.01, "high": 0.07, "queries": 60, "reasons": []},
+    )  # fmt: skip
+    page = admin_client.get(f"/kbs/{knowledge_base.slug}/models/retriever-v1/").content.decode()
+    assert "awaiting review" in page and "waits for your review" in page and "0.0400" in page
+    assert "Snapshot 3 has no held-out examples." in page
+    assert admin_client.get(f"/kbs/{knowledge_base.slug}/training-runs/999999/").status_code == 404
