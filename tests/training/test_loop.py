@@ -141,7 +141,7 @@ def test_setting_a_policy_again_changes_only_the_given_fields(embedded_knowledge
 def test_the_label_trigger_starts_one_cycle_at_the_threshold_and_counts_from_its_snapshot(
     embedded_knowledge_base, curator, queued, fake_trainer, exam, monkeypatch, artifacts
 ):
-    policy = policy_for(embedded_knowledge_base, min_new_labels=5)
+    policy_for(embedded_knowledge_base, min_new_labels=5)
     label_questions(embedded_knowledge_base, curator)  # 4 turns with final labels
     assert loop.new_final_labels(knowledge_base=embedded_knowledge_base, component="retriever").new_final_labels == 4
     assert loop.loop_policies_check() == []
