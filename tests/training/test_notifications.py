@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
@@ -37,48 +36,13 @@ from training.services.webhooks import (
     webhook_messages_resend_due,
 )
 
-from .conftest import retriever_version
+from .conftest import Receiver, retriever_version
 
 # The secret of the Standard Webhooks spec's own example (base64 of the key bytes).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 # --- a real receiver -------------------------------------------------------------------------
-
-
-class Receiver:
-    """A local HTTP server that verifies each request's signature and answers from a script."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.answers: list[int] = []  # status codes to answer, in turn; 200 when none are left
-        self.secret = ""
-        receiver = self
-
-        class Handler(JsonReplyHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    webhook_verify(secret=receiver.secret, headers=dict(self.headers), body=body)
-                    verified = True
-                except WebhookVerificationError:
-                    verified = False
-                headers = {name.lower(): value for name, value in self.headers.items()}  # names are case-insensitive
-                receiver.requests.append({"headers": headers, "body": body, "verified": verified, "path": self.path})
-                status = receiver.answers.pop(0) if receiver.answers else 200
-                self.reply_raw(status, json.dumps({"ok": status < 300}).encode())
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/ragloop"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
