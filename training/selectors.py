@@ -1,6 +1,6 @@
 """Read operations of the training app: snapshots, model versions with their lineage and latest
-evaluation, training runs and the promotion log, each page in a fixed number of queries; and
-the loop page's policies, cycles and charts."""
+evaluation, training runs and the promotion log, webhook endpoints with their deliveries, each
+page in a fixed number of queries; and the loop page's policies, cycles and charts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q
+from django.db.models import Count, Prefetch, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -28,6 +28,9 @@ from training.models import (
     PromotionEvent,
     RetrainingPolicy,
     TrainingRun,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
 )
 from training.services.evaluation import (
     GENERATOR_METRICS,
@@ -43,6 +46,7 @@ RUNS_SHOWN = 20
 EVENTS_SHOWN = 50
 SNAPSHOTS_SHOWN = 10
 JOBS_SHOWN = 10
+WEBHOOK_MESSAGES_SHOWN = 50
 # The figures shown next to each version in the list, from its stored metrics.
 LIST_METRICS = {
     Component.RETRIEVER: ("ndcg@10", "recall@10", "mrr@10"),
@@ -411,3 +415,40 @@ def retraining_policy_get(*, knowledge_base: KnowledgeBase, component: str):
     if policy is None:
         raise NotFound(f"Knowledge base {knowledge_base.slug!r} has no {component} retraining policy; set one first.")
     return policy
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WebhooksOverview:
+    endpoints: list[WebhookEndpoint]  # each with delivered, pending and failed message counts
+    messages: list[WebhookMessage]  # the latest first, each with its endpoint and attempts
+    events: list[tuple[str, str]] = field(default_factory=lambda: list(WebhookEndpoint.Event.choices))
+
+
+def webhook_endpoint_get(*, knowledge_base: KnowledgeBase, endpoint_id: int) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint.objects.filter(knowledge_base=knowledge_base, pk=endpoint_id).first()
+    if endpoint is None:
+        raise NotFound(f"No webhook endpoint #{endpoint_id} in {knowledge_base.slug!r}.")
+    return endpoint
+
+
+def webhooks_overview(*, knowledge_base: KnowledgeBase) -> WebhooksOverview:
+    """The knowledge base's endpoints and its latest messages with every attempt (three queries)."""
+    Status = WebhookMessage.Status
+    endpoints = list(
+        WebhookEndpoint.objects.filter(knowledge_base=knowledge_base)
+        .select_related("created_by")
+        .annotate(
+            delivered_count=Count("messages", filter=Q(messages__status=Status.DELIVERED)),
+            pending_count=Count("messages", filter=Q(messages__status=Status.PENDING)),
+            failed_count=Count("messages", filter=Q(messages__status=Status.FAILED)),
+        )
+        .order_by("pk")
+    )
+    messages = list(
+        WebhookMessage.objects.filter(endpoint__knowledge_base=knowledge_base)
+        .select_related("endpoint")
+        .prefetch_related(Prefetch("attempts", queryset=WebhookAttempt.objects.order_by("created_at", "pk")))
+        .order_by("-created_at", "-pk")[:WEBHOOK_MESSAGES_SHOWN]
+    )
+    return WebhooksOverview(endpoints=endpoints, messages=messages)

@@ -46,12 +46,6 @@ def training_runs_fail_stalled_task() -> None:
 
 
 @shared_task
-def webhook_message_deliver_task(message_id: int) -> None:
-    # Delivery (signing, retries with backoff, attempt rows) lands with the webhooks work.
-    logger.info("Webhook message %s recorded", message_id)
-
-
-@shared_task
 def loop_cycle_advance_task(cycle_id: int) -> None:
     loop.loop_cycle_advance(cycle_id=cycle_id)
 
@@ -65,3 +59,33 @@ def loop_policies_check_task(knowledge_base_id: int | None = None) -> None:
 @shared_task
 def loop_tick_task() -> None:
     loop.loop_tick()
+
+
+@shared_task
+def webhook_message_deliver_task(message_id: int) -> None:
+    from training.services.webhooks import webhook_message_deliver
+
+    delivery = webhook_message_deliver(message_id=message_id)
+    if delivery.retry_in is not None:
+        # The next try is due then (the message row says so); if this message is lost,
+        # webhook_messages_resend_due_task sends it again.
+        webhook_message_deliver_task.apply_async((message_id,), countdown=delivery.retry_in)
+
+
+@shared_task
+def webhook_messages_resend_due_task() -> None:
+    from training.services.webhooks import webhook_messages_resend_due
+
+    webhook_messages_resend_due()
+
+
+# An SMTP server that is down or refuses for a while (smtplib's errors are OSErrors): Celery's
+# own retry with backoff is enough here, an e-mail is not a row anyone reads.
+@shared_task(autoretry_for=(OSError,), retry_backoff=60, max_retries=4)
+def notification_email_send_task(knowledge_base_id: int, event: str, payload: dict) -> None:
+    from knowledge.models import KnowledgeBase
+    from training.services.notifications import notification_email_send
+
+    knowledge_base = KnowledgeBase.objects.filter(pk=knowledge_base_id).first()
+    if knowledge_base is not None:
+        notification_email_send(knowledge_base=knowledge_base, event=event, payload=payload)

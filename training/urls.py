@@ -1,4 +1,4 @@
-"""Model review pages for admins: model versions, training runs, promotion, dataset exports, the loop."""
+"""Model review pages for admins: model versions, training runs, promotion, dataset exports, the loop, webhooks."""
 
 from django.urls import path
 
@@ -25,4 +25,8 @@ urlpatterns = [
         views.snapshot_export_jsonl,
         name="training_snapshot_export",
     ),
+    path("kbs/<slug:slug>/webhooks/", views.webhooks_page, name="training_webhooks"),
+    path("kbs/<slug:slug>/webhooks/add/", views.webhook_endpoint_create_view, name="training_webhook_create"),
+    path("kbs/<slug:slug>/webhooks/<int:endpoint_id>/delete/", views.webhook_endpoint_delete_view, name="training_webhook_delete"),
+    path("kbs/<slug:slug>/webhooks/<int:endpoint_id>/enabled/", views.webhook_endpoint_enabled_view, name="training_webhook_enabled"),
 ]

@@ -1,8 +1,8 @@
 """Model review pages for admins: a knowledge base's model versions, training runs and promotion
 log; one version's lineage and latest evaluation against the baseline, with per-query diffs and
-the promote and roll back actions; downloads of dataset snapshot exports; and the loop page
+the promote and roll back actions; downloads of dataset snapshot exports; the loop page
 (retraining policies, their form and "run now", the cycle history with its charts, a cycle's
-live log).
+live log); and the webhook endpoints with their deliveries.
 
 Every page is a knowledge base page for admins: 404 for non-members, 403 for curators.
 """
@@ -12,6 +12,7 @@ import json
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.views.access import fragment
@@ -30,6 +31,8 @@ from training.selectors import (
     runs_active,
     snapshot_get,
     training_runs_recent,
+    webhook_endpoint_get,
+    webhooks_overview,
 )
 from training.services.evaluation import HEADLINE_METRIC
 from training.services.exports import (
@@ -43,6 +46,11 @@ from training.services.loop.policies import METRICS as POLICY_METRICS
 from training.services.runs import training_run_cancel
 from training.services.runs.parameters import MODES
 from training.services.versions import model_version_promote, model_version_rollback
+from training.services.webhooks import (
+    webhook_endpoint_create,
+    webhook_endpoint_delete,
+    webhook_endpoint_set_enabled,
+)
 
 CURVE_WIDTH = 480
 CURVE_HEIGHT = 120
@@ -299,6 +307,25 @@ def loop_page(request, knowledge_base: KnowledgeBase):
         "labels_chart": labels_and_cycles_chart(overview.labels_per_day, overview.cycles_per_day),
         "cycles_running": any(not cycle.is_finished for cycle in overview.cycles),
     })
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def _webhooks_page(request, knowledge_base: KnowledgeBase, *, error: str = "", form=None, status: int = 200):
+    created = request.GET.get("created", "")
+    return render(request, "training/webhooks.html", {
+        "kb": knowledge_base,
+        "overview": webhooks_overview(knowledge_base=knowledge_base),
+        "created": int(created) if created.isdigit() else None,
+        "error": error,
+        "form": form or {"url": "", "events": []},
+    }, status=status)
+
+
+def _endpoint_or_404(knowledge_base: KnowledgeBase, endpoint_id: int):
+    try:
+        return webhook_endpoint_get(knowledge_base=knowledge_base, endpoint_id=endpoint_id)
+    except NotFound:
+        raise Http404("No such webhook endpoint.") from None
 
 
 @require_GET
@@ -333,6 +360,8 @@ def loop_policy_edit(request, knowledge_base: KnowledgeBase, component: str):
     if request.method != "GET":
         return HttpResponse(status=405)
     return render(request, "training/policy_form.html", context)
+def webhooks_page(request, knowledge_base: KnowledgeBase):
+    return _webhooks_page(request, knowledge_base)
 
 
 @require_POST
@@ -391,3 +420,35 @@ def training_run_log_fragment(request, knowledge_base: KnowledgeBase, run_id: in
     """The run's progress and log, polled while it runs."""
     run = _run_or_404(knowledge_base, run_id)
     return fragment(render(request, "training/_run_log.html", {"kb": knowledge_base, "run": run}))
+def webhook_endpoint_create_view(request, knowledge_base: KnowledgeBase):
+    form = {"url": request.POST.get("url", "").replace("\x00", "").strip(), "events": request.POST.getlist("events")}
+    try:
+        endpoint = webhook_endpoint_create(
+            knowledge_base=knowledge_base, url=form["url"], events=form["events"], created_by=request.user
+        )
+    except ServiceError as error:
+        return _webhooks_page(request, knowledge_base, error=str(error), form=form, status=error.status_code)
+    # The secret is not put in the message (messages may live in a cookie); the page shows it.
+    messages.success(request, f"Events will be posted to {endpoint.url}. Its signing secret is shown below.")
+    page = reverse("training_webhooks", kwargs={"slug": knowledge_base.slug})
+    return redirect(f"{page}?created={endpoint.pk}#endpoint-{endpoint.pk}")
+
+
+@require_POST
+@knowledge_base_admin_page
+def webhook_endpoint_delete_view(request, knowledge_base: KnowledgeBase, endpoint_id: int):
+    endpoint = _endpoint_or_404(knowledge_base, endpoint_id)
+    url = endpoint.url
+    webhook_endpoint_delete(endpoint=endpoint)
+    messages.success(request, f"{url} gets no more events; its deliveries were removed.")
+    return redirect("training_webhooks", slug=knowledge_base.slug)
+
+
+@require_POST
+@knowledge_base_admin_page
+def webhook_endpoint_enabled_view(request, knowledge_base: KnowledgeBase, endpoint_id: int):
+    endpoint = _endpoint_or_404(knowledge_base, endpoint_id)
+    enabled = request.POST.get("enabled") == "true"
+    webhook_endpoint_set_enabled(endpoint=endpoint, enabled=enabled)
+    messages.success(request, f"{endpoint.url} is {'enabled' if enabled else 'disabled'}.")
+    return redirect("training_webhooks", slug=knowledge_base.slug)

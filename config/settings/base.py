@@ -177,3 +177,23 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("RAGLOOP_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "pgserver": {"level": "WARNING"}},
 }
+
+# --- Notifications (docs/notifications.md) ------------------------------------------------
+# Tries per webhook message before it is marked failed, and the wait after the first failed try
+# (doubled after each: 30, 60, 120 … seconds, at most six hours).
+RAGLOOP_WEBHOOK_MAX_ATTEMPTS = env_int("RAGLOOP_WEBHOOK_MAX_ATTEMPTS", 6)
+RAGLOOP_WEBHOOK_BACKOFF_SECONDS = env_int("RAGLOOP_WEBHOOK_BACKOFF_SECONDS", 30)
+# How long one webhook request may take before the try counts as failed.
+RAGLOOP_WEBHOOK_TIMEOUT_SECONDS = env_int("RAGLOOP_WEBHOOK_TIMEOUT_SECONDS", 10)
+# E-mail the admins about the same events (through Django's EMAIL_* settings).
+RAGLOOP_NOTIFICATION_EMAILS = env_bool("RAGLOOP_NOTIFICATION_EMAILS", True)
+# Where users reach this instance (e.g. https://ragloop.example.com), for links in e-mails; empty: no links.
+RAGLOOP_PUBLIC_URL = os.environ.get("RAGLOOP_PUBLIC_URL", "")
+# https://docs.djangoproject.com/en/5.2/ref/settings/#default-from-email
+DEFAULT_FROM_EMAIL = os.environ.get("DJANGO_DEFAULT_FROM_EMAIL", "ragloop@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Webhook messages whose task was lost (a broker restart) are sent again; delivery is idempotent.
+CELERY_BEAT_SCHEDULE["resend-due-webhook-messages"] = {
+    "task": "training.tasks.webhook_messages_resend_due_task",
+    "schedule": float(RAGLOOP_LOOP_TICK_SECONDS),
+}

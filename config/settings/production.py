@@ -20,3 +20,19 @@ STORAGES = {
 }
 SESSION_COOKIE_SECURE = os.environ.get("DJANGO_SECURE_COOKIES", "true").lower() == "true"
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# Outgoing mail (the admins' notifications) through an SMTP server named by the environment.
+# https://docs.djangoproject.com/en/5.2/topics/email/#smtp-backend
+# Without EMAIL_HOST the mail is printed to the worker's log instead of sent.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "587"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+# https://docs.djangoproject.com/en/5.2/ref/settings/#email-use-tls (STARTTLS, port 587) and
+# #email-use-ssl (implicit TLS, port 465); only one may be on.
+EMAIL_USE_SSL = os.environ.get("EMAIL_USE_SSL", "false").lower() == "true"
+EMAIL_USE_TLS = not EMAIL_USE_SSL and os.environ.get("EMAIL_USE_TLS", "true").lower() == "true"
+EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT", "30"))

@@ -19,3 +19,5 @@ DATABASES["default"]["TEST"] = {"NAME": "test_ragloop" + os.environ.get("RAGLOOP
 # Serve static files from the source folders (no collectstatic needed for tests).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+# Mail stays in memory, in the test process (pytest-django's mail.outbox) and in a test worker.
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -1,14 +1,20 @@
 """Fixtures and helpers shared by the training tests."""
 
+import json
+import threading
+from http.server import ThreadingHTTPServer
+
 import pytest
 from django.contrib.auth.models import Group
 
 from curation.models import Membership
 from curation.services.labels import LabelInput, label_submit
 from knowledge.services.turns import turn_ask
+from tests.rag.conftest import JsonReplyHandler
 from training.models import Component, DatasetSnapshot, SnapshotExample
 from training.services import evaluation as evaluation_module
 from training.services.versions import model_version_register
+from training.services.webhook_signatures import WebhookVerificationError, webhook_verify
 
 
 @pytest.fixture
@@ -85,3 +91,38 @@ def label_questions(knowledge_base, curator) -> None:
             turn=turn, curator=curator,
             data=LabelInput(passages=judgments, answer_rating="wrong", gold_answer=answer, rationale=rationale),
         )  # fmt: skip
+
+
+class Receiver:
+    """A local HTTP server that verifies each request's signature and answers from a script."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.answers: list[int] = []  # status codes to answer, in turn; 200 when none are left
+        self.secret = ""
+        receiver = self
+
+        class Handler(JsonReplyHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    webhook_verify(secret=receiver.secret, headers=dict(self.headers), body=body)
+                    verified = True
+                except WebhookVerificationError:
+                    verified = False
+                headers = {name.lower(): value for name, value in self.headers.items()}  # names are case-insensitive
+                receiver.requests.append({"headers": headers, "body": body, "verified": verified, "path": self.path})
+                status = receiver.answers.pop(0) if receiver.answers else 200
+                self.reply_raw(status, json.dumps({"ok": status < 300}).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/ragloop"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

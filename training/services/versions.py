@@ -24,7 +24,8 @@ from rag.training.artifacts import (
     verify_manifest,
     write_manifest,
 )
-from training.models import Component, ModelVersion, PromotionEvent
+from training.models import Component, ModelVersion, PromotionEvent, WebhookEndpoint
+from training.services.notifications import notify
 
 
 def artifacts_root() -> Path:
@@ -129,7 +130,7 @@ def model_version_promote(
 
     `actor_name` says who acted when no person did ("policy nightly-retriever")."""
     with transaction.atomic():
-        KnowledgeBase.objects.select_for_update().get(pk=version.knowledge_base_id)  # one promotion at a time
+        knowledge_base = KnowledgeBase.objects.select_for_update().get(pk=version.knowledge_base_id)  # one promotion at a time
         version = ModelVersion.objects.select_related("embedding_space").get(pk=version.pk)
         if version.status == ModelVersion.Status.LIVE:
             raise Conflict(f"Model version {version.name!r} is already live.")
@@ -141,7 +142,7 @@ def model_version_promote(
             ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.RETIRED)
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.LIVE)
         _live_pointers_write(knowledge_base_id=version.knowledge_base_id, component=version.component, version=version)
-        return PromotionEvent.objects.create(
+        promotion = PromotionEvent.objects.create(
             knowledge_base_id=version.knowledge_base_id,
             component=version.component,
             action=PromotionEvent.Action.AUTO_PROMOTE if automatic else PromotionEvent.Action.PROMOTE,
@@ -151,6 +152,15 @@ def model_version_promote(
             actor_name=actor_name or (actor.get_username() if actor else ""),
             reason=reason,
         )
+        notify(knowledge_base=knowledge_base, event=WebhookEndpoint.Event.VERSION_PROMOTED, payload={
+            "component": version.component,
+            "version": version.name,
+            "previous": previous.name if previous else None,
+            "actor": _actor_name(actor),
+            "automatic": automatic,
+            "reason": reason,
+        })
+        return promotion
 
 
 def model_version_reject(*, version: ModelVersion, reason: str) -> ModelVersion:
@@ -191,7 +201,7 @@ def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, act
         if previous is not None:
             ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.LIVE)
         _live_pointers_write(knowledge_base_id=knowledge_base.pk, component=component, version=previous)
-        return PromotionEvent.objects.create(
+        rollback = PromotionEvent.objects.create(
             knowledge_base=knowledge_base,
             component=component,
             action=PromotionEvent.Action.ROLLBACK,
@@ -200,3 +210,15 @@ def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, act
             actor=actor,
             reason=reason,
         )
+        notify(knowledge_base=knowledge_base, event=WebhookEndpoint.Event.VERSION_ROLLED_BACK, payload={
+            "component": component,
+            "version": current.name,
+            "restored": previous.name if previous else None,
+            "actor": _actor_name(actor),
+            "reason": reason,
+        })
+        return rollback
+
+
+def _actor_name(actor) -> str | None:
+    return actor.get_username() if actor is not None and actor.is_authenticated else None

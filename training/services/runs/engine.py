@@ -20,7 +20,7 @@ from knowledge.errors import InvalidInput
 from knowledge.models import EmbeddingSpace
 from training.models import Component, ModelVersion, TrainingRun
 from training.services.evaluation_jobs import evaluation_job_start
-from training.services.runs.lifecycle import fail_stalled, heartbeat_fresh
+from training.services.runs.lifecycle import fail_stalled, heartbeat_fresh, training_run_failed_notify
 from training.services.runs.shared import Reporter, Trained, log_line
 from training.services.runs.trainers.generator import (
     train_lora_radit,
@@ -192,6 +192,8 @@ def _finish(run_id: int, status: str, *, error: str = "", log: str = "") -> Outc
         run.heartbeat_at = run.finished_at
         run.log += log_line(log or status)
         run.save(update_fields=["status", "error", "finished_at", "heartbeat_at", "log"])
+        if status == TrainingRun.Status.FAILED:
+            training_run_failed_notify(run)
     return Outcome(status)
 
 

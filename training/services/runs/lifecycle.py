@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import KnowledgeBase
-from training.models import DatasetSnapshot, TrainingRun
+from training.models import DatasetSnapshot, TrainingRun, WebhookEndpoint
+from training.services.notifications import notify
 from training.services.runs.parameters import check_trainable, validated_parameters
 from training.services.runs.shared import log_line
 from training.services.snapshots import dataset_snapshot_create
@@ -116,6 +117,18 @@ def training_run_fail_waiting(*, run_id: int) -> None:
         run.finished_at = timezone.now()
         run.log += log_line(message)
         run.save(update_fields=["status", "error", "finished_at", "log"])
+        training_run_failed_notify(run)
+
+
+def training_run_failed_notify(run: TrainingRun) -> None:
+    """Emit run.failed for a run just marked failed (inside the caller's transaction, so the
+    webhooks and e-mail go out only if the failure is committed)."""
+    notify(knowledge_base=run.knowledge_base, event=WebhookEndpoint.Event.RUN_FAILED, payload={
+        "component": run.component,
+        "run": run.pk,
+        "mode": run.mode,
+        "error": run.error,
+    })
 
 
 # How a stalled run's error starts (the loop trains such a run again; other failures it does not).
@@ -141,6 +154,7 @@ def fail_stalled(run: TrainingRun) -> None:
     run.finished_at = timezone.now()
     run.log += log_line(message)
     run.save(update_fields=["status", "error", "finished_at", "log"])
+    training_run_failed_notify(run)
 
 
 def training_runs_fail_stalled() -> list[int]:
