@@ -172,3 +172,13 @@ LOGGING = {
 # How often beat's loop tick checks retraining policies (schedules and label counts) and moves
 # running cycles on; also the period of the stalled-run sweepers.
 RAGLOOP_LOOP_TICK_SECONDS = env_int("RAGLOOP_LOOP_TICK_SECONDS", 60)
+
+# --- Housekeeping the loop needs ----------------------------------------------------------
+# A retriever version's embedding space stops receiving new documents' vectors when the version
+# is retired or rejected; this long after, beat drops its vectors and HNSW index (a rollback to
+# it then needs a re-embedding: knowledge.services.embedding_spaces). Default 7 days.
+RAGLOOP_RETIRED_SPACE_GRACE_SECONDS = env_int("RAGLOOP_RETIRED_SPACE_GRACE_SECONDS", 7 * 24 * 3600)
+CELERY_BEAT_SCHEDULE["drop-expired-embedding-spaces"] = {
+    "task": "knowledge.tasks.embedding_spaces_drop_expired_task",
+    "schedule": float(RAGLOOP_LOOP_TICK_SECONDS),
+}
