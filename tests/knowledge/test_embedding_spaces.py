@@ -173,3 +173,13 @@ def test_an_index_build_is_queued_only_for_a_large_space_without_one_and_none_ru
     assert not embedding_space_index_building(space)
     assert embedding_space_index_build_ensure(space=space) is True
     assert sent == [space.pk]
+
+
+def test_beat_sweeps_retired_spaces_every_loop_tick(settings):
+    import knowledge.tasks
+    from config.celery import app
+
+    assert knowledge.tasks.embedding_spaces_drop_expired_task.name in app.tasks
+    entry = settings.CELERY_BEAT_SCHEDULE["drop-expired-embedding-spaces"]
+    assert entry["schedule"] == float(settings.RAGLOOP_LOOP_TICK_SECONDS)
+    assert entry["task"] in app.tasks
