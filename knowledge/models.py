@@ -121,6 +121,11 @@ class EmbeddingSpace(models.Model):
     # True once the space's partial HNSW index exists (see knowledge.services.embeddings).
     hnsw_index_built = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Retired: no version can serve from it any more (training decides; see
+    # knowledge.services.embedding_spaces). New documents are no longer embedded into it, and
+    # after RAGLOOP_RETIRED_SPACE_GRACE_SECONDS its vectors and HNSW index are dropped.
+    retired_at = models.DateTimeField(null=True, blank=True)
+    vectors_dropped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "curation_embeddingspace"
@@ -136,6 +141,13 @@ class EmbeddingSpace(models.Model):
     @property
     def hnsw_index_name(self) -> str:
         return f"chunk_embedding_hnsw_space_{self.pk}"
+
+    @property
+    def state_label(self) -> str:
+        """The status as lists show it: a retired space says whether its vectors are gone."""
+        if self.status == self.Status.RETIRED:
+            return "retired, vectors dropped" if self.vectors_dropped_at else "retired"
+        return self.status
 
 
 class QueryEncoder(models.Model):

@@ -82,7 +82,9 @@ def retriever_for(*, knowledge_base: KnowledgeBase, retriever_version: str | Non
         space = embedding_space_for(knowledge_base=knowledge_base, retriever_version=retriever_version)
         return RetrieverChoice(space.retriever_version, space, space.model_reference)
     if encoder.space.status != EmbeddingSpace.Status.READY:
-        raise InvalidInput(f"Retriever version {retriever_version!r} is not ready to serve (its chunks are still being embedded).")
+        raise InvalidInput(
+            f"Retriever version {retriever_version!r} is not ready to serve (its embedding space is {encoder.space.state_label})."
+        )
     return RetrieverChoice(encoder.retriever_version, encoder.space, encoder.model_reference)
 
 

@@ -3,7 +3,7 @@
 
 from celery import shared_task
 
-from knowledge.services import embeddings
+from knowledge.services import embedding_spaces, embeddings
 
 
 @shared_task
@@ -24,3 +24,8 @@ def embedding_jobs_resume_stalled_task() -> None:
 @shared_task
 def embedding_space_index_build_task(space_id: int) -> None:
     embeddings.embedding_space_index_build(space_id=space_id)
+
+
+@shared_task
+def embedding_spaces_drop_expired_task() -> None:
+    embedding_spaces.embedding_spaces_drop_expired()

@@ -113,6 +113,8 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict)
     training_curve = models.JSONField(default=list)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
+    # Why it has that status, where someone said: e.g. the gate's reason for rejecting it.
+    status_reason = models.TextField(blank=True)
     # Set when a person's data this version was trained on was erased.
     trained_on_erased_data = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -150,6 +152,10 @@ class TrainingRun(models.Model):
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # What a run keeps on a remote service, written as soon as it exists, so an execution after
+    # a dead worker follows the same remote job instead of paying for a second one: for an
+    # OpenAI run {"base_url", "training_file", "job_id"} plus "reattached", the times it resumed.
+    remote_state = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

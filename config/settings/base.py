@@ -197,3 +197,21 @@ CELERY_BEAT_SCHEDULE["resend-due-webhook-messages"] = {
     "task": "training.tasks.webhook_messages_resend_due_task",
     "schedule": float(RAGLOOP_LOOP_TICK_SECONDS),
 }
+
+# --- Housekeeping the loop needs ----------------------------------------------------------
+# A retriever version's embedding space stops receiving new documents' vectors when the version
+# is retired or rejected; this long after, beat drops its vectors and HNSW index (a rollback to
+# it then needs a re-embedding: knowledge.services.embedding_spaces). Default 7 days.
+RAGLOOP_RETIRED_SPACE_GRACE_SECONDS = env_int("RAGLOOP_RETIRED_SPACE_GRACE_SECONDS", 7 * 24 * 3600)
+CELERY_BEAT_SCHEDULE["drop-expired-embedding-spaces"] = {
+    "task": "knowledge.tasks.embedding_spaces_drop_expired_task",
+    "schedule": float(RAGLOOP_LOOP_TICK_SECONDS),
+}
+# Calls to a fine-tuning API that fail transiently (429, 5xx, timeouts, connection errors) are
+# retried with exponential backoff (or the server's Retry-After), at most this many attempts per
+# call and this many seconds of waiting in all (rag.training.openai_jobs.RetryPolicy).
+RAGLOOP_OPENAI_RETRY_ATTEMPTS = env_int("RAGLOOP_OPENAI_RETRY_ATTEMPTS", 6)
+RAGLOOP_OPENAI_RETRY_MAX_WAIT_SECONDS = env_int("RAGLOOP_OPENAI_RETRY_MAX_WAIT_SECONDS", 300)
+# An OpenAI run whose worker died while its remote job ran is re-queued to follow the same job
+# (never a second one) by the stall sweeper, at most this many times before it is failed.
+RAGLOOP_OPENAI_REATTACH_LIMIT = env_int("RAGLOOP_OPENAI_REATTACH_LIMIT", 5)

@@ -14,7 +14,6 @@ import pgvector.django.vector
 from django.conf import settings
 from django.db import migrations, models
 
-
 MOVED_MODELS = [
     "knowledgebase", "document", "chunk", "embeddingspace", "chunkembedding",
     "embeddingjob", "turn", "retrievedpassage", "apitoken",

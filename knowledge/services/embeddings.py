@@ -44,7 +44,9 @@ def embedding_job_start(*, space: EmbeddingSpace) -> EmbeddingJob | None:
     the chunks.
     """
     with transaction.atomic():
-        EmbeddingSpace.objects.select_for_update().get(pk=space.pk)
+        locked = EmbeddingSpace.objects.select_for_update().get(pk=space.pk)
+        if locked.status == EmbeddingSpace.Status.RETIRED:
+            return None  # no version serves from it: new chunks are not embedded into it
         if not _missing_chunks(space).exists():
             return None
         job = EmbeddingJob.objects.filter(space=space, status__in=_UNFINISHED).first()
@@ -88,7 +90,7 @@ def embedding_job_dispatch(*, job_id: int) -> int:
 def chunk_batch_embed(*, job_id: int, chunk_ids: list[int]) -> int:
     """Embed the chunks of this batch that still lack a vector; returns how many were written."""
     job = EmbeddingJob.objects.select_related("space").get(pk=job_id)
-    if job.status == EmbeddingJob.Status.FAILED:
+    if job.status == EmbeddingJob.Status.FAILED or job.space.status == EmbeddingSpace.Status.RETIRED:
         return 0
     space = job.space
     chunks = list(
@@ -167,15 +169,69 @@ def _needs_hnsw_index(space: EmbeddingSpace) -> bool:
     return ChunkEmbedding.objects.filter(space=space).count() > settings.RAGLOOP_EXACT_SEARCH_MAX_CHUNKS
 
 
+def embedding_space_index_missing(space: EmbeddingSpace) -> bool:
+    """True when the space is large enough for its HNSW index but has none yet, so retrieval
+    from it would scan every vector exactly (see knowledge.selectors.passages_retrieve)."""
+    return _needs_hnsw_index(space)
+
+
+def _index_build_lock_sql(function: str) -> str:
+    # The one-bigint form of the advisory lock: a key space of its own (pg_locks objsubid 1),
+    # apart from training's (knowledge base, component) two-integer locks (objsubid 2).
+    return f"SELECT {function}(%s::bigint)"
+
+
+def embedding_space_index_building(space: EmbeddingSpace) -> bool:
+    """True while some session is building the space's HNSW index (it holds the build lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+            "AND classid = 0 AND objid = %s AND granted)",
+            [int(space.pk)],
+        )
+        return bool(cursor.fetchone()[0])
+
+
+def embedding_space_index_build_ensure(*, space: EmbeddingSpace) -> bool:
+    """Queue the build of a missing HNSW index unless one is running; True if queued now.
+
+    Sent at once rather than after commit: a caller that refuses a promotion because of the
+    missing index rolls its transaction back, and the build must still happen. The space row
+    is already committed and the build is idempotent, so an early or duplicate message is harmless.
+    """
+    if not _needs_hnsw_index(space) or embedding_space_index_building(space):
+        return False
+    from knowledge.tasks import embedding_space_index_build_task
+
+    embedding_space_index_build_task.delay(space.pk)
+    return True
+
+
 def embedding_space_index_build(*, space_id: int) -> bool:
     """Build the space's partial HNSW index (cosine) without blocking writes; True if built now.
 
     One index per space, restricted to its rows and cast to its dimensions, so a query of
-    that space scans only its own graph and is never cut short by a filter.
+    that space scans only its own graph and is never cut short by a filter. A session
+    advisory lock keyed on the space makes a second, concurrent build return at once instead
+    of dropping the index the first one is building.
     """
     space = EmbeddingSpace.objects.get(pk=space_id)
-    if space.hnsw_index_built:
+    if space.hnsw_index_built or space.status == EmbeddingSpace.Status.RETIRED:
         return False
+    with connection.cursor() as cursor:
+        cursor.execute(_index_build_lock_sql("pg_try_advisory_lock"), [int(space.pk)])
+        if not cursor.fetchone()[0]:
+            return False
+    try:
+        return _index_build(space)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(_index_build_lock_sql("pg_advisory_unlock"), [int(space.pk)])
+
+
+def _index_build(space: EmbeddingSpace) -> bool:
+    if EmbeddingSpace.objects.filter(pk=space.pk, hnsw_index_built=True).exists():
+        return False  # built by a session that held the lock just before us
     # CONCURRENTLY cannot run inside a transaction; Celery tasks run in autocommit mode.
     with connection.cursor() as cursor:
         cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {space.hnsw_index_name}")  # a failed earlier build leaves an invalid index

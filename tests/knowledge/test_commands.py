@@ -80,6 +80,29 @@ def test_kb_create_and_kb_list(embedded_knowledge_base):
     assert "4 docs" in table[2] and "1 turns" in table[2]
 
 
+def test_kb_list_shows_retired_spaces_and_embedding_space_restore_brings_one_back(embedded_knowledge_base):
+    from knowledge.models import EmbeddingSpace
+    from knowledge.services.embedding_spaces import embedding_space_retire
+
+    kb = embedded_knowledge_base
+    space = EmbeddingSpace.objects.create(
+        knowledge_base=kb, retriever_version="retriever-v1", model_reference="base:all-MiniLM-L6-v2", dimensions=384
+    )
+    embed_everything_now(kb)
+    embedding_space_retire(space=space)
+
+    [row] = json.loads(run("kb_list", "--spaces", "--json"))
+    assert [(s["retriever_version"], s["state"], s["vectors"]) for s in row["spaces"]] == [
+        ("base", "ready", kb.chunks.count()), ("retriever-v1", "retired", kb.chunks.count()),
+    ]  # fmt: skip
+    assert row["spaces"][1]["retired_at"] and row["spaces"][1]["vectors_dropped_at"] is None
+    assert "space retriever-v1" in run("kb_list", "--spaces") and " retired since " in run("kb_list", "--spaces")
+
+    assert "is ready" in run("embedding_space_restore", "test-kb", "retriever-v1")
+    assert "'retriever-v1' is ready, not retired" in run_failing("embedding_space_restore", "test-kb", "retriever-v1")
+    assert "no embedding space" in run_failing("embedding_space_restore", "test-kb", "retriever-v9")
+
+
 @pytest.mark.parametrize(
     "args,fragments",
     [

@@ -72,6 +72,7 @@ class FakeFineTuningApi(JsonReplyHandler):
     """OpenAI's fine-tuning endpoints, in memory; a job advances one status per GET.
 
     Routes under /v1 behave; /broken/v1 answers HTML; /noevents/v1 has no events endpoint.
+    A test can script failures (`fail_next`): the next matching requests get that status first.
     """
 
     files: dict[str, dict] = {}
@@ -79,12 +80,36 @@ class FakeFineTuningApi(JsonReplyHandler):
     jobs: dict[str, dict] = {}
     job_requests: list[dict] = []
     lifecycle = ["validating_files", "running", "running", "succeeded"]
+    # (method, path prefix after /v1, status, extra headers), answered in order before routing.
+    failures: list[tuple[str, str, int, dict]] = []
+
+    @classmethod
+    def fail_next(cls, method: str, path_prefix: str, status: int, *, times: int = 1, headers: dict | None = None) -> None:
+        cls.failures.extend([(method, path_prefix, status, headers or {})] * times)
+
+    def scripted_failure(self, method: str) -> bool:
+        path = self.route()
+        for index, (failing_method, prefix, status, headers) in enumerate(self.failures):
+            if failing_method == method and path.startswith(prefix):
+                del FakeFineTuningApi.failures[index]
+                body = json.dumps({"error": {"message": f"scripted {status}", "type": "server_error"}}).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
+        return False
 
     def do_POST(self) -> None:
         if not self.authorised():
             return
         path = self.route()
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.scripted_failure("POST"):
+            return
         if path == "/files":
             self.upload(body)
         elif path == "/fine_tuning/jobs":
@@ -125,6 +150,8 @@ class FakeFineTuningApi(JsonReplyHandler):
         if not self.authorised():
             return
         url = urlparse(self.path)
+        if self.scripted_failure("GET"):
+            return
         if url.path.startswith("/broken/"):
             return self.reply_raw(200, b"<html>gateway</html>")
         path = self.route()

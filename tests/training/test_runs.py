@@ -542,7 +542,12 @@ def test_an_openai_run_records_the_fine_tuned_model_as_a_generator_version(label
     assert (generator.backend, generator.model, name) == ("openai", version.generator_model, version.name)
 
 
-def test_an_openai_run_that_cannot_reach_the_api_fails_with_the_reason(labelled_kb, no_tasks_sent, monkeypatch):
+def test_an_openai_run_that_cannot_reach_the_api_fails_with_the_reason(labelled_kb, no_tasks_sent, monkeypatch, settings):
+    import rag.training.openai_jobs
+
+    sleeps = []
+    monkeypatch.setattr(rag.training.openai_jobs, "_sleep", sleeps.append)
+    settings.RAGLOOP_OPENAI_RETRY_ATTEMPTS = 3
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     run = training_run_start(
         knowledge_base=labelled_kb, component="generator", mode="openai",
@@ -551,6 +556,126 @@ def test_an_openai_run_that_cannot_reach_the_api_fails_with_the_reason(labelled_
     assert training_run_execute(run_id=run.pk) == Outcome.FAILED
     run.refresh_from_db()
     assert run.error.startswith("FineTuningError: could not reach fine-tuning endpoint") and "sk-wrong" not in run.log
+    assert "gave up after 3 attempts" in run.error and sleeps == [1.0, 2.0]
+    assert run.remote_state == {}  # nothing was uploaded
+
+
+def _openai_run(knowledge_base, api_url: str) -> TrainingRun:
+    return training_run_start(
+        knowledge_base=knowledge_base, component="generator", mode="openai",
+        parameters={"model": "gpt-4o-mini", "base_url": api_url, "poll_seconds": 0, "heldout_share": 0.0},
+    )  # fmt: skip
+
+
+def _died_after_creating_its_job(run: TrainingRun, api_url: str, artifacts: Path) -> str:
+    """What a first execution leaves when its worker dies while the remote job runs."""
+    from rag.training import openai_jobs
+    from tests.rag.conftest import API_KEY
+
+    folder = artifacts / "test-kb" / "generator" / str(run.pk)
+    folder.mkdir(parents=True)
+    (folder / "training.jsonl").write_text('{"messages": []}\n')
+    file_id = openai_jobs.upload_training_file(base_url=api_url, api_key=API_KEY, jsonl_path=folder / "training.jsonl")
+    job = openai_jobs.create_fine_tuning_job(base_url=api_url, api_key=API_KEY, training_file=file_id, model="gpt-4o-mini")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status="running", started_at="2000-01-01T00:00:00Z", heartbeat_at="2000-01-01T00:00:00Z",
+        remote_state={"base_url": api_url, "training_file": file_id, "job_id": job["id"]},
+    )  # fmt: skip
+    return job["id"]
+
+
+def test_an_openai_run_whose_worker_died_re_attaches_to_its_job_instead_of_starting_another(
+    labelled_kb, no_tasks_sent, fine_tuning_api, artifacts
+):
+    from tests.rag.conftest import FakeFineTuningApi
+
+    run = _openai_run(labelled_kb, fine_tuning_api)
+    job_id = _died_after_creating_its_job(run, fine_tuning_api, artifacts)
+    creations = len(FakeFineTuningApi.job_requests)
+
+    assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED, TrainingRun.objects.get(pk=run.pk).log
+
+    assert len(FakeFineTuningApi.job_requests) == creations  # no second paid job
+    version = ModelVersion.objects.get(training_run=run)
+    assert version.parameters["trainer"]["job_id"] == job_id
+    assert version.generator_model == FakeFineTuningApi.jobs[job_id]["fine_tuned_model"]
+    run.refresh_from_db()
+    assert f"Re-attaching to remote job {job_id} (1 of 5)" in run.log and f"re-attached to fine-tuning job {job_id}" in run.log
+    assert run.remote_state["reattached"] == 1 and run.started_at.year == 2000
+
+
+def test_a_fresh_openai_run_records_its_file_and_job_as_soon_as_they_exist(labelled_kb, no_tasks_sent, fine_tuning_api, monkeypatch):
+    from rag.training import openai_jobs
+
+    seen_while_waiting = []
+
+    def wait_and_look(**kwargs):
+        seen_while_waiting.append(dict(TrainingRun.objects.get(pk=run.pk).remote_state))
+        return real_wait(**kwargs)
+
+    real_wait = openai_jobs.wait_for_job
+    monkeypatch.setattr(openai_jobs, "wait_for_job", wait_and_look)
+    run = _openai_run(labelled_kb, fine_tuning_api)
+    assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED
+
+    [state] = seen_while_waiting
+    assert state["base_url"] == fine_tuning_api
+    assert state["training_file"].startswith("file-") and state["job_id"].startswith("ftjob-")
+
+
+def test_the_sweeper_queues_a_stalled_openai_run_again_to_follow_its_job_within_a_bound(
+    labelled_kb, no_tasks_sent, fine_tuning_api, artifacts, settings, django_capture_on_commit_callbacks
+):
+    settings.RAGLOOP_OPENAI_REATTACH_LIMIT = 1
+    run = _openai_run(labelled_kb, fine_tuning_api)
+    job_id = _died_after_creating_its_job(run, fine_tuning_api, artifacts)
+    no_tasks_sent.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training_runs_fail_stalled() == []
+
+    run.refresh_from_db()
+    assert run.status == "queued" and run.remote_state["reattached"] == 1
+    assert f"Queued again to follow remote job {job_id} (1 of 1)" in run.log
+    assert no_tasks_sent == [("training_run_execute_task", (run.pk,))]
+
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")  # it died again; the bound is spent
+    assert training_runs_fail_stalled() == [run.pk]
+    assert TrainingRun.objects.get(pk=run.pk).status == "failed"
+
+
+def test_cancelling_a_run_queued_to_follow_its_job_cancels_the_job_on_the_server(
+    labelled_kb, no_tasks_sent, fine_tuning_api, artifacts
+):
+    from tests.rag.conftest import FakeFineTuningApi
+
+    run = _openai_run(labelled_kb, fine_tuning_api)
+    job_id = _died_after_creating_its_job(run, fine_tuning_api, artifacts)
+    training_runs_fail_stalled()  # queued again
+
+    run = training_run_cancel(run=TrainingRun.objects.get(pk=run.pk))
+    assert (run.status, run.cancel_requested) == ("queued", True)
+    assert f"cancels fine-tuning job {job_id} when it resumes" in run.log
+
+    assert training_run_execute(run_id=run.pk) == Outcome.CANCELLED
+    assert FakeFineTuningApi.jobs[job_id]["status"] == "cancelled"
+    assert not ModelVersion.objects.filter(training_run=run).exists()
+
+
+def test_an_openai_run_rides_out_a_rate_limit(labelled_kb, no_tasks_sent, fine_tuning_api, monkeypatch):
+    import rag.training.openai_jobs
+    from tests.rag.conftest import FakeFineTuningApi
+
+    sleeps = []
+    monkeypatch.setattr(rag.training.openai_jobs, "_sleep", sleeps.append)
+    FakeFineTuningApi.fail_next("POST", "/files", 429, headers={"Retry-After": "2"})
+    FakeFineTuningApi.fail_next("GET", "/fine_tuning/jobs/", 503)
+    try:
+        run = _openai_run(labelled_kb, fine_tuning_api)
+        assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED, TrainingRun.objects.get(pk=run.pk).log
+    finally:
+        FakeFineTuningApi.failures.clear()
+    assert sleeps == [2.0, 1.0]
 
 
 def _evaluation_job(version):

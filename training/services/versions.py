@@ -7,6 +7,12 @@ names, query encoder, generator backend, model and adapter), which is all that
 knowledge.selectors.retriever_for and knowledge.services.turns.generator_for read. So a promotion
 takes effect on the next request. Registering a query-only retriever version also records its
 query encoder (knowledge.models.QueryEncoder), so it can serve by name before it is live.
+
+A retriever version that stops serving (retired by a promotion or rollback, or rejected by a
+policy's gate) has its embedding space retired unless a live version or a candidate still reads
+it (knowledge.services.embedding_spaces): new documents are no longer embedded into it and,
+after a grace period, its vectors are dropped. Going live again restores a space whose vectors
+are still there; one whose vectors were dropped must be re-embedded first.
 """
 
 import hashlib
@@ -18,6 +24,8 @@ from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.services.embedding_spaces import embedding_space_restore, embedding_space_retire
+from knowledge.services.embeddings import embedding_space_index_build_ensure, embedding_space_index_missing
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
 from rag.training.artifacts import (
     ArtifactIntegrityError,
@@ -115,12 +123,70 @@ def _serving_ready(version: ModelVersion) -> None:
         raise Conflict(f"Model version {version.name!r} failed and cannot go live.")
     if version.component == Component.RETRIEVER:
         space = version.embedding_space
+        if space is not None and space.status == EmbeddingSpace.Status.RETIRED:
+            _space_restore_for_serving(version, space)
+            space.refresh_from_db()
         if space is None or space.status != EmbeddingSpace.Status.READY:
             raise Conflict(
                 f"Model version {version.name!r} cannot go live until its chunks are embedded (space is "
                 f"{space.status if space else 'missing'})."
             )
+        if embedding_space_index_missing(space):
+            # Past RAGLOOP_EXACT_SEARCH_MAX_CHUNKS retrieval without the index scans every vector.
+            queued = embedding_space_index_build_ensure(space=space)
+            raise Conflict(
+                f"Model version {version.name!r} cannot go live yet: the HNSW index of its embedding space "
+                f"{space.retriever_version!r} is still being built"
+                f"{' (its build was started now)' if queued else ''}; try again once it is built."
+            )
     model_version_verify(version=version)
+
+
+def _space_restore_for_serving(version: ModelVersion, space: EmbeddingSpace) -> None:
+    """A retired space can serve again while it keeps its vectors (chunks ingested since it was
+    retired are embedded, as after any ingest); once they are dropped it needs a re-embedding."""
+    if space.vectors_dropped_at is not None:
+        raise Conflict(
+            f"Model version {version.name!r} cannot go live: its embedding space {space.retriever_version!r} was "
+            f"retired on {space.retired_at:%Y-%m-%d} and its vectors were dropped on "
+            f"{space.vectors_dropped_at:%Y-%m-%d}. Re-embed the corpus into it with `manage.py "
+            f"embedding_space_restore {version.knowledge_base.slug} {space.retriever_version}`, then try "
+            "again once the space is ready."
+        )
+    embedding_space_restore(space=space)
+
+
+def _space_retire_if_unused(version: ModelVersion | None) -> None:
+    """Retire the space of a retriever version that stopped serving, unless a live version or a
+    candidate still reads it (a query-only version reads its parent's space). The knowledge side
+    itself keeps the base space and the knowledge base's live space."""
+    if version is None or version.component != Component.RETRIEVER or version.embedding_space_id is None:
+        return
+    still_read = ModelVersion.objects.filter(
+        embedding_space_id=version.embedding_space_id,
+        status__in=[ModelVersion.Status.LIVE, ModelVersion.Status.CANDIDATE],
+    ).exists()
+    if not still_read:
+        embedding_space_retire(space=EmbeddingSpace.objects.get(pk=version.embedding_space_id))
+
+
+def model_version_reject(*, version: ModelVersion, reason: str) -> ModelVersion:
+    """Mark a candidate refused by a retraining policy's gate; it will never go live, so its
+    own embedding space is retired. Rejecting a rejected version again changes nothing."""
+    if not reason.strip():
+        raise InvalidInput("Say why the version is rejected.")
+    with transaction.atomic():
+        KnowledgeBase.objects.select_for_update().get(pk=version.knowledge_base_id)  # not during a promotion
+        version = ModelVersion.objects.get(pk=version.pk)
+        if version.status == ModelVersion.Status.REJECTED:
+            return version  # a gate decision delivered twice
+        if version.status != ModelVersion.Status.CANDIDATE:
+            raise Conflict(f"Model version {version.name!r} is {version.status}; only a candidate can be rejected.")
+        version.status = ModelVersion.Status.REJECTED
+        version.status_reason = reason.strip()
+        version.save(update_fields=["status", "status_reason"])
+        _space_retire_if_unused(version)
+    return version
 
 
 def model_version_promote(
@@ -142,6 +208,7 @@ def model_version_promote(
             ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.RETIRED)
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.LIVE)
         _live_pointers_write(knowledge_base_id=version.knowledge_base_id, component=version.component, version=version)
+        _space_retire_if_unused(previous)
         promotion = PromotionEvent.objects.create(
             knowledge_base_id=version.knowledge_base_id,
             component=version.component,
@@ -161,18 +228,6 @@ def model_version_promote(
             "reason": reason,
         })
         return promotion
-
-
-def model_version_reject(*, version: ModelVersion, reason: str) -> ModelVersion:
-    """A candidate refused by a policy's gate: it can no longer go live by itself."""
-    with transaction.atomic():
-        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
-        if version.status != ModelVersion.Status.CANDIDATE:
-            raise Conflict(f"Model version {version.name!r} is {version.status}, not a candidate; it cannot be rejected.")
-        version.status = ModelVersion.Status.REJECTED
-        version.metrics = {**version.metrics, "rejected_because": reason}
-        version.save(update_fields=["status", "metrics"])
-    return version
 
 
 def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, actor=None, reason: str = "") -> PromotionEvent:
@@ -201,6 +256,7 @@ def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, act
         if previous is not None:
             ModelVersion.objects.filter(pk=previous.pk).update(status=ModelVersion.Status.LIVE)
         _live_pointers_write(knowledge_base_id=knowledge_base.pk, component=component, version=previous)
+        _space_retire_if_unused(current)
         rollback = PromotionEvent.objects.create(
             knowledge_base=knowledge_base,
             component=component,

@@ -1,4 +1,4 @@
-"""`manage.py kb_list [--json]`."""
+"""`manage.py kb_list [--spaces] [--json]`."""
 
 import json
 
@@ -7,15 +7,21 @@ from django.core.management.base import BaseCommand
 from knowledge.models import KnowledgeBase
 
 
+def _moment(value) -> str | None:
+    return value.isoformat() if value else None
+
+
 class Command(BaseCommand):
-    help = "List knowledge bases with their document, chunk and turn counts."
+    help = "List knowledge bases with their document, chunk and turn counts (and their embedding spaces)."
 
     def add_arguments(self, parser):
+        parser.add_argument("--spaces", action="store_true", help="also list each embedding space and its state")
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
-        rows = [
-            {
+        rows = []
+        for kb in KnowledgeBase.objects.select_related("live_space"):
+            row = {
                 "slug": kb.slug,
                 "name": kb.name,
                 "documents": kb.documents.count(),
@@ -24,8 +30,20 @@ class Command(BaseCommand):
                 "live_retriever_version": kb.live_space.retriever_version if kb.live_space else None,
                 "generator": kb.generator_version,
             }
-            for kb in KnowledgeBase.objects.select_related("live_space")
-        ]
+            if options["spaces"]:
+                row["spaces"] = [
+                    {
+                        "retriever_version": space.retriever_version,
+                        "status": space.status,
+                        "state": space.state_label,
+                        "vectors": space.embeddings.count(),
+                        "hnsw_index_built": space.hnsw_index_built,
+                        "retired_at": _moment(space.retired_at),
+                        "vectors_dropped_at": _moment(space.vectors_dropped_at),
+                    }
+                    for space in kb.embedding_spaces.order_by("pk")
+                ]
+            rows.append(row)
         if options["json"]:
             self.stdout.write(json.dumps(rows))
             return
@@ -34,3 +52,6 @@ class Command(BaseCommand):
                 f"{row['slug']:<24} {row['documents']:>7} docs {row['chunks']:>8} chunks {row['turns']:>7} turns"
                 f"  retriever={row['live_retriever_version']} generator={row['generator']}"
             )
+            for space in row.get("spaces", []):
+                since = f" since {space['retired_at'][:10]}" if space["retired_at"] else ""
+                self.stdout.write(f"  space {space['retriever_version']:<22} {space['state']}{since}, {space['vectors']} vectors")

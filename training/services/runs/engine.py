@@ -20,7 +20,12 @@ from knowledge.errors import InvalidInput
 from knowledge.models import EmbeddingSpace
 from training.models import Component, ModelVersion, TrainingRun
 from training.services.evaluation_jobs import evaluation_job_start
-from training.services.runs.lifecycle import fail_stalled, heartbeat_fresh, training_run_failed_notify
+from training.services.runs.lifecycle import (
+    fail_stalled,
+    heartbeat_fresh,
+    remote_job_reattach,
+    training_run_failed_notify,
+)
 from training.services.runs.shared import Reporter, Trained, log_line
 from training.services.runs.trainers.generator import (
     train_lora_radit,
@@ -100,25 +105,28 @@ def training_run_execute(*, run_id: int) -> Outcome:
             if run.is_finished:
                 return Outcome.NOTHING_TO_DO  # a redelivered message: the work is done
             if run.status == TrainingRun.Status.RUNNING:
-                if locked and not heartbeat_fresh(run):
-                    # We hold the component's lock, so the process that ran this run is gone
-                    # (its session, and the lock with it, ended): fail it as the sweeper would.
+                if not locked or heartbeat_fresh(run):
+                    # Running elsewhere (a redelivered message): never start a second copy.
+                    return Outcome.NOTHING_TO_DO
+                # We hold the component's lock, so the process that ran this run is gone (its
+                # session, and the lock with it, ended). A run following a remote job it already
+                # started re-attaches to that job; any other is failed as the sweeper would.
+                if not remote_job_reattach(run):
                     fail_stalled(run)
                     return Outcome.FAILED
-                # Running elsewhere (a redelivered message): never start a second copy.
-                return Outcome.NOTHING_TO_DO
-            if not locked:
-                if not run.log.rstrip().endswith(WAITING_FOR_LOCK):
-                    run.log += log_line(WAITING_FOR_LOCK)
-                    run.save(update_fields=["log"])
-                return Outcome.WAITING_FOR_LOCK
-            now = timezone.now()
-            run.status = TrainingRun.Status.RUNNING
-            run.started_at = now
-            run.heartbeat_at = now
-            run.progress = 0.0
-            run.log += log_line(f"started on {socket.gethostname()} (pid {os.getpid()})")
-            run.save(update_fields=["status", "started_at", "heartbeat_at", "progress", "log"])
+            else:
+                if not locked:
+                    if not run.log.rstrip().endswith(WAITING_FOR_LOCK):
+                        run.log += log_line(WAITING_FOR_LOCK)
+                        run.save(update_fields=["log"])
+                    return Outcome.WAITING_FOR_LOCK
+                now = timezone.now()
+                run.status = TrainingRun.Status.RUNNING
+                run.started_at = run.started_at or now  # kept when queued again to re-attach
+                run.heartbeat_at = now
+                run.progress = 0.0
+                run.log += log_line(f"started on {socket.gethostname()} (pid {os.getpid()})")
+                run.save(update_fields=["status", "started_at", "heartbeat_at", "progress", "log"])
         return _train_and_register(run_id)
     finally:
         if locked:
@@ -139,7 +147,8 @@ def _train_and_register(run_id: int) -> Outcome:
     try:
         if run.snapshot is None:
             raise InvalidInput("The run's dataset snapshot was deleted.")
-        if folder.exists() and any(folder.iterdir()):
+        resuming = bool(run.remote_state.get("job_id"))  # the folder is this run's own earlier execution's
+        if folder.exists() and any(folder.iterdir()) and not resuming:
             # Run ids are unique, so this is left over from another database; never overwrite it.
             raise InvalidInput(f"The output folder {folder} already exists and is not empty.")
         owns_folder = True

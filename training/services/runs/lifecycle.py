@@ -1,5 +1,9 @@
 """A run row's life outside the engine: starting one (validate, snapshot, queue, enqueue),
-cancelling it, failing one that waited too long for its lock, and sweeping stalled runs."""
+cancelling it, failing one that waited too long for its lock, and sweeping stalled runs.
+
+A stalled run that follows a remote job (an OpenAI fine-tuning job recorded in
+TrainingRun.remote_state) is not failed while the job it paid for goes on: it is queued again,
+and its next execution re-attaches to the same job, at most RAGLOOP_OPENAI_REATTACH_LIMIT times."""
 
 import logging
 from datetime import timedelta
@@ -94,7 +98,12 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
         run = TrainingRun.objects.select_for_update().get(pk=run.pk)
         if run.is_finished:
             raise Conflict(f"Training run #{run.pk} has already {run.status}.")
-        if run.status == TrainingRun.Status.QUEUED:
+        if run.status == TrainingRun.Status.QUEUED and run.remote_state.get("job_id"):
+            # Queued again to follow its remote job: the execution that re-attaches cancels that
+            # job on the server, and reports a failure to do so instead of a cancellation.
+            run.cancel_requested = True
+            run.log += log_line(f"cancel requested; the run cancels fine-tuning job {run.remote_state['job_id']} when it resumes")
+        elif run.status == TrainingRun.Status.QUEUED:
             run.status = TrainingRun.Status.CANCELLED
             run.finished_at = timezone.now()
             run.log += log_line("cancelled before it started")
@@ -157,8 +166,52 @@ def fail_stalled(run: TrainingRun) -> None:
     training_run_failed_notify(run)
 
 
+def reattach_limit() -> int:
+    return int(settings.RAGLOOP_OPENAI_REATTACH_LIMIT)
+
+
+def _reattach_count(run: TrainingRun) -> bool:
+    """Count one more re-attachment if the run has a remote job and the bound allows; True if so."""
+    state = dict(run.remote_state or {})
+    if not state.get("job_id") or int(state.get("reattached", 0)) >= reattach_limit():
+        return False
+    state["reattached"] = int(state.get("reattached", 0)) + 1
+    run.remote_state = state
+    return True
+
+
+def remote_job_reattach(run: TrainingRun) -> bool:
+    """A locked running row whose worker is gone: keep it running, to follow its remote job in
+    this process, if it has one and the bound allows; True if so (the caller then trains)."""
+    message = _stalled_message(run)
+    if not _reattach_count(run):
+        return False
+    state = run.remote_state
+    run.heartbeat_at = timezone.now()
+    run.log += log_line(f"{message} Re-attaching to remote job {state['job_id']} ({state['reattached']} of {reattach_limit()}).")
+    run.save(update_fields=["remote_state", "heartbeat_at", "log"])
+    return True
+
+
+def _requeue_to_reattach(run: TrainingRun) -> bool:
+    """A stalled row with a remote job: queue it again to follow that job; True if so."""
+    message = _stalled_message(run)
+    if not _reattach_count(run):
+        return False
+    state = run.remote_state
+    run.status = TrainingRun.Status.QUEUED
+    run.log += log_line(
+        f"{message} Queued again to follow remote job {state['job_id']} ({state['reattached']} of {reattach_limit()})."
+    )
+    run.save(update_fields=["status", "remote_state", "log"])
+    transaction.on_commit(lambda: _enqueue_execute(run.pk))
+    return True
+
+
 def training_runs_fail_stalled() -> list[int]:
-    """Fail running runs whose heartbeat stopped (their worker was killed); returns their ids."""
+    """Fail running runs whose heartbeat stopped (their worker was killed); returns their ids.
+
+    A run following a remote job is queued again instead (bounded), so it re-attaches to it."""
     cutoff = timezone.now() - timedelta(seconds=stall_seconds())
     candidates = list(
         TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
@@ -171,6 +224,9 @@ def training_runs_fail_stalled() -> list[int]:
             run = TrainingRun.objects.select_for_update().get(pk=run_id)
             # Re-checked under the lock: the worker may have beaten (or finished) meanwhile.
             if run.status != TrainingRun.Status.RUNNING or heartbeat_fresh(run):
+                continue
+            if _requeue_to_reattach(run):
+                logger.warning("Training run %s stalled; queued again to follow its remote job", run_id)
                 continue
             fail_stalled(run)
         logger.warning("Training run %s stalled; marked failed", run_id)

@@ -1,9 +1,16 @@
 """Generator trainer adapters: a LoRA adapter on a local causal LM, trained RA-DIT or RAFT
-style, and an OpenAI fine-tuning job."""
+style, and an OpenAI fine-tuning job.
+
+The OpenAI trainer writes the uploaded file's id and the job's id onto the run
+(TrainingRun.remote_state) as soon as each exists; a later execution of the same run (after
+its worker died) follows that job instead of starting a second, paid one."""
 
 import json
 import os
 from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
 
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, KnowledgeBase
@@ -100,6 +107,24 @@ def train_lora_raft(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Tr
     return _train_adapter(run=run, folder=folder, reporter=reporter, pairs=pairs, method="raft")
 
 
+def _remote_state_record(run: TrainingRun, **values) -> None:
+    """Merge `values` into the run's remote state, committed at once (the trainer runs outside a transaction)."""
+    with transaction.atomic():
+        row = TrainingRun.objects.select_for_update().only("remote_state").get(pk=run.pk)
+        row.remote_state = {**row.remote_state, **values}
+        row.save(update_fields=["remote_state"])
+    run.remote_state = row.remote_state
+
+
+def openai_retry_policy():
+    from rag.training.openai_jobs import RetryPolicy
+
+    return RetryPolicy(
+        max_attempts=int(settings.RAGLOOP_OPENAI_RETRY_ATTEMPTS),
+        max_total_wait=float(settings.RAGLOOP_OPENAI_RETRY_MAX_WAIT_SECONDS),
+    )
+
+
 def train_openai(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
     from rag.datasets import export_openai
     from rag.training import openai_jobs
@@ -111,46 +136,58 @@ def train_openai(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Train
     folder.mkdir(parents=True, exist_ok=True)
     jsonl_path = folder / "training.jsonl"
     jsonl_path.write_text("".join(json.dumps(record) + "\n" for record in export.records), encoding="utf-8")
-    base_url = parameters.get("base_url") or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     api_key = os.environ.get("OPENAI_API_KEY", "")
-    reporter.phase(f"uploading {len(export.records)} chat examples to {base_url}", low=0.0, high=0.05)
-    file_id = openai_jobs.upload_training_file(base_url=base_url, api_key=api_key, jsonl_path=jsonl_path)
-    hyperparameters = {
-        key: parameters[name]
-        for name, key in (("epochs", "n_epochs"), ("batch_size", "batch_size"), ("learning_rate_multiplier", "learning_rate_multiplier"))
-        if name in parameters
-    }
-    job = openai_jobs.create_fine_tuning_job(
-        base_url=base_url,
-        api_key=api_key,
-        training_file=file_id,
-        model=parameters["model"],
-        suffix=parameters.get("suffix") or f"ragloop-{run.knowledge_base.slug}"[:40],
-        hyperparameters=hyperparameters or None,
-        seed=parameters["seed"],
-    )
-    reporter.phase(f"fine-tuning job {job['id']} created (training file {file_id}); waiting for it", low=0.05, high=0.95)
+    retry = openai_retry_policy()
+    remote = run.remote_state or {}
+    if remote.get("job_id"):
+        # An earlier execution of this run started the job and its worker died: follow that job.
+        base_url, file_id, job_id = remote["base_url"], remote.get("training_file", ""), remote["job_id"]
+        reporter.phase(f"re-attached to fine-tuning job {job_id} (training file {file_id}); waiting for it", low=0.05, high=0.95)
+    else:
+        base_url = parameters.get("base_url") or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        reporter.phase(f"uploading {len(export.records)} chat examples to {base_url}", low=0.0, high=0.05)
+        file_id = openai_jobs.upload_training_file(base_url=base_url, api_key=api_key, jsonl_path=jsonl_path, retry=retry)
+        _remote_state_record(run, base_url=base_url, training_file=file_id)
+        hyperparameters = {
+            key: parameters[name]
+            for name, key in (("epochs", "n_epochs"), ("batch_size", "batch_size"), ("learning_rate_multiplier", "learning_rate_multiplier"))
+            if name in parameters
+        }
+        job = openai_jobs.create_fine_tuning_job(
+            base_url=base_url,
+            api_key=api_key,
+            training_file=file_id,
+            model=parameters["model"],
+            suffix=parameters.get("suffix") or f"ragloop-{run.knowledge_base.slug}"[:40],
+            hyperparameters=hyperparameters or None,
+            seed=parameters["seed"],
+            retry=retry,
+        )
+        job_id = job["id"]
+        _remote_state_record(run, job_id=job_id)
+        reporter.phase(f"fine-tuning job {job_id} created (training file {file_id}); waiting for it", low=0.05, high=0.95)
     final = openai_jobs.wait_for_job(
         base_url=base_url,
         api_key=api_key,
-        job_id=job["id"],
+        job_id=job_id,
         poll_seconds=parameters["poll_seconds"],
         timeout=parameters.get("timeout_seconds"),
         should_stop=reporter.should_stop,
         progress=reporter.progress,
+        retry=retry,
     )
     (folder / "job.json").write_text(json.dumps(final, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if final["status"] != "succeeded":
         detail = final.get("error") or "no details"
-        raise openai_jobs.FineTuningError(f"fine-tuning job {job['id']} {final['status']}: {detail}")
+        raise openai_jobs.FineTuningError(f"fine-tuning job {job_id} {final['status']}: {detail}")
     fine_tuned_model = final.get("fine_tuned_model")
     if not isinstance(fine_tuned_model, str) or not fine_tuned_model:
-        raise openai_jobs.FineTuningError(f"fine-tuning job {job['id']} succeeded without a fine_tuned_model name")
+        raise openai_jobs.FineTuningError(f"fine-tuning job {job_id} succeeded without a fine_tuned_model name")
     fields = {"generator_backend": KnowledgeBase.GeneratorBackend.OPENAI, "generator_model": fine_tuned_model}
     trainer_parameters = {
         "method": "openai",
         "base_url": base_url,
-        "job_id": job["id"],
+        "job_id": job_id,
         "training_file": file_id,
         "examples": len(export.records),
         "skipped": export.skipped,
