@@ -1,10 +1,15 @@
-"""The Django admin's view of webhook endpoints, messages and their attempts: for looking into a
-delivery by hand. Adding endpoints goes through the knowledge base's webhooks page, which
-validates the URL and makes the secret."""
+"""The Django admin's view of webhook endpoints, messages and their attempts (for looking into a
+delivery by hand; adding endpoints goes through the knowledge base's webhooks page, which
+validates the URL and makes the secret), of retraining policies (editable, checked as the loop
+page checks them) and of loop cycles (read-only)."""
 
+from django import forms
 from django.contrib import admin
 
-from training.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from knowledge.errors import ServiceError
+from training.models import LoopCycle, RetrainingPolicy, WebhookAttempt, WebhookEndpoint, WebhookMessage
+from training.services.loop import POLICY_FIELDS, retraining_policy_set
+from training.services.loop.policies import retraining_policy_validate
 
 
 @admin.register(WebhookEndpoint)
@@ -51,4 +56,67 @@ class WebhookAttemptAdmin(admin.ModelAdmin):
     readonly_fields = ["message", "status_code", "error", "duration_ms", "next_retry_at", "created_at"]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class RetrainingPolicyAdminForm(forms.ModelForm):
+    """Checked as the loop page and `manage.py policy set` check a policy (mode, parameters as
+    `train` takes them, cron expression, time zone, gate metrics and tolerances)."""
+
+    class Meta:
+        model = RetrainingPolicy
+        fields = [
+            "knowledge_base", "component", "name", "enabled", "mode", "parameters", "schedule", "timezone",
+            "min_new_labels", "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote",
+        ]  # fmt: skip
+
+    def clean(self):
+        values = super().clean()
+        if self.errors:
+            return values
+        try:
+            validated = retraining_policy_validate(
+                knowledge_base=values["knowledge_base"], component=values["component"],
+                values={field: values.get(field) for field in POLICY_FIELDS},
+            )  # fmt: skip
+        except ServiceError as error:
+            raise forms.ValidationError(str(error)) from None
+        values.update(validated)
+        return values
+
+
+@admin.register(RetrainingPolicy)
+class RetrainingPolicyAdmin(admin.ModelAdmin):
+    form = RetrainingPolicyAdminForm
+    list_display = ["name", "knowledge_base", "component", "enabled", "mode", "schedule", "min_new_labels", "gate_metric", "auto_promote"]
+    list_filter = ["enabled", "component", "auto_promote", "knowledge_base"]
+    search_fields = ["name"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        # Through the service, so a changed schedule counts from now, as on the loop page.
+        changes = {field: form.cleaned_data[field] for field in POLICY_FIELDS}
+        if change:
+            previous = RetrainingPolicy.objects.get(pk=obj.pk)
+            if (previous.knowledge_base_id, previous.component) != (obj.knowledge_base_id, obj.component):
+                previous.delete()  # moved to another knowledge base or component: set it anew there
+        saved = retraining_policy_set(knowledge_base=obj.knowledge_base, component=obj.component, changes=changes, actor=request.user)
+        obj.pk = saved.pk
+
+
+@admin.register(LoopCycle)
+class LoopCycleAdmin(admin.ModelAdmin):
+    """Read-only: cycles are moved by the loop alone."""
+
+    list_display = ["pk", "knowledge_base", "component", "policy", "trigger", "stage", "status", "candidate", "created_at"]
+    list_filter = ["status", "stage", "trigger", "component"]
+    list_select_related = ["knowledge_base", "policy", "candidate"]
+    readonly_fields = [field.name for field in LoopCycle._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -307,27 +307,6 @@ def loop_page(request, knowledge_base: KnowledgeBase):
         "labels_chart": labels_and_cycles_chart(overview.labels_per_day, overview.cycles_per_day),
         "cycles_running": any(not cycle.is_finished for cycle in overview.cycles),
     })
-# --- webhooks ---------------------------------------------------------------------------------
-
-
-def _webhooks_page(request, knowledge_base: KnowledgeBase, *, error: str = "", form=None, status: int = 200):
-    created = request.GET.get("created", "")
-    return render(request, "training/webhooks.html", {
-        "kb": knowledge_base,
-        "overview": webhooks_overview(knowledge_base=knowledge_base),
-        "created": int(created) if created.isdigit() else None,
-        "error": error,
-        "form": form or {"url": "", "events": []},
-    }, status=status)
-
-
-def _endpoint_or_404(knowledge_base: KnowledgeBase, endpoint_id: int):
-    try:
-        return webhook_endpoint_get(knowledge_base=knowledge_base, endpoint_id=endpoint_id)
-    except NotFound:
-        raise Http404("No such webhook endpoint.") from None
-
-
 @require_GET
 @knowledge_base_admin_page
 def loop_cycles_fragment(request, knowledge_base: KnowledgeBase):
@@ -360,8 +339,6 @@ def loop_policy_edit(request, knowledge_base: KnowledgeBase, component: str):
     if request.method != "GET":
         return HttpResponse(status=405)
     return render(request, "training/policy_form.html", context)
-def webhooks_page(request, knowledge_base: KnowledgeBase):
-    return _webhooks_page(request, knowledge_base)
 
 
 @require_POST
@@ -420,6 +397,37 @@ def training_run_log_fragment(request, knowledge_base: KnowledgeBase, run_id: in
     """The run's progress and log, polled while it runs."""
     run = _run_or_404(knowledge_base, run_id)
     return fragment(render(request, "training/_run_log.html", {"kb": knowledge_base, "run": run}))
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def _webhooks_page(request, knowledge_base: KnowledgeBase, *, error: str = "", form=None, status: int = 200):
+    created = request.GET.get("created", "")
+    return render(request, "training/webhooks.html", {
+        "kb": knowledge_base,
+        "overview": webhooks_overview(knowledge_base=knowledge_base),
+        "created": int(created) if created.isdigit() else None,
+        "error": error,
+        "form": form or {"url": "", "events": []},
+    }, status=status)
+
+
+def _endpoint_or_404(knowledge_base: KnowledgeBase, endpoint_id: int):
+    try:
+        return webhook_endpoint_get(knowledge_base=knowledge_base, endpoint_id=endpoint_id)
+    except NotFound:
+        raise Http404("No such webhook endpoint.") from None
+
+
+@require_GET
+@knowledge_base_admin_page
+def webhooks_page(request, knowledge_base: KnowledgeBase):
+    return _webhooks_page(request, knowledge_base)
+
+
+@require_POST
+@knowledge_base_admin_page
 def webhook_endpoint_create_view(request, knowledge_base: KnowledgeBase):
     form = {"url": request.POST.get("url", "").replace("\x00", "").strip(), "events": request.POST.getlist("events")}
     try:

@@ -186,7 +186,8 @@ def embedding_space_index_building(space: EmbeddingSpace) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
-            "AND classid = 0 AND objid = %s AND granted)",
+            "AND classid = 0 AND objid = %s AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
             [int(space.pk)],
         )
         return bool(cursor.fetchone()[0])

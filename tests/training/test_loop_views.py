@@ -136,3 +136,20 @@ def test_a_runs_log_is_readable_while_it_runs_and_a_version_shows_its_cycle_and_
     assert "awaiting review" in page and "waits for your review" in page and "0.0400" in page
     assert "Snapshot 3 has no held-out examples." in page
     assert admin_client.get(f"/kbs/{knowledge_base.slug}/training-runs/999999/").status_code == 404
+
+
+def test_the_django_admin_edits_policies_with_the_same_checks(admin_client, knowledge_base):
+    form = {
+        "knowledge_base": knowledge_base.pk, "component": "retriever", "name": "from-admin", "enabled": "on",
+        "mode": "contrastive", "parameters": '{"epochs": 0}', "schedule": "0 3 * * *", "timezone": "UTC",
+        "min_new_labels": "", "gate_metric": "ndcg@10", "gate_margin": "0.01", "gate_guards": "{}", "gate_min_queries": "20",
+    }  # fmt: skip
+    response = admin_client.post("/admin/training/retrainingpolicy/add/", form)
+    assert response.status_code == 200 and "Parameter &#x27;epochs&#x27; must be an integer &gt;= 1" in response.content.decode()
+    assert not RetrainingPolicy.objects.exists()
+    response = admin_client.post("/admin/training/retrainingpolicy/add/", {**form, "parameters": '{"epochs": 2}'})
+    assert response.status_code == 302
+    policy = RetrainingPolicy.objects.get()
+    assert (policy.name, policy.parameters, policy.created_by.username) == ("from-admin", {"epochs": 2}, "root")
+    assert policy.schedule_fired_at is not None  # the schedule counts from now
+    assert admin_client.get("/admin/training/loopcycle/").status_code == 200

@@ -87,6 +87,11 @@ def _validated(knowledge_base: KnowledgeBase, component: str, values: dict) -> d
     }
 
 
+def retraining_policy_validate(*, knowledge_base: KnowledgeBase, component: str, values: dict) -> dict:
+    """The checks `retraining_policy_set` makes, for forms that save by themselves (the Django admin)."""
+    return _validated(knowledge_base, component, values)
+
+
 def retraining_policy_set(*, knowledge_base: KnowledgeBase, component: str, changes: dict, actor=None) -> RetrainingPolicy:
     """Create the component's policy, or change the given fields of the existing one.
 
