@@ -227,13 +227,15 @@ def test_labels_retrain_evaluate_gate_and_promote_by_themselves(codename_kb, cur
     wait_until(lambda: expected <= {m["type"] for m in WebhookReceiver.received}, timeout=60,
                message=f"the webhooks\n{WebhookReceiver.received}")  # fmt: skip
     assert WebhookReceiver.refused == []
-    finished = [m for m in WebhookReceiver.received if m["type"] == "cycle.finished"]
-    wait_until(lambda: len([m for m in WebhookReceiver.received if m["type"] == "cycle.finished"]) == 3, timeout=60)
+    def cycle_finished_messages():
+        return [m for m in WebhookReceiver.received if m["type"] == "cycle.finished"]
+
+    wait_until(lambda: len(cycle_finished_messages()) == 3, timeout=60, message="three cycle.finished webhooks")
+    assert [m["data"]["status"] for m in cycle_finished_messages()] == ["promoted", "refused", third.status]
     refusal = next(m for m in WebhookReceiver.received if m["type"] == "gate.refused")
     assert refusal["data"]["candidate"] == "retriever-v2" and refusal["data"]["knowledge_base"] == "loop-kb"
     assert len({m["id"] for m in WebhookReceiver.received}) == len(WebhookReceiver.received)
-    assert policy.pk == first.policy_id and finished
-
+    assert policy.pk == first.policy_id
 
 def test_two_beats_start_one_cycle(codename_kb, curator, loop_environment):
     label(codename_kb, curator, TRAIN[:12])  # before the policy: their checks wait in the queue with the ticks
