@@ -7,8 +7,10 @@ it points DATABASE_URL and REDIS_URL at the benchmark's own database and Redis i
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -163,6 +165,158 @@ def wait_until(condition, *, timeout: float, interval: float = 0.05, message: st
         time.sleep(interval)
     tail = f"\n{worker.log()[-3000:]}" if worker is not None else ""
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {message}{tail}")
+
+
+# --- progress lines -----------------------------------------------------------------------
+
+STARTED = time.perf_counter()
+
+
+def say(message: str) -> None:
+    print(f"[{clock(time.perf_counter() - STARTED)}] {message}", flush=True)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# --- SciFact ------------------------------------------------------------------------------
+
+SCIFACT = REPO_ROOT.parent / "shared" / "datasets" / "scifact"
+
+
+@dataclass
+class SciFact:
+    documents: list  # rag.documents.SourceDocument, corpus order
+    queries: dict[str, dict]  # query id -> queries.jsonl row
+    qrels: dict[str, dict[str, int]]  # train qrels only: query id -> {document id: score}
+
+
+def load_scifact(folder: Path) -> SciFact:
+    """The corpus (parsed as an upload would be), the queries and qrels/train.tsv; never the test qrels."""
+    from rag.documents import parse_path
+
+    documents = parse_path(folder / "corpus.jsonl")
+    queries = {}
+    for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            queries[str(row["_id"])] = row
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in enumerate((folder / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()):
+        columns = line.split("\t")
+        if number == 0 and columns[-1].strip() == "score":
+            continue
+        query_id, document_id, score = (c.strip() for c in columns)
+        qrels.setdefault(query_id, {})[document_id] = int(score)
+    return SciFact(documents=documents, queries=queries, qrels=qrels)
+
+
+def pick_documents(data: SciFact, *, max_docs: int, seed: int) -> list:
+    """Every cited document, then a seeded sample of the rest up to max_docs; in corpus order."""
+    cited = {document for judged in data.qrels.values() for document in judged}
+    if max_docs <= 0 or max_docs >= len(data.documents):
+        return list(data.documents)
+    others = [d.external_id for d in data.documents if d.external_id not in cited]
+    extra = set(random.Random(seed).sample(others, max(0, min(len(others), max_docs - len(cited)))))
+    return [d for d in data.documents if d.external_id in cited or d.external_id in extra]
+
+
+def write_beir_files(
+    data: SciFact, query_ids: list[str], folder: Path, *, name: str = "train", qrels: dict[str, dict[str, int]] | None = None
+) -> tuple[Path, Path]:
+    """BEIR queries and qrels files of these queries, for `import_labels --beir-queries --beir-qrels`;
+    the judgments are SciFact's unless `qrels` gives others."""
+    qrels = data.qrels if qrels is None else qrels
+    queries_path, qrels_path = folder / f"{name}-queries.jsonl", folder / f"{name}-qrels.tsv"
+    with queries_path.open("w", encoding="utf-8") as out:
+        for query_id in query_ids:
+            row = data.queries[query_id]
+            out.write(json.dumps({"_id": query_id, "text": row["text"], "metadata": {}}) + "\n")
+    with qrels_path.open("w", encoding="utf-8") as out:
+        out.write("query-id\tcorpus-id\tscore\n")
+        for query_id in query_ids:
+            for document_id, score in qrels[query_id].items():
+                out.write(f"{query_id}\t{document_id}\t{score}\n")
+    return queries_path, qrels_path
+
+
+# --- in-process workers -------------------------------------------------------------------
+
+
+def broker_in_memory() -> None:
+    """Send the services' Celery messages (embedding dispatch, training, evaluation, policy checks)
+    to an in-memory broker: the benchmark does the work in its own process, and another
+    benchmark's worker reading the shared Redis index must not pick them up."""
+    from config.celery import app as celery_app
+
+    celery_app.conf.broker_url = "memory://localhost/"
+
+
+def embed_space(space, *, label: str) -> tuple[int, float]:
+    """Embed the space's missing chunks in this process, batch by batch, as the embedding workers
+    would (tests/conftest.py embed_everything_now); returns (chunks, seconds)."""
+    from django.conf import settings
+
+    from knowledge.models import EmbeddingJob
+    from knowledge.services.embeddings import chunk_batch_embed, embedding_job_start
+
+    job = embedding_job_start(space=space) or EmbeddingJob.objects.filter(space=space).order_by("-pk").first()
+    missing = list(space.knowledge_base.chunks.exclude(embeddings__space=space).order_by("pk").values_list("pk", flat=True))
+    if not missing:
+        return 0, 0.0
+    size = settings.RAGLOOP_EMBED_BATCH_SIZE
+    started = time.perf_counter()
+    done = 0
+    for start in range(0, len(missing), size):
+        batch = missing[start : start + size]
+        chunk_batch_embed(job_id=job.pk, chunk_ids=batch)
+        done += len(batch)
+        elapsed = time.perf_counter() - started
+        rate = done / elapsed
+        say(f"  {label}: {done}/{len(missing)} chunks embedded, {rate:.1f} chunks/s, "
+            f"about {clock((len(missing) - done) / rate)} left")
+    job.refresh_from_db()
+    if job.status != EmbeddingJob.Status.SUCCEEDED:
+        raise RuntimeError(f"embedding job {job.pk} of {label} is {job.status} after embedding every chunk: {job.error}")
+    return len(missing), time.perf_counter() - started
+
+
+class RunWatcher:
+    """Prints a training run's progress and its newest log line from the run row, as the UI reads it."""
+
+    def __init__(self, run_id: int, *, label: str, every: float = 20.0) -> None:
+        self.run_id, self.label, self.every = run_id, label, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        from django.db import connection
+
+        from training.models import TrainingRun
+
+        started = time.perf_counter()
+        try:
+            while not self._stop.wait(self.every):
+                run = TrainingRun.objects.filter(pk=self.run_id).only("progress", "log", "status").first()
+                if run is None:
+                    continue
+                lines = [line for line in run.log.splitlines() if line.strip()]
+                newest = lines[-1][20:] if lines else ""
+                elapsed = time.perf_counter() - started
+                eta = f", about {clock(elapsed / run.progress * (1 - run.progress))} left" if run.progress > 0.06 else ""
+                say(f"  {self.label}: {run.progress:.0%}{eta} - {newest}")
+        finally:
+            connection.close()
+
+    def __enter__(self) -> "RunWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # --- environment and figures --------------------------------------------------------------

@@ -33,7 +33,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +42,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
+from bench.harness import (  # noqa: E402
+    SCIFACT,
+    STARTED,
+    RunWatcher,
+    SciFact,
+    clock,
+    embed_space,
+    load_scifact,
+    pick_documents,
+    say,
+    write_beir_files,
+)
 
-SCIFACT = harness.REPO_ROOT.parent / "shared" / "datasets" / "scifact"
 CURATOR = "bench-scifact"
 SLUG = "scifact-quality"
 CHUNKS_PER_QUERY = 20  # as training.services.evaluation: enough chunks to fill 10 documents
@@ -105,50 +115,11 @@ def parse_args() -> argparse.Namespace:
 
 # --- output -------------------------------------------------------------------------------
 
-STARTED = time.perf_counter()
-
-
-def say(message: str) -> None:
-    print(f"[{clock(time.perf_counter() - STARTED)}] {message}", flush=True)
-
-
-def clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 # --- the data -----------------------------------------------------------------------------
-
-
-@dataclass
-class SciFact:
-    documents: list  # rag.documents.SourceDocument, corpus order
-    queries: dict[str, dict]  # query id -> queries.jsonl row
-    qrels: dict[str, dict[str, int]]  # train qrels only: query id -> {document id: score}
-
-
-def load_scifact(folder: Path) -> SciFact:
-    """The corpus (parsed as an upload would be), the queries and qrels/train.tsv; never the test qrels."""
-    from rag.documents import parse_path
-
-    documents = parse_path(folder / "corpus.jsonl")
-    queries = {}
-    for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            queries[str(row["_id"])] = row
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in enumerate((folder / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()):
-        columns = line.split("\t")
-        if number == 0 and columns[-1].strip() == "score":
-            continue
-        query_id, document_id, score = (c.strip() for c in columns)
-        qrels.setdefault(query_id, {})[document_id] = int(score)
-    return SciFact(documents=documents, queries=queries, qrels=qrels)
 
 
 def split_queries(qrels: dict, *, dev_share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -157,62 +128,6 @@ def split_queries(qrels: dict, *, dev_share: float, seed: int) -> tuple[list[str
     random.Random(seed).shuffle(ids)
     dev_count = round(len(ids) * dev_share)
     return sorted(ids[dev_count:], key=int), sorted(ids[:dev_count], key=int)
-
-
-def pick_documents(data: SciFact, *, max_docs: int, seed: int) -> list:
-    """Every cited document, then a seeded sample of the rest up to max_docs; in corpus order."""
-    cited = {document for judged in data.qrels.values() for document in judged}
-    if max_docs <= 0 or max_docs >= len(data.documents):
-        return list(data.documents)
-    others = [d.external_id for d in data.documents if d.external_id not in cited]
-    extra = set(random.Random(seed).sample(others, max(0, min(len(others), max_docs - len(cited)))))
-    return [d for d in data.documents if d.external_id in cited or d.external_id in extra]
-
-
-def write_beir_train_files(data: SciFact, train_ids: list[str], folder: Path) -> tuple[Path, Path]:
-    queries_path, qrels_path = folder / "train-queries.jsonl", folder / "train-qrels.tsv"
-    with queries_path.open("w", encoding="utf-8") as out:
-        for query_id in train_ids:
-            row = data.queries[query_id]
-            out.write(json.dumps({"_id": query_id, "text": row["text"], "metadata": {}}) + "\n")
-    with qrels_path.open("w", encoding="utf-8") as out:
-        out.write("query-id\tcorpus-id\tscore\n")
-        for query_id in train_ids:
-            for document_id, score in data.qrels[query_id].items():
-                out.write(f"{query_id}\t{document_id}\t{score}\n")
-    return queries_path, qrels_path
-
-
-# --- ingesting and embedding --------------------------------------------------------------
-
-
-def embed_space(space, *, label: str) -> tuple[int, float]:
-    """Embed the space's missing chunks in this process, batch by batch, as the embedding workers
-    would (tests/conftest.py embed_everything_now); returns (chunks, seconds)."""
-    from django.conf import settings
-
-    from knowledge.models import EmbeddingJob
-    from knowledge.services.embeddings import chunk_batch_embed, embedding_job_start
-
-    job = embedding_job_start(space=space) or EmbeddingJob.objects.filter(space=space).order_by("-pk").first()
-    missing = list(space.knowledge_base.chunks.exclude(embeddings__space=space).order_by("pk").values_list("pk", flat=True))
-    if not missing:
-        return 0, 0.0
-    size = settings.RAGLOOP_EMBED_BATCH_SIZE
-    started = time.perf_counter()
-    done = 0
-    for start in range(0, len(missing), size):
-        batch = missing[start : start + size]
-        chunk_batch_embed(job_id=job.pk, chunk_ids=batch)
-        done += len(batch)
-        elapsed = time.perf_counter() - started
-        rate = done / elapsed
-        say(f"  {label}: {done}/{len(missing)} chunks embedded, {rate:.1f} chunks/s, "
-            f"about {clock((len(missing) - done) / rate)} left")
-    job.refresh_from_db()
-    if job.status != EmbeddingJob.Status.SUCCEEDED:
-        raise RuntimeError(f"embedding job {job.pk} of {label} is {job.status} after embedding every chunk: {job.error}")
-    return len(missing), time.perf_counter() - started
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -259,42 +174,6 @@ def paired_delta(candidate: Scores, base: Scores, *, seed: int, resamples: int =
 
 
 # --- training through the service ---------------------------------------------------------
-
-
-class RunWatcher:
-    """Prints a training run's progress and its newest log line from the run row, as the UI reads it."""
-
-    def __init__(self, run_id: int, *, label: str, every: float = 20.0) -> None:
-        self.run_id, self.label, self.every = run_id, label, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        from django.db import connection
-
-        from training.models import TrainingRun
-
-        started = time.perf_counter()
-        try:
-            while not self._stop.wait(self.every):
-                run = TrainingRun.objects.filter(pk=self.run_id).only("progress", "log", "status").first()
-                if run is None:
-                    continue
-                lines = [line for line in run.log.splitlines() if line.strip()]
-                newest = lines[-1][20:] if lines else ""
-                elapsed = time.perf_counter() - started
-                eta = f", about {clock(elapsed / run.progress * (1 - run.progress))} left" if run.progress > 0.06 else ""
-                say(f"  {self.label}: {run.progress:.0%}{eta} - {newest}")
-        finally:
-            connection.close()
-
-    def __enter__(self) -> "RunWatcher":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass
@@ -519,11 +398,7 @@ def main() -> None:
     os.environ["RAGLOOP_ARTIFACTS_DIR"] = str(work / "artifacts")
     database = harness.django_setup(database_name=args.database)
 
-    # No worker runs here: the services' Celery messages (embedding dispatch, training, evaluation)
-    # go to an in-memory broker instead of the shared Redis index another benchmark's worker reads.
-    from config.celery import app as celery_app
-
-    celery_app.conf.broker_url = "memory://localhost/"
+    harness.broker_in_memory()  # no worker runs here
 
     import torch
     from django.core.management import call_command
@@ -561,7 +436,7 @@ def main() -> None:
         base_chunks, base_embed_seconds = embed_space(base_space, label="base embedding")
         say(f"base space: {base_chunks} chunks in {clock(base_embed_seconds)} ({base_chunks / base_embed_seconds:.1f} chunks/s)")
 
-        queries_path, qrels_path = write_beir_train_files(data, train_ids, work)
+        queries_path, qrels_path = write_beir_files(data, train_ids, work)
         out = io.StringIO()
         started = time.perf_counter()
         call_command("import_labels", SLUG, beir_queries=str(queries_path), beir_qrels=str(qrels_path),
