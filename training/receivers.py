@@ -10,12 +10,16 @@ from django.dispatch import receiver
 
 from curation.signals import labels_finalised
 from knowledge.signals import embedding_space_ready
+from training.services.loop import loop_cycles_advance_soon
 from training.services.runs import retriever_candidates_evaluate_when_ready
 
 
 @receiver(embedding_space_ready, dispatch_uid="training.evaluate_retriever_candidate_when_space_ready")
 def evaluate_retriever_candidate_when_space_ready(sender, *, space, **kwargs) -> None:
-    retriever_candidates_evaluate_when_ready(space=space)
+    version_ids = retriever_candidates_evaluate_when_ready(space=space)
+    # A cycle waiting in its embed stage moves on now (its evaluate stage starts timing here).
+    for version_id in version_ids:
+        loop_cycles_advance_soon(candidate_id=version_id)
 
 
 @receiver(labels_finalised, dispatch_uid="training.check_policies_when_labels_arrive")

@@ -299,3 +299,27 @@ def test_advancing_a_finished_or_waiting_cycle_changes_nothing(
     log = done.log
     assert loop.loop_cycle_advance(cycle_id=cycle.pk).log == log
     assert ModelVersion.objects.count() == 1 and PromotionEvent.objects.count() == 1
+
+
+def test_a_cycle_waiting_for_its_candidates_space_moves_on_when_the_space_is_ready(
+    embedded_knowledge_base, curator, queued, exam
+):
+    from knowledge.models import EmbeddingSpace
+    from knowledge.signals import embedding_space_ready
+    from tests.training.conftest import retriever_version
+
+    label_questions(embedded_knowledge_base, curator)
+    space = EmbeddingSpace.objects.create(
+        knowledge_base=embedded_knowledge_base, retriever_version="retriever-v1", model_reference="base:all-MiniLM-L6-v2",
+        dimensions=384, status=EmbeddingSpace.Status.READY,
+    )  # fmt: skip
+    candidate = retriever_version(embedded_knowledge_base, "retriever-v1", space=space)
+    cycle = loop.loop_cycle_run_now(policy=policy_for(embedded_knowledge_base))
+    LoopCycle.objects.filter(pk=cycle.pk).update(stage="embed", candidate=candidate)
+    queued["cycles"].clear()
+
+    embedding_space_ready.send(sender=None, space=space)
+    assert queued["cycles"] == [cycle.pk] and len(queued["jobs"]) == 1  # the evaluation, and the nudge
+    moved = loop.loop_cycle_advance(cycle_id=cycle.pk)
+    assert moved.stage == "evaluate" and "space retriever-v1 embedded" in moved.log
+    assert loop.loop_cycle_advance(cycle_id=cycle.pk).evaluation_job_id == queued["jobs"][0]  # the job the engine queued
