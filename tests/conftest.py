@@ -84,6 +84,13 @@ def admin_user(db, django_user_model):
 
 
 @pytest.fixture
+def admin_client(client, admin_user):
+    """The `client` fixture logged in as the admin (the same object, unlike pytest-django's)."""
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
 def api_token(admin_user, knowledge_base):
     """A token scoped to the test knowledge base only."""
     from knowledge.services.tokens import api_token_create

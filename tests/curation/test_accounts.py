@@ -32,12 +32,6 @@ def knowledge_bases(db):
     return [KnowledgeBase.objects.create(slug=slug, name=f"KB {slug}") for slug in ("kb-one", "kb-two")]
 
 
-@pytest.fixture
-def admin_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
 def invite_via_page(admin_client, email="new@example.com", role="curator", kbs=("kb-one",)) -> str:
     response = admin_client.post("/invitations/new/", {"email": email, "role": role, "knowledge_bases": list(kbs)})
     assert response.status_code == 200, response.content.decode()

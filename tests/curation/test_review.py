@@ -41,12 +41,6 @@ def curators(db, django_user_model, knowledge_base):
     return users
 
 
-@pytest.fixture
-def admin_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
 def make_turns(knowledge_base, names, passages=2) -> dict[str, Turn]:
     records = [
         TurnRecord(external_id=name, query=f"query {name}", answer=f"answer {name}",

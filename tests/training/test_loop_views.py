@@ -17,12 +17,6 @@ XSS = '<script>alert("x")</script>'
 
 
 @pytest.fixture
-def admin_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def policy(knowledge_base):
     return retraining_policy_set(
         knowledge_base=knowledge_base, component="retriever",

@@ -27,12 +27,6 @@ ESCAPED = b"&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
 
 
 @pytest.fixture
-def admin_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def curator(db, django_user_model):
     user = django_user_model.objects.create_user("cur", password="pw-cur-123")
     user.groups.add(Group.objects.get(name="curator"))
