@@ -72,6 +72,10 @@ class Label(models.Model):
     gold_answer = models.TextField(blank=True)
     rationale = models.TextField(blank=True, help_text="A short quote of the passage that supports the answer.")
     has_personal_data = models.BooleanField(default=False)
+    # For a follow-up question that retrieval saw rewritten (Turn.rewritten_query): the
+    # curator says the rewrite missed what the user meant, and may write a better one.
+    rewrite_wrong = models.BooleanField(default=False)
+    corrected_query = models.TextField(blank=True)
     comment = models.TextField(blank=True)
     skipped = models.BooleanField(default=False)
     skip_reason = models.CharField(max_length=500, blank=True)

@@ -49,6 +49,9 @@ class FinalJudgment:
     attached: dict[int, str] = field(default_factory=dict)  # attached chunk id -> relevance
     answer_rating: str = ""
     gold_answer: str = ""
+    # The self-contained query a curator wrote for a follow-up whose rewrite was wrong (the
+    # most recently updated label's, as for gold answers); blank when none did.
+    corrected_query: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -114,6 +117,11 @@ def _agreed_attached(labels: list[Label]) -> dict[int, str]:
     return {chunk_id: relevances.pop() for chunk_id, relevances in seen.items() if len(relevances) == 1}
 
 
+def _corrected_query(labels: list[Label]) -> str:
+    corrections = [label.corrected_query.strip() for label in labels if label.corrected_query.strip()]  # oldest first
+    return corrections[-1] if corrections else ""
+
+
 def _final_judgment(turn: Turn, labels: list[Label]) -> FinalJudgment:
     adjudication = getattr(turn, "adjudication", None)
     if adjudication is not None:
@@ -124,6 +132,7 @@ def _final_judgment(turn: Turn, labels: list[Label]) -> FinalJudgment:
             attached=_agreed_attached(labels),
             answer_rating=adjudication.answer_rating,
             gold_answer=adjudication.gold_answer,
+            corrected_query=_corrected_query(labels),
         )
     if not labels:
         return FinalJudgment(turn_id=turn.pk, source="none")
@@ -147,6 +156,7 @@ def _final_judgment(turn: Turn, labels: list[Label]) -> FinalJudgment:
         attached=_agreed_attached(labels),
         answer_rating=ratings.pop() if len(ratings) == 1 else "",
         gold_answer=golds[-1] if golds else "",
+        corrected_query=_corrected_query(labels),
     )
 
 

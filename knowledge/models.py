@@ -220,6 +220,39 @@ class EmbeddingJob(models.Model):
         return min(100, int(100 * self.embedded_chunks / self.total_chunks))
 
 
+class Conversation(models.Model):
+    """Turns that belong together: a chat session of one end user with a RAG app.
+
+    A turn without a conversation (a one-shot `ask`, a turn logged without a conversation id,
+    every turn stored before conversations existed) keeps `Turn.conversation` null; no
+    one-turn conversation is made up for it (docs/conversations.md).
+    """
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="conversations")
+    # The app's id for the conversation; ragloop makes one ("c-<random>") when the app sends none.
+    external_id = models.CharField(max_length=255)
+    # Who talked, as the app names them (opaque: ragloop never resolves it).
+    end_user = models.CharField(max_length=255, blank=True, db_index=True)
+    # The system prompt the app sent with the conversation's first turn, if any.
+    system_prompt = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_activity_at = models.DateTimeField(default=timezone.now)
+    turn_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-last_activity_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["knowledge_base", "external_id"], name="conversation_external_id_unique_per_kb"
+            ),
+        ]
+        indexes = [models.Index(fields=["knowledge_base", "-last_activity_at", "-id"], name="conversation_recent")]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
 class Turn(models.Model):
     """One query and its answer: served by ragloop, or logged by an external RAG app."""
 
@@ -235,7 +268,22 @@ class Turn(models.Model):
     source = models.CharField(max_length=20, choices=Source.choices)
     # The caller's id for this turn; ingesting it again changes nothing.
     external_id = models.CharField(max_length=255, null=True, blank=True)
+    # The conversation and the turn's place in it (0 = its first question); both null for a
+    # turn on its own.
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.CASCADE, related_name="turns"
+    )
+    position = models.PositiveIntegerField(null=True, blank=True)
+    # The user's question as asked, and the self-contained version retrieval used when the
+    # question was a follow-up (blank: retrieval used `query` itself).
     query = models.TextField()
+    rewritten_query = models.TextField(blank=True)
+    # The messages that led to the question, as the generator saw them ([{role, content}],
+    # the system prompt first if there was one), so the turn can be replayed exactly.
+    history = models.JSONField(default=list, blank=True)
+    # sha256 (rag.conversation.messages_hash) of the history, the question and the answer: the
+    # next request of a client that resends the whole conversation finds it by this.
+    continuation_hash = models.CharField(max_length=64, blank=True)
     answer = models.TextField(blank=True)
     retriever_version = models.CharField(max_length=200, blank=True)
     generator_version = models.CharField(max_length=200, blank=True)
@@ -276,6 +324,11 @@ class Turn(models.Model):
                 include=["label_count", "disputed", "feedback", "created_at"],
                 name="turn_queue_all",
             ),
+            models.Index(
+                fields=["knowledge_base", "continuation_hash"],
+                condition=~Q(continuation_hash=""),
+                name="turn_continuation",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -283,7 +336,22 @@ class Turn(models.Model):
                 condition=Q(external_id__isnull=False),
                 name="turn_external_id_unique_per_kb",
             ),
+            models.UniqueConstraint(
+                fields=["conversation", "position"],
+                condition=Q(conversation__isnull=False),
+                name="turn_position_unique_per_conversation",
+            ),
+            models.CheckConstraint(
+                condition=Q(conversation__isnull=True, position__isnull=True)
+                | Q(conversation__isnull=False, position__isnull=False),
+                name="turn_position_with_conversation",
+            ),
         ]
+
+    @property
+    def retrieval_query(self) -> str:
+        """The query retrieval used: the rewrite of a follow-up, else the question itself."""
+        return self.rewritten_query or self.query
 
 
 class RetrievedPassage(models.Model):

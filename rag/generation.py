@@ -19,9 +19,10 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from rag.chunking import sentence_spans
+from rag.conversation import ChatMessage, condense_heuristic, condense_prompt
 from rag.http_errors import body_snippet, http_error_detail
 
 NO_ANSWER_TEXT = "I could not find an answer in the knowledge base."
@@ -60,12 +61,30 @@ class GeneratorError(RuntimeError):
 
 
 class Generator(Protocol):
-    """What every backend offers: its name, the model it runs, and an answer for a query."""
+    """What every backend offers: its name, the model it runs, an answer for a query (after
+    the conversation's earlier messages, if any), and a follow-up made self-contained."""
 
     backend: str
     model: str
 
-    def generate(self, *, query: str, passages: list[ContextPassage]) -> GeneratedAnswer: ...
+    def generate(
+        self, *, query: str, passages: list[ContextPassage], history: Sequence[ChatMessage] = ()
+    ) -> GeneratedAnswer: ...
+
+    def rewrite_query(self, *, question: str, history: Sequence[ChatMessage]) -> str: ...
+
+
+def chat_messages(
+    *, query: str, passages: list[ContextPassage], history: Sequence[ChatMessage] = (), system_prompt: str = SYSTEM_PROMPT
+) -> list[dict]:
+    """The chat a generator is given: the system prompt, the conversation's earlier messages,
+    then the question with its numbered context (`build_prompt`). Serving, generator training
+    and the fine-tuning export all build it here, so a model is trained on what it will see."""
+    return [
+        {"role": "system", "content": system_prompt},
+        *({"role": m.role, "content": m.content} for m in history if m.role != "system"),
+        {"role": "user", "content": build_prompt(query=query, passages=passages)},
+    ]
 
 
 def build_prompt(*, query: str, passages: list[ContextPassage]) -> str:
@@ -100,6 +119,26 @@ def cited_passage_numbers(answer: str, *, passage_count: int) -> list[int]:
             if 1 <= int(number) <= passage_count:
                 numbers.add(int(number))
     return sorted(numbers)
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """A chat as plain text, for a model without a chat template: the earlier messages as
+    "User:"/"Assistant:" lines, then the last message (the question with its context). A
+    chat with no earlier messages is exactly `build_prompt`'s text."""
+    *earlier, last = [m for m in messages if m["role"] != "system"]
+    lines = [f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in earlier]
+    return "\n".join([*lines, last["content"]]) if lines else last["content"]
+
+
+def prompt_token_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """Token ids of a chat (`chat_messages`) as a local model is fed it: in the model's chat
+    format when it has one, else `prompt_text`. HFGenerator serves with it and generator
+    training (rag.training.generator) trains with it."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The chat template already holds any BOS token.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt_text(messages))["input_ids"])
 
 
 # --- Extractive -------------------------------------------------------------------------
@@ -141,8 +180,15 @@ class ExtractiveGenerator:
         self.max_passages = max_passages
         self.max_sentences = max_sentences
 
-    def generate(self, *, query: str, passages: list[ContextPassage]) -> GeneratedAnswer:
-        query_words = set(_content_words(query))
+    def rewrite_query(self, *, question: str, history: Sequence[ChatMessage]) -> str:
+        return condense_heuristic(question=question, history=history)
+
+    def generate(
+        self, *, query: str, passages: list[ContextPassage], history: Sequence[ChatMessage] = ()
+    ) -> GeneratedAnswer:
+        # Sentences are matched against the question made self-contained: "and for children?"
+        # alone matches nothing.
+        query_words = set(_content_words(self.rewrite_query(question=query, history=history) if history else query))
         candidates: list[tuple[int, int, str, set[str]]] = []  # passage no., position, sentence, words
         for number, passage in enumerate(passages[: self.max_passages], start=1):
             for position, (start, end) in enumerate(sentence_spans(passage.text)):
@@ -212,16 +258,26 @@ class OpenAIChatGenerator:
         self.api_key = api_key
         self.timeout = timeout
 
-    def generate(self, *, query: str, passages: list[ContextPassage]) -> GeneratedAnswer:
+    def generate(
+        self, *, query: str, passages: list[ContextPassage], history: Sequence[ChatMessage] = ()
+    ) -> GeneratedAnswer:
+        answer = self._complete(chat_messages(query=query, passages=passages, history=history))
+        return GeneratedAnswer(
+            text=answer,
+            backend=self.backend,
+            model=self.model,
+            cited_passages=cited_passage_numbers(answer, passage_count=len(passages)),
+        )
+
+    def rewrite_query(self, *, question: str, history: Sequence[ChatMessage]) -> str:
+        if not any(m.role == "user" for m in history):
+            return question
+        rewritten = self._complete([{"role": "user", "content": condense_prompt(question=question, history=history)}])
+        return rewritten or question
+
+    def _complete(self, messages: list[dict]) -> str:
         url = f"{self.base_url}/chat/completions"
-        body = {
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": build_prompt(query=query, passages=passages)},
-            ],
-            "temperature": 0,
-        }
+        body = {"model": self.model, "messages": messages, "temperature": 0}
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -248,14 +304,7 @@ class OpenAIChatGenerator:
             ) from None
         if not isinstance(content, str):
             raise GeneratorError(f"OpenAI-compatible endpoint {url} returned a completion with no text content")
-
-        answer = content.strip()
-        return GeneratedAnswer(
-            text=answer,
-            backend=self.backend,
-            model=self.model,
-            cited_passages=cited_passage_numbers(answer, passage_count=len(passages)),
-        )
+        return content.strip()
 
 
 # --- Local Hugging Face causal LM -------------------------------------------------------
@@ -285,11 +334,31 @@ class HFGenerator:
         self._language_model: Any = None
         self._tokenizer: Any = None
 
-    def generate(self, *, query: str, passages: list[ContextPassage]) -> GeneratedAnswer:
+    def generate(
+        self, *, query: str, passages: list[ContextPassage], history: Sequence[ChatMessage] = ()
+    ) -> GeneratedAnswer:
+        text, log_likelihood = self._complete(chat_messages(query=query, passages=passages, history=history))
+        return GeneratedAnswer(
+            text=text,
+            backend=self.backend,
+            model=self.model,
+            cited_passages=cited_passage_numbers(text, passage_count=len(passages)),
+            log_likelihood=log_likelihood,
+        )
+
+    def rewrite_query(self, *, question: str, history: Sequence[ChatMessage]) -> str:
+        if not any(m.role == "user" for m in history):
+            return question
+        text, _ = self._complete([{"role": "user", "content": condense_prompt(question=question, history=history)}])
+        # A small model may run on past the question; its first line is the rewrite.
+        first_line = text.strip().splitlines()[0].strip() if text.strip() else ""
+        return first_line or question
+
+    def _complete(self, messages: list[dict]) -> tuple[str, float | None]:
         import torch
 
         language_model, tokenizer = self._load()
-        prompt_ids = self._prompt_ids(query=query, passages=passages, room_for=self.max_new_tokens)
+        prompt_ids = self._prompt_ids(messages=messages, room_for=self.max_new_tokens)
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.inference_mode():
             sequences = language_model.generate(
@@ -302,13 +371,7 @@ class HFGenerator:
         new_ids = sequences[:, prompt_ids.shape[1] :]
         text = tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
         log_likelihood = self._mean_log_prob(prompt_ids=prompt_ids, answer_ids=new_ids) if new_ids.shape[1] else None
-        return GeneratedAnswer(
-            text=text,
-            backend=self.backend,
-            model=self.model,
-            cited_passages=cited_passage_numbers(text, passage_count=len(passages)),
-            log_likelihood=log_likelihood,
-        )
+        return text, log_likelihood
 
     def answer_log_likelihood(self, *, query: str, passage: ContextPassage | None, answer: str) -> float:
         """Mean log-probability per token of `answer` given the prompt built from one passage.
@@ -320,9 +383,8 @@ class HFGenerator:
         answer_ids = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if answer_ids.shape[1] == 0:
             raise ValueError("answer must contain at least one token")
-        prompt_ids = self._prompt_ids(
-            query=query, passages=[passage] if passage is not None else [], room_for=answer_ids.shape[1]
-        )
+        messages = chat_messages(query=query, passages=[passage] if passage is not None else [])
+        prompt_ids = self._prompt_ids(messages=messages, room_for=answer_ids.shape[1])
         return self._mean_log_prob(prompt_ids=prompt_ids, answer_ids=answer_ids.to(prompt_ids.device))
 
     def _load(self) -> tuple[Any, Any]:
@@ -350,20 +412,12 @@ class HFGenerator:
         self._language_model, self._tokenizer = language_model, tokenizer
         return language_model, tokenizer
 
-    def _prompt_ids(self, *, query: str, passages: list[ContextPassage], room_for: int) -> Any:
-        """Token ids (1, n) of the prompt, in the model's chat format when it has one."""
+    def _prompt_ids(self, *, messages: list[dict], room_for: int) -> Any:
+        """Token ids (1, n) of the chat, as `prompt_token_ids` lays it out."""
+        import torch
+
         language_model, tokenizer = self._load()
-        prompt = build_prompt(query=query, passages=passages)
-        if tokenizer.chat_template:
-            messages = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": prompt},
-            ]
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            # The chat template already holds any BOS token.
-            prompt_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        else:
-            prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        prompt_ids = torch.tensor([prompt_token_ids(tokenizer, messages)])
         # Keep the end of an over-long prompt: the query sits there, the oldest context does not.
         window = getattr(language_model.config, "max_position_embeddings", None)
         if window and prompt_ids.shape[1] + room_for > window:
