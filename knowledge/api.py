@@ -4,7 +4,7 @@ Endpoints validate input with the schemas below, check the token's scope, call o
 selector, and serialise the result. Every error is a JSON `{"detail": "..."}` with a 4xx status
 (502 when a generator backend fails).
 
-One module on purpose (~480 lines): the whole public API, its request and response schemas
+One module on purpose (~650 lines): the whole public API, its request and response schemas
 and its error mapping read in one place, in the order of the OpenAPI document.
 """
 
@@ -12,6 +12,7 @@ import json
 from typing import Annotated, Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db.models import Count
 from django.http import HttpRequest
 from django.utils.dateparse import parse_datetime
 from ninja import File, NinjaAPI, Router, Schema
@@ -22,8 +23,20 @@ from ninja.security import HttpBearer
 from pydantic import AfterValidator, Field, FiniteFloat, StrictInt
 
 from knowledge.errors import InvalidInput, NotFound, ServiceError
-from knowledge.models import ApiToken, EmbeddingJob, KnowledgeBase, Turn
-from knowledge.selectors import knowledge_base_get, passages_retrieve, retriever_for
+from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, Turn
+from knowledge.selectors import (
+    conversation_turns,
+    conversations_list,
+    knowledge_base_get,
+    passages_retrieve,
+    retriever_for,
+)
+from knowledge.services.conversations import (
+    ConversationMessage,
+    ConversationRecord,
+    conversation_ask,
+    conversation_ingest,
+)
 from knowledge.services.documents import documents_ingest
 from knowledge.services.tokens import api_token_authenticate, api_token_can_access
 from knowledge.services.turns import (
@@ -33,6 +46,7 @@ from knowledge.services.turns import (
     turn_feedback_set,
     turns_ingest,
 )
+from rag.conversation import ChatMessage, ConversationError, history_parse, message_content_text
 from rag.documents import DocumentParseError, parse_upload
 
 
@@ -148,8 +162,24 @@ def _knowledge_base_for(request: HttpRequest, slug: str) -> KnowledgeBase:
     return knowledge_base
 
 
+def _history(raw: list[dict], *, field: str) -> list[ChatMessage]:
+    try:
+        return history_parse(raw, field=field)
+    except ConversationError as error:
+        raise InvalidInput(str(error)) from error
+
+
+def _page_bounds(offset: int, limit: int) -> None:
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= 500:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET} and limit between 1 and 500.")
+
+
+def _turn_loaded(turn_id: int) -> Turn | None:
+    return Turn.objects.select_related("knowledge_base", "conversation").prefetch_related("passages").filter(pk=turn_id).first()
+
+
 def _turn_for(request: HttpRequest, turn_id: int) -> Turn:
-    turn = Turn.objects.select_related("knowledge_base").filter(pk=turn_id).first()
+    turn = _turn_loaded(turn_id)
     if turn is None or not api_token_can_access(token=request.auth, knowledge_base=turn.knowledge_base):
         raise NotFound(f"Turn {turn_id} not found.")
     return turn
@@ -179,9 +209,16 @@ class KnowledgeBaseOut(Schema):
 class AskIn(Schema):
     query: Text = Field(min_length=1, max_length=4000)
     k: StrictInt = Field(5, ge=1, le=100)
+    conversation_id: StrictInt | None = Field(None, description="Continue this conversation (ragloop's id).")
+    conversation_external_id: Text | None = Field(
+        None, min_length=1, max_length=255, description="Continue the conversation with this id of yours, or start it."
+    )
+    start_conversation: bool = Field(False, description="Start a new conversation (ragloop names it).")
+    end_user: Text = Field("", max_length=255, description="Who asks, as your app names them (opaque).")
 
 
-class RetrieveIn(AskIn):
+class RetrieveIn(Schema):
+    query: Text = Field(min_length=1, max_length=4000)
     k: StrictInt = Field(10, ge=1, le=100)
     retriever_version: Text | None = Field(None, max_length=100)
 
@@ -200,12 +237,22 @@ class RetrieveOut(Schema):
     passages: list[PassageOut]
 
 
+class MessageOut(Schema):
+    role: str
+    content: str
+
+
 class TurnOut(Schema):
     turn_id: int
     knowledge_base: str
     source: str
     external_id: str | None
+    conversation_id: int | None
+    conversation_external_id: str | None
+    position: int | None
     query: str
+    rewritten_query: str = Field(description="What retrieval searched for, when the question was a rewritten follow-up.")
+    history: list[MessageOut]
     answer: str
     retriever_version: str
     generator_version: str
@@ -235,6 +282,10 @@ class TurnIn(Schema):
     latency_ms: FiniteFloat | None = Field(None, ge=0)
     metadata: JsonObject = Field(default_factory=dict)
     created_at: str | None = Field(None, description="ISO 8601; defaults to the time of ingestion")
+    conversation_id: Text | None = Field(None, min_length=1, max_length=255, description="Your conversation id.")
+    position: StrictInt | None = Field(None, ge=0, description="0-based place in the conversation.")
+    rewritten_query: Text = Field("", max_length=4000, description="The self-contained query you retrieved with.")
+    history: list[dict] = Field(default_factory=list, description="The messages before the question.")
 
 
 class TurnBatchIn(Schema):
@@ -251,6 +302,57 @@ class TurnBatchOut(Schema):
     created: int
     existing: int
     turns: list[TurnIngestedOut]
+
+
+class ConversationMessageIn(Schema):
+    role: Text = Field(description="system, user or assistant (developer is read as system)")
+    content: str | list[dict] = Field(description="Text, or OpenAI content parts of type text.")
+    passages: list[PassageIn] = Field(
+        default_factory=list, max_length=200, description="Assistant messages: the passages the answer was generated from."
+    )
+    rewritten_query: Text = Field("", max_length=4000, description="Assistant messages: what retrieval searched for.")
+    feedback: StrictInt | None = Field(None, description="Assistant messages: -1 thumbs down, 1 thumbs up")
+    feedback_comment: Text = Field("", max_length=10_000)
+    created_at: str | None = Field(None, description="ISO 8601 time of an assistant message")
+
+
+class ConversationIn(Schema):
+    external_id: Text = Field(min_length=1, max_length=255)
+    end_user: Text = Field("", max_length=255)
+    metadata: JsonObject = Field(default_factory=dict)
+    retriever_version: Text = Field("", max_length=200)
+    generator_version: Text = Field("", max_length=200)
+    messages: list[ConversationMessageIn] = Field(min_length=1)
+
+
+class ConversationIngestedOut(Schema):
+    conversation_id: int
+    external_id: str
+    created: bool
+    turns_created: list[int]
+    turns_existing: int
+
+
+class ConversationOut(Schema):
+    conversation_id: int
+    knowledge_base: str
+    external_id: str
+    end_user: str
+    system_prompt: str
+    metadata: dict
+    started_at: str
+    last_activity_at: str
+    turn_count: int
+
+
+class ConversationPageOut(Schema):
+    count: int
+    offset: int
+    items: list[ConversationOut]
+
+
+class ConversationDetailOut(ConversationOut):
+    turns: list[TurnOut]
 
 
 class FeedbackIn(Schema):
@@ -307,7 +409,12 @@ def _turn_out(turn: Turn) -> dict:
         "knowledge_base": turn.knowledge_base.slug,
         "source": turn.source,
         "external_id": turn.external_id,
+        "conversation_id": turn.conversation_id,
+        "conversation_external_id": turn.conversation.external_id if turn.conversation_id else None,
+        "position": turn.position,
         "query": turn.query,
+        "rewritten_query": turn.rewritten_query,
+        "history": turn.history,
         "answer": turn.answer,
         "retriever_version": turn.retriever_version,
         "generator_version": turn.generator_version,
@@ -317,6 +424,33 @@ def _turn_out(turn: Turn) -> dict:
         "created_at": turn.created_at.isoformat(),
         "passages": [_passage_out(p) for p in turn.passages.all()],
     }
+
+
+def _conversation_out(conversation: Conversation) -> dict:
+    return {
+        "conversation_id": conversation.pk,
+        "knowledge_base": conversation.knowledge_base.slug,
+        "external_id": conversation.external_id,
+        "end_user": conversation.end_user,
+        "system_prompt": conversation.system_prompt,
+        "metadata": conversation.metadata,
+        "started_at": conversation.started_at.isoformat(),
+        "last_activity_at": conversation.last_activity_at.isoformat(),
+        "turn_count": conversation.turn_count,
+    }
+
+
+def _time(value: str | None, *, field: str):
+    """An ISO 8601 time with a zone, or None; 422 for anything else."""
+    if not value:
+        return None
+    try:
+        parsed = parse_datetime(value)
+    except ValueError:  # well formed but impossible, e.g. month 13
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidInput(f"{field}: {value!r} is not an ISO 8601 time with a zone.")
+    return parsed
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -347,9 +481,26 @@ def knowledge_base_list(request):
 
 @kbs.post("/{slug}/ask", response={200: TurnOut, 502: ErrorOut, **ERRORS})
 def ask(request, slug: str, payload: AskIn):
-    """Answer with the live retriever and generator; the turn is stored with its passages."""
-    turn = turn_ask(knowledge_base=_knowledge_base_for(request, slug), query=payload.query, k=payload.k)
-    return _turn_out(Turn.objects.select_related("knowledge_base").prefetch_related("passages").get(pk=turn.pk))
+    """Answer with the live retriever and generator; the turn is stored with its passages.
+
+    With `conversation_id`, `conversation_external_id` or `start_conversation` the question is
+    the next turn of a conversation: a follow-up is rewritten to stand alone before retrieval
+    (`rewritten_query`), and the generator sees the earlier turns."""
+    knowledge_base = _knowledge_base_for(request, slug)
+    if payload.conversation_id is not None and payload.conversation_external_id is not None:
+        raise InvalidInput("Send conversation_id or conversation_external_id, not both.")
+    if payload.conversation_id is not None or payload.conversation_external_id is not None or payload.start_conversation:
+        turn = conversation_ask(
+            knowledge_base=knowledge_base,
+            question=payload.query,
+            k=payload.k,
+            conversation_id=payload.conversation_id,
+            conversation_external_id=payload.conversation_external_id,
+            end_user=payload.end_user,
+        )
+    else:
+        turn = turn_ask(knowledge_base=knowledge_base, query=payload.query, k=payload.k)
+    return _turn_out(_turn_loaded(turn.pk))
 
 
 @kbs.post("/{slug}/retrieve", response={200: RetrieveOut, **ERRORS})
@@ -382,14 +533,7 @@ def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
     knowledge_base = _knowledge_base_for(request, slug)
     records = []
     for index, turn in enumerate(payload.turns):
-        created_at = None
-        if turn.created_at:
-            try:
-                created_at = parse_datetime(turn.created_at)
-            except ValueError:  # well formed but impossible, e.g. month 13
-                created_at = None
-            if created_at is None or created_at.tzinfo is None:
-                raise InvalidInput(f"turns.{index}.created_at: {turn.created_at!r} is not an ISO 8601 time with a zone.")
+        created_at = _time(turn.created_at, field=f"turns.{index}.created_at")
         records.append(
             TurnRecord(
                 external_id=turn.external_id,
@@ -403,6 +547,10 @@ def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
                 latency_ms=turn.latency_ms,
                 metadata=turn.metadata,
                 created_at=created_at,
+                conversation_id=turn.conversation_id,
+                position=turn.position,
+                rewritten_query=turn.rewritten_query,
+                history=_history(turn.history, field=f"turns.{index}.history"),
             )
         )
     result = turns_ingest(knowledge_base=knowledge_base, records=records)
@@ -417,6 +565,63 @@ def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
             }
             for r in records
         ],
+    }
+
+
+@kbs.post("/{slug}/conversations", response={200: ConversationIngestedOut, **ERRORS})
+def conversation_ingest_one(request, slug: str, payload: ConversationIn):
+    """Log a whole conversation in the OpenAI messages format, one turn per assistant message.
+    Idempotent on `external_id`: sent again with more messages, only the new turns are added;
+    a history that differs from the stored one is refused (409)."""
+    knowledge_base = _knowledge_base_for(request, slug)
+    messages = []
+    for index, message in enumerate(payload.messages):
+        where = f"messages[{index}]"
+        try:
+            content = message_content_text(message.content, where=where)
+        except ConversationError as error:
+            raise InvalidInput(str(error)) from error
+        messages.append(
+            ConversationMessage(
+                role=message.role,
+                content=content,
+                passages=[PassageRecord(text=p.text, source_id=p.source_id, title=p.title, score=p.score) for p in message.passages],
+                rewritten_query=message.rewritten_query,
+                feedback=message.feedback,
+                feedback_comment=message.feedback_comment,
+                created_at=_time(message.created_at, field=f"{where}.created_at"),
+            )
+        )
+    result = conversation_ingest(
+        knowledge_base=knowledge_base,
+        record=ConversationRecord(
+            external_id=payload.external_id,
+            messages=messages,
+            end_user=payload.end_user,
+            metadata=payload.metadata,
+            retriever_version=payload.retriever_version,
+            generator_version=payload.generator_version,
+        ),
+    )
+    return {
+        "conversation_id": result.conversation.pk,
+        "external_id": result.conversation.external_id,
+        "created": result.created,
+        "turns_created": result.turns_created,
+        "turns_existing": result.turns_existing,
+    }
+
+
+@kbs.get("/{slug}/conversations", response={200: ConversationPageOut, **ERRORS})
+def conversation_list(request, slug: str, end_user: str | None = None, offset: int = 0, limit: int = 50):
+    """The knowledge base's conversations, most recently active first; `end_user` filters."""
+    knowledge_base = _knowledge_base_for(request, slug)
+    _page_bounds(offset, limit)
+    conversations = conversations_list(knowledge_base=knowledge_base, end_user=end_user)
+    return {
+        "count": conversations.count(),
+        "offset": offset,
+        "items": [_conversation_out(c) for c in conversations.select_related("knowledge_base")[offset : offset + limit]],
     }
 
 
@@ -436,10 +641,8 @@ def documents_upload(request, slug: str, files: list[UploadedFile] = File(...)):
 @kbs.get("/{slug}/documents", response={200: DocumentPageOut, **ERRORS})
 def documents_list(request, slug: str, offset: int = 0, limit: int = 50):
     knowledge_base = _knowledge_base_for(request, slug)
-    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= 500:
-        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET} and limit between 1 and 500.")
+    _page_bounds(offset, limit)
     documents = knowledge_base.documents.order_by("external_id")
-    from django.db.models import Count
 
     page = documents.annotate(chunk_count=Count("chunks"))[offset : offset + limit]
     return {
@@ -486,5 +689,19 @@ def turn_feedback(request, turn_id: int, payload: FeedbackIn):
     return _turn_out(turn)
 
 
+conversations = Router(tags=["conversations"])
+
+
+@conversations.get("/{conversation_id}", response={200: ConversationDetailOut, **ERRORS})
+def conversation_get(request, conversation_id: int):
+    """A conversation with its turns in order (query, rewritten query, answer, passages, feedback)."""
+    conversation = Conversation.objects.select_related("knowledge_base").filter(pk=conversation_id).first()
+    if conversation is None or not api_token_can_access(token=request.auth, knowledge_base=conversation.knowledge_base):
+        raise NotFound(f"Conversation {conversation_id} not found.")
+    turns_in_order = conversation_turns(conversation=conversation).select_related("knowledge_base", "conversation")
+    return {**_conversation_out(conversation), "turns": [_turn_out(t) for t in turns_in_order]}
+
+
 api.add_router("/kbs", kbs)
 api.add_router("/turns", turns)
+api.add_router("/conversations", conversations)

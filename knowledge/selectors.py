@@ -1,15 +1,18 @@
 """Read operations: knowledge bases, which retriever serves (the live one that promotion wrote
-onto the knowledge base, or a named version), and retrieval from an embedding space."""
+onto the knowledge base, or a named version), retrieval from an embedding space, and
+conversations."""
 
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import QuerySet
 
 from knowledge.errors import InvalidInput, NotFound
-from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.models import Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, Turn
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
+from rag.conversation import ChatMessage
 from rag.embedding import load_embedder
 
 
@@ -195,3 +198,28 @@ def best_chunk_per_document(
         )
         rows = cursor.fetchall()
     return {row[4]: _retrieved_chunk(row, rank=1) for row in rows}
+
+
+# --- conversations ------------------------------------------------------------------------
+
+
+def conversation_messages(*, conversation: Conversation) -> list[ChatMessage]:
+    """The conversation so far as chat messages: its system prompt (if any), then each turn's
+    question and answer in position order."""
+    messages = [ChatMessage("system", conversation.system_prompt)] if conversation.system_prompt.strip() else []
+    for query, answer in conversation.turns.order_by("position").values_list("query", "answer"):
+        messages.append(ChatMessage("user", query))
+        messages.append(ChatMessage("assistant", answer or "(no answer)"))
+    return messages
+
+
+def conversations_list(*, knowledge_base: KnowledgeBase, end_user: str | None = None) -> QuerySet[Conversation]:
+    """The knowledge base's conversations, most recently active first."""
+    conversations = Conversation.objects.filter(knowledge_base=knowledge_base)
+    if end_user is not None:
+        conversations = conversations.filter(end_user=end_user)
+    return conversations.order_by("-last_activity_at", "-id")
+
+
+def conversation_turns(*, conversation: Conversation) -> QuerySet[Turn]:
+    return conversation.turns.order_by("position").prefetch_related("passages")

@@ -101,6 +101,17 @@ def messages_parse(raw: Sequence[dict], *, field: str = "messages") -> list[Chat
     return messages
 
 
+def history_parse(raw: Sequence[dict], *, field: str = "history") -> list[ChatMessage]:
+    """The messages before a question: empty, or a valid message list that does not end with
+    a user message (the question itself is sent apart)."""
+    if not raw:
+        return []
+    messages = messages_parse(raw, field=field)
+    if messages[-1].role == "user":
+        raise ConversationError(f"{field}: must end with an assistant message; the question is sent on its own.")
+    return messages
+
+
 def split_conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMessage], str]:
     """(system prompt, history, question) of a message list that ends with a user message."""
     if not messages or messages[-1].role != "user":
@@ -175,6 +186,12 @@ def condense_heuristic(*, question: str, history: Sequence[ChatMessage]) -> str:
     if not carried:
         return question
     return f"{question} {' '.join(carried)}"
+
+
+def count_tokens(text: str) -> int:
+    """A tokenizer-free token estimate: words and punctuation marks (OpenAI-style `usage` of
+    backends that share no tokenizer, and history budgets)."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
 
 
 # --- history within a budget --------------------------------------------------------------

@@ -169,6 +169,57 @@ class CeleryBeat(CeleryWorker):
             path.unlink(missing_ok=True)
 
 
+class WebServer(CeleryWorker):
+    """The web app in a real gunicorn process on a free local port (`url`), as production runs it."""
+
+    def __init__(self, *, env: dict[str, str], name: str) -> None:
+        import socket
+
+        super().__init__(queues="", env=env, name=name)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import urllib.request
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+             "--workers", "1", "--threads", "4", "--timeout", "120"],
+            cwd=REPO_ROOT, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the web server exited: {self.log()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/login/", timeout=2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=60, message="the web server to answer")
+
+
+@pytest.fixture
+def web_server_process(transactional_db):
+    """The web app served by a real gunicorn process bound to the test database."""
+    from django.conf import settings
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _test_database_url(),
+        "REDIS_URL": settings.CELERY_BROKER_URL,
+    }
+    server = WebServer(env=env, name="web")
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db):
     """Start a real worker on the `default` and `embedding` queues, bound to the test database

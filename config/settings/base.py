@@ -107,6 +107,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 RAGLOOP_MAX_REQUEST_BYTES = env_int("RAGLOOP_MAX_REQUEST_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = RAGLOOP_MAX_REQUEST_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = RAGLOOP_MAX_REQUEST_BYTES
+# Conversations (docs/conversations.md): the generator sees the newest earlier messages within
+# this many words; a conversation sent to /v1/chat/completions or /conversations may hold at
+# most this many characters in all (rag.conversation also caps messages at 500).
+RAGLOOP_CHAT_HISTORY_TOKENS = env_int("RAGLOOP_CHAT_HISTORY_TOKENS", 1500)
+RAGLOOP_MAX_CONVERSATION_CHARS = env_int("RAGLOOP_MAX_CONVERSATION_CHARS", 1_000_000)
 
 # --- ragloop ------------------------------------------------------------------------------
 # Where trained model versions and other artifacts are written (a volume in docker-compose).

@@ -8,21 +8,25 @@ reads one index in order and a turn needs no second write.
 import functools
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Max, Min
 from django.utils import timezone
 
-from knowledge.errors import InvalidInput, UpstreamError
-from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
+from knowledge.errors import Conflict, InvalidInput, UpstreamError
+from knowledge.models import Conversation, Document, KnowledgeBase, RetrievedPassage, Turn
 from knowledge.selectors import passages_retrieve, retriever_for
+from rag.conversation import ChatMessage, history_within_budget, messages_hash
 from rag.generation import ContextPassage, GeneratorError, make_generator
 from rag.queue_priority import RANDOM_TIER, turn_queue_position
 
 MAX_TURNS_PER_BATCH = 1000
+MAX_REWRITTEN_QUERY_CHARS = 4000
 
 
 @functools.lru_cache(maxsize=8)
@@ -46,36 +50,96 @@ def generator_for(*, knowledge_base: KnowledgeBase):
     return generator_load(knowledge_base.generator_backend, knowledge_base.generator_model), knowledge_base.generator_version
 
 
-def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
-    """Retrieve with the live retriever, generate with the KB's generator, store the turn."""
+@dataclass(frozen=True)
+class ComposedAnswer:
+    """What serving produced for a question, before anything is stored."""
+
+    question: str
+    rewritten_query: str  # blank: retrieval used the question itself
+    retrieved: list
+    text: str
+    cited_passages: list[int]
+    retriever_version: str
+    generator_version: str
+    history_messages_used: int
+    latency_ms: float
+
+
+def answer_compose(
+    *, knowledge_base: KnowledgeBase, question: str, k: int, history: Sequence[ChatMessage] = ()
+) -> ComposedAnswer:
+    """Retrieve with the live retriever and answer with the live generator; writes nothing.
+
+    A follow-up (a question with earlier user messages) is first made self-contained by the
+    generator (`rewrite_query`: a condensation prompt for LLM backends, rag.conversation's
+    heuristic for the extractive one), and retrieval searches for the rewrite. The generator
+    sees the newest messages of the history within RAGLOOP_CHAT_HISTORY_TOKENS.
+    """
     started = time.perf_counter()
     retriever = retriever_for(knowledge_base=knowledge_base)
-    retrieved = passages_retrieve(
-        space=retriever.space, query=query, k=k, query_model_reference=retriever.query_model_reference
-    )
     generator_version = knowledge_base.generator_version
+    seen_history = history_within_budget(history, max_tokens=settings.RAGLOOP_CHAT_HISTORY_TOKENS)
     try:
         generator, generator_version = generator_for(knowledge_base=knowledge_base)
+        rewritten = generator.rewrite_query(question=question, history=seen_history) if seen_history else question
+    except (GeneratorError, ValueError) as error:
+        raise UpstreamError(f"The generator ({generator_version}) could not rewrite the follow-up: {error}") from error
+    rewritten = " ".join(rewritten.split())[:MAX_REWRITTEN_QUERY_CHARS] or question
+    retrieved = passages_retrieve(
+        space=retriever.space, query=rewritten, k=k, query_model_reference=retriever.query_model_reference
+    )
+    try:
         answer = generator.generate(
-            query=query,
+            query=question,
             passages=[ContextPassage(text=p.text, title=p.title, source_id=p.document_external_id) for p in retrieved],
+            history=seen_history,
         )
     except (GeneratorError, ValueError) as error:
         raise UpstreamError(f"The generator ({generator_version}) failed: {error}") from error
-    latency_ms = (time.perf_counter() - started) * 1000
-    queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in retrieved])
+    return ComposedAnswer(
+        question=question,
+        rewritten_query="" if rewritten == question else rewritten,
+        retrieved=retrieved,
+        text=answer.text,
+        cited_passages=answer.cited_passages,
+        retriever_version=retriever.version,
+        generator_version=generator_version,
+        history_messages_used=len(seen_history),
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
+def turn_served_store(
+    *,
+    knowledge_base: KnowledgeBase,
+    composed: ComposedAnswer,
+    conversation=None,
+    position: int | None = None,
+    history: Sequence[ChatMessage] = (),
+    continuation_hash: str = "",
+) -> Turn:
+    """Store a served turn with its passages (in the caller's transaction, if any)."""
+    queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in composed.retrieved])
+    metadata = {"cited_passages": composed.cited_passages}
+    if history:
+        metadata["history_messages_used"] = composed.history_messages_used
     with transaction.atomic():
         turn = Turn.objects.create(
             queue_tier=queue_tier,
             queue_order=queue_order,
             knowledge_base=knowledge_base,
             source=Turn.Source.SERVED,
-            query=query,
-            answer=answer.text,
-            retriever_version=retriever.version,
-            generator_version=generator_version,
-            latency_ms=latency_ms,
-            metadata={"cited_passages": answer.cited_passages},
+            conversation=conversation,
+            position=position,
+            query=composed.question,
+            rewritten_query=composed.rewritten_query,
+            history=[m.as_dict() for m in history],
+            continuation_hash=continuation_hash,
+            answer=composed.text,
+            retriever_version=composed.retriever_version,
+            generator_version=composed.generator_version,
+            latency_ms=composed.latency_ms,
+            metadata=metadata,
         )
         RetrievedPassage.objects.bulk_create(
             RetrievedPassage(
@@ -88,9 +152,15 @@ def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
                 title=p.title,
                 text=p.text,
             )
-            for p in retrieved
+            for p in composed.retrieved
         )
     return turn
+
+
+def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
+    """Answer a question on its own (no conversation) and store the turn."""
+    composed = answer_compose(knowledge_base=knowledge_base, question=query, k=k)
+    return turn_served_store(knowledge_base=knowledge_base, composed=composed)
 
 
 @dataclass(frozen=True)
@@ -116,6 +186,12 @@ class TurnRecord:
     latency_ms: float | None = None
     metadata: dict = field(default_factory=dict)
     created_at: datetime | None = None
+    # The app's conversation id and the turn's 0-based place in it (both or neither); the
+    # self-contained query the app retrieved with, and the messages before the question.
+    conversation_id: str | None = None
+    position: int | None = None
+    rewritten_query: str = ""
+    history: list[ChatMessage] = field(default_factory=list)
 
 
 @dataclass
@@ -138,6 +214,14 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
             raise InvalidInput(f"Turn {record.external_id!r} has an empty query.")
         if record.feedback not in (None, -1, 1):
             raise InvalidInput(f"Turn {record.external_id!r}: feedback must be -1, 1 or null.")
+        if (record.conversation_id is None) != (record.position is None):
+            raise InvalidInput(f"Turn {record.external_id!r}: conversation_id and position go together.")
+        if record.position is not None and record.position < 0:
+            raise InvalidInput(f"Turn {record.external_id!r}: position must be 0 or more.")
+    places = Counter((r.conversation_id, r.position) for r in records if r.conversation_id is not None)
+    taken_twice = sorted(f"{c}#{p}" for (c, p), n in places.items() if n > 1)
+    if taken_twice:
+        raise InvalidInput(f"Two turns of this batch claim the same conversation position: {', '.join(taken_twice[:10])}.")
 
     result = TurnIngestResult()
     with transaction.atomic():
@@ -150,6 +234,7 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
             )
         )
         new_records = [r for r in records if r.external_id not in result.existing]
+        conversations = _conversations_for(knowledge_base=knowledge_base, records=new_records)
         source_ids = {p.source_id for r in new_records for p in r.passages if p.source_id}
         documents = dict(
             Document.objects.filter(knowledge_base=knowledge_base, external_id__in=source_ids).values_list(
@@ -180,9 +265,17 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
                 queue_tier=tier,
                 queue_order=order,
                 created_at=r.created_at or timezone.now(),
+                conversation=conversations.get(r.conversation_id),
+                position=r.position,
+                rewritten_query="" if r.rewritten_query.strip() == r.query.strip() else r.rewritten_query.strip(),
+                history=[m.as_dict() for m in r.history],
+                continuation_hash=messages_hash([*r.history, ChatMessage("user", r.query), ChatMessage("assistant", r.answer)])
+                if r.conversation_id is not None and r.answer
+                else "",
             )
             for r, (tier, order) in zip(new_records, positions)
         )
+        _conversations_touch(conversations.values())
         RetrievedPassage.objects.bulk_create(
             RetrievedPassage(
                 turn=turn,
@@ -198,6 +291,36 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
         )
         result.created = {turn.external_id: turn.pk for turn in turns}
     return result
+
+
+def _conversations_for(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) -> dict[str, Conversation]:
+    """The conversations the records name (created when new, locked), after checking that no
+    record takes a position another turn already holds."""
+    names = sorted({r.conversation_id for r in records if r.conversation_id is not None})
+    conversations = {}
+    for name in names:
+        if not name.strip() or len(name) > 255:
+            raise InvalidInput(f"Conversation id {name[:40]!r} must be 1 to 255 characters.")
+        conversations[name], _ = Conversation.objects.get_or_create(knowledge_base=knowledge_base, external_id=name)
+    # The knowledge base row is locked by the caller (no concurrent batch), and the conversation
+    # rows here (no concurrent served turn, see knowledge.services.conversations), so no one
+    # can take a position between this check and the insert.
+    list(Conversation.objects.select_for_update().filter(pk__in=[c.pk for c in conversations.values()]))
+    taken = set(
+        Turn.objects.filter(conversation__in=conversations.values()).values_list("conversation__external_id", "position")
+    )
+    clashes = sorted(f"{r.conversation_id}#{r.position}" for r in records if (r.conversation_id, r.position) in taken)
+    if clashes:
+        raise Conflict(f"Another turn already holds these conversation positions: {', '.join(clashes[:10])}.")
+    return conversations
+
+
+def _conversations_touch(conversations) -> None:
+    for conversation in conversations:
+        stats = conversation.turns.aggregate(count=Count("pk"), first=Min("created_at"), last=Max("created_at"))
+        Conversation.objects.filter(pk=conversation.pk).update(
+            turn_count=stats["count"], started_at=stats["first"], last_activity_at=stats["last"]
+        )
 
 
 def turn_feedback_set(*, turn: Turn, feedback: int | None, comment: str = "") -> Turn:
