@@ -20,8 +20,12 @@ from rag.generation import (
     HFGenerator,
     OpenAIChatGenerator,
     build_prompt,
+    chat_messages,
     make_generator,
+    prompt_text,
+    prompt_token_ids,
 )
+from rag.conversation import ChatMessage, condense_heuristic, condense_prompt
 from tests.rag.conftest import JsonReplyHandler, reference_mean_log_prob, tiny_tokenizer
 
 PASSAGES = [
@@ -375,3 +379,72 @@ def test_extractive_does_not_repeat_a_sentence_shared_by_overlapping_chunks():
     assert answer.text.count(shared) == 1
     assert answer.text == f"{shared} [1]"
     assert answer.cited_passages == [1]
+
+
+# --- conversations ------------------------------------------------------------------------
+
+HISTORY = [ChatMessage("user", "Which enzyme do statins inhibit?"), ChatMessage("assistant", "HMG-CoA reductase [1].")]
+
+
+def test_openai_backend_sends_the_history_between_system_prompt_and_question(chat_server_url: str):
+    FakeChatServer.requests.clear()
+    generator = OpenAIChatGenerator(base_url=f"{chat_server_url}/ok/v1", model="m")
+
+    generator.generate(query="Does it cause muscle pain?", passages=PASSAGES, history=HISTORY)
+
+    messages = FakeChatServer.requests[0]["body"]["messages"]
+    assert messages == chat_messages(query="Does it cause muscle pain?", passages=PASSAGES, history=HISTORY)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1:3] == [m.as_dict() for m in HISTORY]
+    assert messages[3]["content"] == build_prompt(query="Does it cause muscle pain?", passages=PASSAGES)
+
+
+def test_openai_backend_rewrites_a_follow_up_with_the_condense_prompt_and_leaves_a_first_question(chat_server_url: str):
+    FakeChatServer.requests.clear()
+    generator = OpenAIChatGenerator(base_url=f"{chat_server_url}/ok/v1", model="m")
+
+    assert generator.rewrite_query(question="Is it safe?", history=[]) == "Is it safe?"
+    assert FakeChatServer.requests == []  # a first question costs no call
+
+    rewritten = generator.rewrite_query(question="Does it cause muscle pain?", history=HISTORY)
+
+    assert rewritten == "Within 14 days [2], see [9]."  # what the fake model answered
+    [request] = FakeChatServer.requests
+    [message] = request["body"]["messages"]
+    assert message["content"] == condense_prompt(question="Does it cause muscle pain?", history=HISTORY)
+    assert "Human: Which enzyme do statins inhibit?" in message["content"]
+    assert "<Follow Up Message>\nDoes it cause muscle pain?" in message["content"]
+
+
+def test_extractive_answers_a_follow_up_from_the_question_it_stands_for():
+    passages = [ContextPassage(text="Statins inhibit HMG-CoA reductase. Muscle pain is a known side effect of statins.")]
+    generator = ExtractiveGenerator()
+
+    alone = generator.generate(query="Is that common?", passages=passages)
+    in_context = generator.generate(query="Is that common?", passages=passages, history=[ChatMessage("user", "Do statins cause muscle pain?")])
+
+    assert alone.text == NO_ANSWER_TEXT
+    assert "Muscle pain is a known side effect" in in_context.text
+    assert generator.rewrite_query(question="Is that common?", history=[ChatMessage("user", "Do statins cause muscle pain?")]) == condense_heuristic(
+        question="Is that common?", history=[ChatMessage("user", "Do statins cause muscle pain?")]
+    )
+
+
+def test_a_chat_without_history_is_laid_out_exactly_as_the_single_prompt_and_history_comes_before_it():
+    single = chat_messages(query=QUERY, passages=[PASSAGE])
+    assert prompt_text(single) == build_prompt(query=QUERY, passages=[PASSAGE])
+
+    text = prompt_text(chat_messages(query=QUERY, passages=[PASSAGE], history=HISTORY))
+    assert text == "User: Which enzyme do statins inhibit?\nAssistant: HMG-CoA reductase [1].\n" + build_prompt(query=QUERY, passages=[PASSAGE])
+
+
+def test_hf_generate_with_history_feeds_the_history_before_the_question(tiny_model_path: Path):
+    generator = HFGenerator(model_path=tiny_model_path, max_new_tokens=4, device="cpu")
+    language_model, tokenizer = generator._load()
+    messages = chat_messages(query=QUERY, passages=[PASSAGE], history=HISTORY)
+
+    ids = generator._prompt_ids(messages=messages, room_for=4)
+
+    assert ids[0].tolist() == prompt_token_ids(tokenizer, messages)
+    assert ids[0].tolist() != prompt_token_ids(tokenizer, chat_messages(query=QUERY, passages=[PASSAGE]))
+    assert generator.generate(query=QUERY, passages=[PASSAGE], history=HISTORY).text is not None
