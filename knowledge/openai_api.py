@@ -124,6 +124,9 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
             raise OpenAIError(400, str(error), param=param if param.startswith("messages") else "messages") from None
         stream = _option(body, "stream", bool, False)
         include_usage = bool(_option(body, "stream_options", dict, {}).get("include_usage"))
+        for name in ("tools", "functions"):
+            if body.get(name):
+                raise OpenAIError(400, f"{name}: ragloop's generators do not call tools.", param=name)
         if _option(body, "n", int, 1) != 1:
             raise OpenAIError(400, "n: ragloop answers with one choice.", param="n")
         k = _option(body, "k", int, 5, lambda value: 1 <= value <= 100)

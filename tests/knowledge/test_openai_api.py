@@ -128,6 +128,7 @@ def _error(response, status):
         ({"model": "test-kb", "messages": [{"role": "user"}]}, 400, "messages[0].content", "needs text content"),
         ({"model": "test-kb", "messages": [user(FIRST), {"role": "assistant", "content": "a"}]}, 400, "messages", "last message must be a user"),
         ({"model": "test-kb", "messages": [user(FIRST)], "n": 2}, 400, "n", "one choice"),
+        ({"model": "test-kb", "messages": [user(FIRST)], "tools": [{"type": "function"}]}, 400, "tools", "do not call tools"),
         ({"model": "test-kb", "messages": [user(FIRST)], "stream": "yes"}, 400, "stream", "not a valid value"),
         ({"model": "test-kb", "messages": [user(FIRST)], "k": 0}, 400, "k", "not a valid value"),
         ({"model": "test-kb", "messages": [user("q"), {"role": "assistant", "content": "a"}] * 250 + [user("q")]}, 400, "messages", "limit is 500"),
