@@ -266,6 +266,16 @@ def test_ask_json_returns_the_stored_turn(embedded_knowledge_base):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_ask_in_a_conversation_rewrites_the_follow_up_and_says_what_it_searched_for(embedded_knowledge_base):
+    first = json.loads(run("ask", "test-kb", "Which enzyme do statins inhibit?", "--conversation", "cli-1", "--json"))
+    printed = run("ask", "test-kb", "Does it cause muscle pain?", "--conversation", "cli-1", "-k", "1")
+
+    assert (first["conversation"], first["position"], first["rewritten_query"]) == ("cli-1", 0, "")
+    follow_up = Turn.objects.get(conversation__external_id="cli-1", position=1)
+    assert printed.splitlines()[0] == f"(searched for: {follow_up.rewritten_query})"
+    assert "statins" in follow_up.rewritten_query.lower() and "d-statins" in printed
+
+
 def test_ask_prints_the_answer_and_its_passages(embedded_knowledge_base):
     lines = run("ask", "test-kb", VITAMIN_D_QUERY, "-k", "2").splitlines()
 
