@@ -324,6 +324,8 @@ def _payload(data: LabelInput) -> dict:
         "rationale": data.rationale,
         "has_personal_data": data.has_personal_data,
         "comment": data.comment,
+        "rewrite_wrong": data.rewrite_wrong,
+        "corrected_query": data.corrected_query,
         "skipped": False,
         "skip_reason": "",
     }
