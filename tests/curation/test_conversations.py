@@ -179,3 +179,91 @@ def test_a_rewrite_verdict_never_makes_a_turn_disputed(knowledge_base, alice, dj
     assert (turn.label_count, turn.disputed) == (2, False)
     judgment = turn_final_judgment(turn)
     assert (judgment.source, judgment.corrected_query) == ("agreement", "side effects of vitamin D in children")
+
+
+# --- export and import ------------------------------------------------------------------------
+
+
+def _lines(records) -> bytes:
+    return "".join(json.dumps(record) + "\n" for record in records).encode("utf-8")
+
+
+def test_export_writes_the_rewrite_verdict_only_for_rewritten_turns_and_it_imports_back(knowledge_base, alice):
+    from curation.services.label_io import label_records_parse, labels_export, labels_import
+
+    _, turns = _conversation(knowledge_base)
+    label_submit(turn=turns[0], curator=alice, data=LabelInput(answer_rating="correct"))
+    label_submit(turn=turns[2], curator=alice, data=LabelInput(
+        passages={turns[2].passages.first().pk: "not_relevant"}, answer_rating="wrong",
+        rewrite_wrong=True, corrected_query="vitamin D dose for children"))
+    label_submit(turn=turns[3], curator=alice, data=LabelInput(answer_rating="correct"))
+
+    exported = list(labels_export(knowledge_base=knowledge_base))
+    by_query = {record["query"]: record for record in exported}
+    first, children, side_effects = (by_query[q] for q, _ in (EXCHANGES[0], EXCHANGES[2], EXCHANGES[3]))
+    assert not {"rewritten_query", "rewrite_wrong", "corrected_query"} & set(first)  # as before conversations
+    assert (children["rewritten_query"], children["rewrite_wrong"], children["corrected_query"]) == (
+        "vitamin D: And for children?", True, "vitamin D dose for children")
+    assert (side_effects["rewrite_wrong"], side_effects["corrected_query"]) == (False, "")
+
+    other = knowledge_base_create(slug="other-kb")
+    Membership.objects.create(knowledge_base=other, user=alice)
+    records = label_records_parse(filename="labels.jsonl", data=_lines(exported))
+    result = labels_import(knowledge_base=other, records=records)
+    assert (result.turns_created, result.labels_created) == (3, 3)
+    imported = Turn.objects.get(knowledge_base=other, query=EXCHANGES[2][0])
+    assert imported.rewritten_query == "vitamin D: And for children?"
+    label = Label.objects.get(turn=imported)
+    assert (label.rewrite_wrong, label.corrected_query) == (True, "vitamin D dose for children")
+    strip_ids = lambda records: sorted((json.dumps({k: v for k, v in r.items() if k != "turn_id"}) for r in records))  # noqa: E731
+    assert strip_ids(labels_export(knowledge_base=other)) == strip_ids(exported)
+    # the same file again changes nothing
+    again = labels_import(knowledge_base=other, records=records)
+    assert (again.labels_created, again.labels_updated, again.labels_unchanged) == (0, 0, 3)
+
+
+def test_an_older_file_without_the_rewrite_fields_keeps_the_stored_verdict(knowledge_base, alice):
+    from curation.services.label_io import label_records_parse, labels_import
+
+    line = {"query_id": "q-kids", "query": "And for children?", "curator": "alice", "answer_rating": "wrong",
+            "rewritten_query": "vitamin D and children", "rewrite_wrong": True, "corrected_query": "vitamin D dose for kids"}
+    labels_import(knowledge_base=knowledge_base, records=label_records_parse(filename="new.jsonl", data=_lines([line])))
+    older = {k: v for k, v in line.items() if k not in ("rewritten_query", "rewrite_wrong", "corrected_query")}
+    older["gold_answer"] = "400 IU a day."
+    result = labels_import(knowledge_base=knowledge_base, records=label_records_parse(filename="old.jsonl", data=_lines([older])))
+    assert result.labels_updated == 1
+    label = Label.objects.get(curator=alice)
+    assert (label.gold_answer, label.rewrite_wrong, label.corrected_query, label.version) == (
+        "400 IU a day.", True, "vitamin D dose for kids", 2)
+    assert label.turn.rewritten_query == "vitamin D and children"
+
+
+@pytest.mark.parametrize("lines, problem", [
+    ([{"rewrite_wrong": True}], "which this line lacks"),
+    ([{"rewritten_query": "  ", "corrected_query": "vitamin D for kids", "rewrite_wrong": True}], "which this line lacks"),
+    ([{"rewritten_query": "vitamin D and children", "corrected_query": "vitamin D for kids"}], 'needs "rewrite_wrong": true'),
+    ([{"rewritten_query": "vitamin D and children", "rewrite_wrong": True, "corrected_query": " "}], "is blank"),
+    ([{"rewritten_query": "vitamin D and children", "rewrite_wrong": "yes"}], '"rewrite_wrong" must be true, false or null'),
+    ([{"rewritten_query": "vitamin D and children"}, {"curator": "bob", "rewritten_query": "statins and children"}],
+     "line 2: this query has another rewritten_query here than on labels.jsonl, line 1"),
+])
+def test_a_bad_rewrite_verdict_in_a_file_names_the_line_and_writes_nothing(knowledge_base, alice, lines, problem):
+    from curation.services.label_io import LabelFileError, label_records_parse, labels_import
+
+    base = {"query_id": "q-kids", "query": "And for children?", "curator": "alice", "answer_rating": "wrong"}
+    with pytest.raises(LabelFileError, match=re.escape(problem)):
+        records = label_records_parse(filename="labels.jsonl", data=_lines([{**base, **line} for line in lines]))
+        labels_import(knowledge_base=knowledge_base, records=records, create_curators=True)
+    assert not Turn.objects.exists() and not Label.objects.exists()
+
+
+def test_a_reimport_must_not_change_an_imported_turns_rewrite(knowledge_base, alice):
+    from curation.services.label_io import LabelFileError, label_records_parse, labels_import
+
+    line = {"query_id": "q-kids", "query": "And for children?", "curator": "alice", "answer_rating": "wrong",
+            "rewritten_query": "vitamin D and children"}
+    labels_import(knowledge_base=knowledge_base, records=label_records_parse(filename="a.jsonl", data=_lines([line])))
+    changed = {**line, "rewritten_query": "statins and children", "answer_rating": "partly"}
+    with pytest.raises(LabelFileError, match="was imported earlier with another rewritten_query"):
+        labels_import(knowledge_base=knowledge_base, records=label_records_parse(filename="b.jsonl", data=_lines([changed])))
+    assert Label.objects.get().answer_rating == "wrong"
