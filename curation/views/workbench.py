@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.models import AnswerRating, Label, Relevance, TurnHold
-from curation.selectors import guidelines_html
+from curation.selectors import guidelines_html, turn_conversation
 from curation.services.labels import (
     LabelInput,
     label_draft_save,
@@ -217,6 +217,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "relevance_choices": RELEVANCE_CHOICES,
         "answer_choices": ANSWER_CHOICES,
         "guidelines_html": guidelines_html(knowledge_base.guidelines),
+        "conversation": turn_conversation(turn=turn, curator=request.user),
         "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
         .exclude(labels__curator=request.user)
         .count(),

@@ -17,7 +17,7 @@ from knowledge.models import Conversation, RetrievedPassage, Turn
 from knowledge.services.knowledge_bases import knowledge_base_create
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
-SYSTEM_PROMPT = "You are the clinic's assistant. Answer from the leaflets only."
+SYSTEM_PROMPT = "You are the clinic assistant. Answer from the leaflets only."
 
 
 def _curator(django_user_model, name, *knowledge_bases):
@@ -267,3 +267,181 @@ def test_a_reimport_must_not_change_an_imported_turns_rewrite(knowledge_base, al
     with pytest.raises(LabelFileError, match="was imported earlier with another rewritten_query"):
         labels_import(knowledge_base=knowledge_base, records=label_records_parse(filename="b.jsonl", data=_lines([changed])))
     assert Label.objects.get().answer_rating == "wrong"
+
+
+# --- the judging page ---------------------------------------------------------------------------
+
+
+def _judge(client, turn):
+    response = client.get(f"/kbs/test-kb/turns/{turn.pk}/judge/")
+    assert response.status_code == 200, response.content
+    return response.content.decode()
+
+
+def _between(page, start, end):
+    assert start in page, start
+    return page.split(start, 1)[1].split(end, 1)[0]
+
+
+def _exchanges(html) -> list[tuple[int | None, str]]:
+    """(turn id or None, the exchange's HTML) of each exchange in a piece of the page, in order."""
+    return [(int(pk) if pk else None, body) for pk, body in
+            re.findall(r'<li class="wb-exchange"(?: data-turn-id="(\d+)")?>(.*?)</li>', html, re.S)]
+
+
+def test_the_judging_page_shows_the_earlier_turns_in_order_with_their_feedback_and_folds_older_ones(
+    alice_client, alice, knowledge_base
+):
+    conversation, turns = _conversation(knowledge_base, feedback={1: -1, 3: 1}, comments={1: "Not what I asked"})
+    label_submit(turn=turns[0], curator=alice, data=LabelInput(answer_rating="correct"))
+    page = _judge(alice_client, turns[4])
+
+    assert "turn 5/5 of a conversation" in page
+    assert f'href="/kbs/test-kb/queue/?conversation={conversation.pk}&amp;group=conversation"' in page
+    assert SYSTEM_PROMPT in _between(page, '<details class="wb-system" open>', "</details>")
+    # the last four messages (turns 3 and 4) are shown; the four before them are folded
+    older = _between(page, '<details class="wb-older" id="wb-older">', "</details>")
+    recent = _between(page, '<ol class="wb-exchanges" id="wb-recent">', "</ol>")
+    assert "<summary>Show 4 earlier messages</summary>" in older
+    assert [pk for pk, _ in _exchanges(older)] == [turns[0].pk, turns[1].pk]
+    assert [pk for pk, _ in _exchanges(recent)] == [turns[2].pk, turns[3].pk]
+    shown = dict(_exchanges(older) + _exchanges(recent))
+    for position, (question, answer) in enumerate(EXCHANGES[:4]):
+        body = shown[turns[position].pk]
+        assert body.index(question) < body.index(answer), position
+        assert f'href="/kbs/test-kb/turns/{turns[position].pk}/judge/">Judge turn {position + 1}/5</a>' in body
+    assert 'data-feedback="negative"' in shown[turns[1].pk] and "<q class=\"wb-feedback-comment\">Not what I asked</q>" in shown[turns[1].pk]
+    assert 'data-feedback="positive"' in shown[turns[3].pk]
+    assert "no feedback" in shown[turns[2].pk] and "data-feedback" not in shown[turns[2].pk]
+    assert "labelled by you" in shown[turns[0].pk] and "labelled by you" not in shown[turns[2].pk]
+    # the judged turn itself is not among the earlier ones, and nothing comes after it
+    assert turns[4].pk not in shown and 'id="wb-later"' not in page
+    assert page.index('id="wb-conversation"') < page.index('id="wb-query"')
+
+
+def test_a_short_conversation_is_not_folded_and_the_first_turn_has_only_its_system_prompt(alice_client, knowledge_base):
+    _, turns = _conversation(knowledge_base)
+    page = _judge(alice_client, turns[2])  # two earlier turns: four messages, all shown
+    assert 'id="wb-older"' not in page
+    assert [pk for pk, _ in _exchanges(_between(page, 'id="wb-recent">', "</ol>"))] == [turns[0].pk, turns[1].pk]
+    first = _judge(alice_client, turns[0])
+    assert SYSTEM_PROMPT in first and 'id="wb-recent"' not in first
+    assert "This is the conversation's first question." in first
+
+
+def test_later_turns_of_the_conversation_show_what_the_user_said_after_the_judged_answer(alice_client, knowledge_base):
+    _, turns = _conversation(knowledge_base, feedback={4: -1}, comments={4: "Still wrong about children"})
+    page = _judge(alice_client, turns[1])
+    later = _exchanges(_between(page, 'id="wb-later"', "</section>"))
+    # the next question (the user's reaction) and the later complaint; not turn 3, which says nothing
+    assert [pk for pk, _ in later] == [turns[2].pk, turns[4].pk]
+    assert "And for children?" in later[0][1] and "Still wrong about children" in later[1][1]
+    assert 'data-feedback="negative"' in later[1][1]
+
+
+def test_a_logged_turn_whose_conversation_is_not_stored_shows_its_history(alice_client, knowledge_base):
+    history = _history(*EXCHANGES[:3], system="Answer briefly.")
+    turn = _turn(knowledge_base, query=EXCHANGES[3][0], answer=EXCHANGES[3][1], history=history,
+                 rewritten_query="vitamin D side effects in children")
+    page = _judge(alice_client, turn)
+    assert "Answer briefly." in _between(page, '<details class="wb-system" open>', "</details>")
+    assert "As logged with this turn" in page
+    shown = _exchanges(_between(page, 'id="wb-older"', "</details>")) + _exchanges(_between(page, 'id="wb-recent">', "</ol>"))
+    assert [pk for pk, _ in shown] == [None, None, None]  # no stored turns: no links, no feedback
+    assert [next(q for q, _ in EXCHANGES if q in body) for _, body in shown] == [q for q, _ in EXCHANGES[:3]]
+    assert "wb-judge-link" not in page and '<span class="muted">no feedback</span>' not in page
+
+
+def test_a_gap_in_the_stored_conversation_is_said_once(alice_client, knowledge_base):
+    conversation, turns = _conversation(knowledge_base)
+    Turn.objects.filter(pk__in=[turns[1].pk, turns[2].pk]).delete()
+    page = _judge(alice_client, turns[4])
+    assert "Turns 2–3 of this conversation are not stored." in page
+    assert [pk for pk, _ in _exchanges(page)] == [turns[0].pk, turns[3].pk]
+
+
+def test_a_turn_on_its_own_has_no_conversation_and_no_rewrite_verdict(alice_client, knowledge_base):
+    turn = _turn(knowledge_base, query="Does coffee shorten life?", answer="No.")
+    page = _judge(alice_client, turn)
+    assert 'id="wb-conversation"' not in page and "of a conversation" not in page
+    assert "Retrieval searched for" not in page and 'name="rewrite_wrong"' not in page
+
+
+def test_the_rewrite_is_shown_and_a_correction_is_drafted_restored_and_submitted(alice_client, alice, knowledge_base):
+    _, turns = _conversation(knowledge_base)
+    turn = turns[2]
+    page = _judge(alice_client, turn)
+    assert '<span id="wb-rewritten-query">vitamin D: And for children?</span>' in page
+    assert page.index('id="wb-query"') < page.index("Retrieval searched for") < page.index('id="wb-answer"')
+    assert '<input type="checkbox" id="wb-rewrite-wrong" name="rewrite_wrong">' in page  # unticked, and reachable by Tab
+    assert 'name="corrected_query" value=""' in page
+    assert _judge(alice_client, turns[0]).count('name="rewrite_wrong"') == 0  # the first question was not rewritten
+
+    draft = {"answer_rating": "wrong", "rewrite_wrong": True, "corrected_query": "vitamin D dose for children"}
+    response = alice_client.post(f"/kbs/test-kb/turns/{turn.pk}/draft/", json.dumps({"payload": draft, "base_version": 0}),
+                                 content_type="application/json")
+    assert response.status_code == 200
+    page = _judge(alice_client, turn)
+    assert '<input type="checkbox" id="wb-rewrite-wrong" name="rewrite_wrong" checked>' in page
+    assert 'name="corrected_query" value="vitamin D dose for children"' in page
+    state = json.loads(_between(page, '<script id="workbench-state" type="application/json">', "</script>"))
+    assert (state["payload"]["rewrite_wrong"], state["payload"]["corrected_query"]) == (True, "vitamin D dose for children")
+
+    passage = turn.passages.first()
+    response = alice_client.post(f"/kbs/test-kb/turns/{turn.pk}/label/", json.dumps({"base_version": 0, "payload": {
+        **draft, "passages": {str(passage.pk): "not_relevant"}}}), content_type="application/json")
+    assert response.status_code == 200, response.content
+    label = Label.objects.get(turn=turn, curator=alice)
+    assert (label.rewrite_wrong, label.corrected_query) == (True, "vitamin D dose for children")
+    page = _judge(alice_client, turn)
+    assert "You labelled this turn before (version 1)" in page
+    assert 'name="rewrite_wrong" checked>' in page and 'value="vitamin D dose for children"' in page
+
+
+def test_a_correction_for_a_turn_without_a_rewrite_is_refused_with_422(alice_client, knowledge_base):
+    _, turns = _conversation(knowledge_base)
+    response = alice_client.post(f"/kbs/test-kb/turns/{turns[0].pk}/label/", json.dumps({"base_version": 0, "payload": {
+        "answer_rating": "wrong", "rewrite_wrong": True, "corrected_query": "vitamin D"}}), content_type="application/json")
+    assert response.status_code == 422 and "was not rewritten" in response.json()["error"]
+    assert not Label.objects.exists()
+
+
+def test_conversation_text_is_escaped_everywhere_on_the_judging_page(alice_client, knowledge_base):
+    conversation = Conversation.objects.create(knowledge_base=knowledge_base, external_id=XSS, system_prompt=XSS, turn_count=3)
+    _turn(knowledge_base, conversation=conversation, position=0, query=XSS, answer=XSS, feedback=-1, feedback_comment=XSS)
+    _turn(knowledge_base, conversation=conversation, position=2, query=XSS, answer=XSS, feedback=-1, feedback_comment=XSS)
+    judged = _turn(knowledge_base, conversation=conversation, position=1, query=XSS, answer=XSS, rewritten_query=XSS,
+                   history=_history((XSS, XSS), system=XSS))
+    alice_client.post(f"/kbs/test-kb/turns/{judged.pk}/draft/", json.dumps({"payload": {
+        "rewrite_wrong": True, "corrected_query": XSS}, "base_version": 0}), content_type="application/json")
+    logged = _turn(knowledge_base, query="q", history=_history((XSS, XSS), system=XSS))
+    for turn in (judged, logged):
+        page = _judge(alice_client, turn)
+        assert "<script>window.__xss" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
+    page = _judge(alice_client, judged)
+    assert page.count("&lt;script&gt;window.__xss=1&lt;/script&gt;") >= 9  # every place the text appears
+    assert f'value="{XSS}"' not in page
+
+
+def test_the_judging_page_costs_the_same_queries_for_a_short_and_a_long_conversation(
+    alice_client, alice, knowledge_base, django_user_model, django_assert_max_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def make(external_id, length):
+        conversation = Conversation.objects.create(knowledge_base=knowledge_base, external_id=external_id, turn_count=length)
+        turns = [_turn(knowledge_base, conversation=conversation, position=p, query=f"q{p}", answer=f"a{p}",
+                       rewritten_query=f"r{p}" if p else "", feedback=-1 if p % 3 == 0 else None)
+                 for p in range(length)]
+        for turn in turns[: length // 2]:
+            label_submit(turn=turn, curator=alice, data=LabelInput(answer_rating="correct"))
+        return turns
+
+    short, long = make("c-short", 3), make("c-long", 40)
+    with CaptureQueriesContext(connection) as captured:
+        _judge(alice_client, short[1])
+    with django_assert_max_num_queries(len(captured)):
+        page = _judge(alice_client, long[20])
+    assert len(_exchanges(page)) == 20 + 1 + 6  # earlier turns, the next one, later ones with feedback (23..39 step 3)
