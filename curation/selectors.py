@@ -546,6 +546,11 @@ def _fold(exchanges: list[ConversationExchange], recent_messages: int) -> tuple[
     return exchanges[:split], exchanges[split:]
 
 
+def knowledge_base_conversation(*, knowledge_base: KnowledgeBase, conversation_id: int) -> Conversation | None:
+    """The knowledge base's conversation of that id; None for another knowledge base's."""
+    return Conversation.objects.filter(pk=conversation_id, knowledge_base=knowledge_base).first()
+
+
 def turn_conversation(*, turn: Turn, curator, recent_messages: int = RECENT_MESSAGES) -> TurnConversation:
     """The conversation around `turn` for its judging page, in at most two queries (the
     conversation, and its other turns with their feedback) whatever its length.

@@ -445,3 +445,187 @@ def test_the_judging_page_costs_the_same_queries_for_a_short_and_a_long_conversa
     with django_assert_max_num_queries(len(captured)):
         page = _judge(alice_client, long[20])
     assert len(_exchanges(page)) == 20 + 1 + 6  # earlier turns, the next one, later ones with feedback (23..39 step 3)
+
+
+# --- the queue ----------------------------------------------------------------------------------
+
+
+def _row_ids(response) -> list[int]:
+    return [int(n) for n in re.findall(r'<tr data-turn-id="(\d+)"', response.content.decode())]
+
+
+def _rows(response) -> dict[int, str]:
+    return {int(pk): body for pk, body in re.findall(r'<tr data-turn-id="(\d+)"[^>]*>(.*?)</tr>', response.content.decode(), re.S)}
+
+
+@pytest.fixture
+def queue_data(knowledge_base):
+    """Two conversations and three turns on their own, in known queue places:
+    - lone-complaint: tier 0, order 0.05 (first in the queue)
+    - c-vitd: position 3 has a complaint (tier 0, order 0.4); the rest tier 2
+    - c-statins: position 1 is a close call (tier 1, order 0.2); the rest tier 2
+    - lone-close: tier 1, order 0.1; lone-calm: tier 2, order 0.01
+    """
+    vitd, vitd_turns = _conversation(knowledge_base, "c-vitd", feedback={3: -1}, comments={3: "wrong"}, tiers={3: 0})
+    statins = Conversation.objects.create(knowledge_base=knowledge_base, external_id="c-statins", turn_count=3)
+    statins_turns = [
+        _turn(knowledge_base, conversation=statins, position=p, query=f"statins {p}", answer=f"answer {p}",
+              queue_tier=1 if p == 1 else 2, queue_order=0.2 if p == 1 else 0.9 - p / 10, feedback=1 if p == 2 else None)
+        for p in range(3)
+    ]
+    lone = {
+        "complaint": _turn(knowledge_base, query="lone complaint", feedback=-1, queue_tier=0, queue_order=0.05),
+        "close": _turn(knowledge_base, query="lone close call", queue_tier=1, queue_order=0.1),
+        "calm": _turn(knowledge_base, query="lone calm", queue_tier=2, queue_order=0.01),
+    }
+    return {"vitd": (vitd, vitd_turns), "statins": (statins, statins_turns), "lone": lone}
+
+
+def test_the_queue_filters_by_conversation(alice_client, queue_data):
+    vitd, vitd_turns = queue_data["vitd"]
+    response = alice_client.get("/kbs/test-kb/queue/", {"conversation": vitd.pk})
+    assert response.status_code == 200
+    # in queue order (the complaint first, then the tier-2 turns by their order)
+    assert _row_ids(response) == [vitd_turns[3].pk] + [vitd_turns[p].pk for p in (0, 1, 2, 4)]
+    page = response.content.decode()
+    assert "Only the turns of conversation <strong>c-vitd</strong>" in page
+    assert f'<input type="hidden" name="conversation" value="{vitd.pk}">' in page
+    # other filters still apply within it
+    fragment = alice_client.get("/kbs/test-kb/queue/", {"conversation": vitd.pk, "feedback": "negative"}, HTTP_HX_REQUEST="true")
+    assert _row_ids(fragment) == [vitd_turns[3].pk]
+
+
+def test_grouped_by_conversation_the_turns_of_a_conversation_are_together_in_position_order(alice_client, queue_data):
+    vitd, vitd_turns = queue_data["vitd"]
+    statins, statins_turns = queue_data["statins"]
+    lone = queue_data["lone"]
+    response = alice_client.get("/kbs/test-kb/queue/", {"group": "conversation"})
+    assert response.status_code == 200
+    # each conversation stands where its first turn in queue order would: c-vitd with its
+    # complaint (tier 0, 0.4) after the lone complaint (tier 0, 0.05); c-statins with its
+    # close call (tier 1, 0.2) after the lone close call (tier 1, 0.1); the lone calm turn last
+    assert _row_ids(response) == (
+        [lone["complaint"].pk] + [t.pk for t in vitd_turns] + [lone["close"].pk] + [t.pk for t in statins_turns] + [lone["calm"].pk]
+    )
+    page = response.content.decode()
+    headers = re.findall(r'<tr class="wb-group" data-conversation-id="(\d+)">', page)
+    assert headers == [str(vitd.pk), str(statins.pk)]
+    rows = _rows(response)
+    assert re.search(r'class="wb-badge wb-position"[^>]*>\s*2/5</a>', rows[vitd_turns[1].pk], re.S)
+    assert re.search(r'class="wb-badge wb-position"[^>]*>\s*3/3</a>', rows[statins_turns[2].pk], re.S)
+    # a marker of the feedback on the conversation's other turns: not on the complaint itself
+    assert 'data-others="negative"' in rows[vitd_turns[0].pk] and "1 negative elsewhere" in rows[vitd_turns[0].pk]
+    assert 'data-others="negative"' not in rows[vitd_turns[3].pk]
+    assert 'data-others="positive"' in rows[statins_turns[0].pk] and 'data-others="positive"' not in rows[statins_turns[2].pk]
+    assert "wb-position" not in rows[lone["calm"].pk]  # a turn on its own appears as before
+    # the default listing is the queue order, conversations or not
+    plain = alice_client.get("/kbs/test-kb/queue/")
+    assert _row_ids(plain)[:3] == [lone["complaint"].pk, vitd_turns[3].pk, lone["close"].pk]
+
+
+def test_grouping_follows_the_filters(knowledge_base, alice, queue_data):
+    from curation.services.queue import QueueFilter, turn_queue_list
+
+    vitd, vitd_turns = queue_data["vitd"]
+    statins, statins_turns = queue_data["statins"]
+    lone = queue_data["lone"]
+    # c-vitd's complaint is labelled: among unlabelled turns, c-vitd now stands by its best
+    # remaining turn (tier 2, order 0.1), after c-statins (its close call is still open)
+    label_submit(turn=vitd_turns[3], curator=alice, data=LabelInput(answer_rating="wrong"))
+    listed = turn_queue_list(knowledge_base=knowledge_base, curator=alice,
+                             queue_filter=QueueFilter(status="unlabelled", group="conversation"))
+    assert list(listed.values_list("pk", flat=True)) == (
+        [lone["complaint"].pk, lone["close"].pk] + [t.pk for t in statins_turns] + [lone["calm"].pk]
+        + [vitd_turns[p].pk for p in (0, 1, 2, 4)]
+    )
+
+
+def test_grouped_pages_continue_a_conversation_across_the_page_break(alice_client, knowledge_base):
+    conversations = [Conversation.objects.create(knowledge_base=knowledge_base, external_id=f"c{i}", turn_count=20) for i in range(3)]
+    for i, conversation in enumerate(conversations):
+        for p in range(20):
+            _turn(knowledge_base, conversation=conversation, position=p, query=f"c{i} p{p}",
+                  queue_tier=(p + i) % 3, queue_order=((p * 7 + i) % 11) / 10)
+    for n in range(15):
+        _turn(knowledge_base, query=f"lone {n}", queue_tier=n % 3, queue_order=((n * 5) % 13) / 10)
+    turns = list(Turn.objects.filter(knowledge_base=knowledge_base))
+    best = {}
+    for turn in turns:
+        key = turn.conversation_id or -turn.pk
+        best[key] = min(best.get(key, (9, 9, 0)), (turn.queue_tier, turn.queue_order, turn.pk))
+    expected = [t.pk for t in sorted(turns, key=lambda t: (best[t.conversation_id or -t.pk], t.position or 0, t.pk))]
+    shown = []
+    for number in (1, 2):
+        response = alice_client.get("/kbs/test-kb/queue/", {"group": "conversation", "page": number})
+        assert response.status_code == 200 and b"75 turns" in response.content
+        shown += _row_ids(response)
+    assert shown == expected
+
+
+def test_the_grouped_queue_costs_the_same_number_of_queries_for_few_and_many_turns(
+    alice_client, knowledge_base, django_assert_max_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def add(prefix, conversations, length):
+        for c in range(conversations):
+            conversation = Conversation.objects.create(knowledge_base=knowledge_base, external_id=f"{prefix}{c}", turn_count=length)
+            for p in range(length):
+                _turn(knowledge_base, conversation=conversation, position=p, query=f"{prefix}{c}-{p}", feedback=-1 if p == 1 else None)
+        _turn(knowledge_base, query=f"{prefix} alone")
+
+    add("a", 1, 2)
+    with CaptureQueriesContext(connection) as captured:
+        alice_client.get("/kbs/test-kb/queue/", {"group": "conversation"})
+    add("b", 8, 8)
+    with django_assert_max_num_queries(len(captured)):
+        response = alice_client.get("/kbs/test-kb/queue/", {"group": "conversation"})
+    assert len(_row_ids(response)) == 50
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"conversation": "abc"}, "is not a conversation id"),
+    ({"conversation": "99999999"}, "No conversation 99999999 in this knowledge base"),
+    ({"group": "user"}, "Group must be one of none, conversation"),
+])
+def test_bad_conversation_parameters_are_a_400_with_a_message(alice_client, queue_data, params, message):
+    response = alice_client.get("/kbs/test-kb/queue/", params)
+    assert response.status_code == 400 and message in response.content.decode()
+    assert len(_row_ids(response)) == 11  # the filter is ignored, as for the other filters
+
+
+def test_a_curator_of_another_knowledge_base_cannot_see_a_conversations_turns(client, django_user_model, knowledge_base, queue_data):
+    vitd, vitd_turns = queue_data["vitd"]
+    other = knowledge_base_create(slug="other-kb")
+    outsider = _curator(django_user_model, "outsider", other)
+    mine = _turn(other, query="their own turn")
+    client.force_login(outsider)
+    for url in (f"/kbs/test-kb/queue/?conversation={vitd.pk}", f"/kbs/test-kb/turns/{vitd_turns[2].pk}/judge/",
+                f"/kbs/other-kb/turns/{vitd_turns[2].pk}/judge/"):
+        assert client.get(url).status_code == 404, url
+    # the id of a conversation of test-kb on their own queue: refused like any unknown id
+    response = client.get("/kbs/other-kb/queue/", {"conversation": vitd.pk, "group": "conversation"})
+    assert response.status_code == 400 and f"No conversation {vitd.pk} in this knowledge base" in response.content.decode()
+    assert _row_ids(response) == [mine.pk] and "c-vitd" not in response.content.decode()
+
+
+def test_a_conversation_never_shows_a_turn_of_another_knowledge_base(alice_client, knowledge_base):
+    """Should a turn of another knowledge base ever point at this conversation, the judging
+    page and the queue still show only this knowledge base's turns."""
+    conversation, turns = _conversation(knowledge_base)
+    other = knowledge_base_create(slug="other-kb")
+    stray = _turn(other, conversation=conversation, position=7, query="SECRET other kb question", feedback=-1)
+    page = _judge(alice_client, turns[2])
+    assert "SECRET" not in page and stray.pk not in [pk for pk, _ in _exchanges(page)]
+    response = alice_client.get("/kbs/test-kb/queue/", {"conversation": conversation.pk, "group": "conversation"})
+    assert stray.pk not in _row_ids(response) and "SECRET" not in response.content.decode()
+
+
+def test_conversation_names_are_escaped_in_the_queue(alice_client, knowledge_base):
+    conversation = Conversation.objects.create(knowledge_base=knowledge_base, external_id=XSS, end_user=XSS, turn_count=1)
+    _turn(knowledge_base, conversation=conversation, position=0, query=XSS)
+    for params in ({"group": "conversation"}, {"conversation": conversation.pk}):
+        page = alice_client.get("/kbs/test-kb/queue/", params).content.decode()
+        assert "<script>window.__xss" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
