@@ -501,10 +501,6 @@ class TurnConversation:
     def older_message_count(self) -> int:
         return sum(exchange.message_count for exchange in self.older)
 
-    @property
-    def shown(self) -> bool:
-        return bool(self.system_prompt or self.older or self.recent or self.later)
-
 
 def _history_exchanges(history: list) -> list[ConversationExchange]:
     """The user/assistant messages of a stored history as exchanges (system messages left out;
@@ -579,7 +575,9 @@ def turn_conversation(*, turn: Turn, curator, recent_messages: int = RECENT_MESS
         for other in earlier:
             if other.position > expected:  # a gap: say so once, however long
                 exchanges.append(ConversationExchange(position=expected, missing=other.position - expected))
-            exchanges.append(ConversationExchange(position=other.position, question=other.query, answer=other.answer, turn=other))
+            exchanges.append(
+                ConversationExchange(position=other.position, question=other.query, answer=other.answer, turn=other)
+            )
             expected = other.position + 1
         if expected < position:
             exchanges.append(ConversationExchange(position=expected, missing=position - expected))
@@ -597,7 +595,8 @@ def turn_conversation(*, turn: Turn, curator, recent_messages: int = RECENT_MESS
     total = 0
     if conversation is not None:
         # turn_count is kept by the services that add turns; never show "6/5" if it lags.
-        total = max([conversation.turn_count, position + 1] + [other.position + 1 for other in others if other.position is not None])
+        stored = [other.position + 1 for other in others if other.position is not None]
+        total = max([conversation.turn_count, position + 1, *stored])
     return TurnConversation(
         conversation=conversation, system_prompt=system_prompt, source=source, older=older, recent=recent, later=later,
         total=total,

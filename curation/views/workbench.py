@@ -160,7 +160,9 @@ def queue(request, knowledge_base: KnowledgeBase):
     queue_filter, errors = _queue_filter_from(request.GET)
     conversation = None
     if queue_filter.conversation_id is not None:
-        conversation = knowledge_base_conversation(knowledge_base=knowledge_base, conversation_id=queue_filter.conversation_id)
+        conversation = knowledge_base_conversation(
+            knowledge_base=knowledge_base, conversation_id=queue_filter.conversation_id
+        )
         if conversation is None:  # the same answer for another knowledge base's conversation: nothing leaks
             errors.append(f"No conversation {queue_filter.conversation_id} in this knowledge base; the filter is ignored.")
             queue_filter.conversation_id = None
