@@ -9,7 +9,9 @@ def _judgments(label: Label) -> dict:
 
 def labels_disagree(labels: list[Label]) -> bool:
     """True if two submitted labels rate the answer differently, or judge a passage that both
-    judged differently. A passage only one curator judged is not a disagreement."""
+    judged differently. A passage only one curator judged is not a disagreement. The rewrite
+    verdict (rewrite_wrong, corrected_query) is not compared: a better query is free text like
+    a gold answer, and a turn is not held back from training over how its query was rewritten."""
     ratings = {label.answer_rating for label in labels if label.answer_rating}
     if len(ratings) > 1:
         return True

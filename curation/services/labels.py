@@ -6,7 +6,13 @@ A label's state travels as a *payload*, the same dict the workbench autosaves:
      "attached": [{"chunk_id": 12, "relevance": "relevant"}],
      "answer_rating": "correct" | "partly" | "wrong" | "",
      "gold_answer": "", "rationale": "", "has_personal_data": false, "comment": "",
+     "rewrite_wrong": false, "corrected_query": "",
      "skipped": false, "skip_reason": ""}
+
+`rewrite_wrong` and `corrected_query` are the rewrite verdict: only for a turn whose follow-up
+question retrieval saw rewritten (`Turn.rewritten_query`), the curator says the rewrite missed
+what the user meant and may write a better self-contained query. A submit that gives them for
+a turn without a rewrite is refused (InvalidInput) rather than silently dropped.
 """
 
 from dataclasses import dataclass, field
@@ -38,6 +44,8 @@ class LabelInput:
     rationale: str = ""
     has_personal_data: bool = False
     comment: str = ""
+    rewrite_wrong: bool = False
+    corrected_query: str = ""
     skipped: bool = False
     skip_reason: str = ""
 
@@ -101,6 +109,8 @@ class LabelInput:
             rationale=text("rationale"),
             has_personal_data=flag("has_personal_data"),
             comment=text("comment"),
+            rewrite_wrong=flag("rewrite_wrong"),
+            corrected_query=text("corrected_query"),
             skipped=flag("skipped"),
             skip_reason=text("skip_reason"),
         )
@@ -117,6 +127,8 @@ def label_payload(label: Label) -> dict:
         "rationale": label.rationale,
         "has_personal_data": label.has_personal_data,
         "comment": label.comment,
+        "rewrite_wrong": label.rewrite_wrong,
+        "corrected_query": label.corrected_query,
         "skipped": label.skipped,
         "skip_reason": label.skip_reason,
     }
@@ -127,6 +139,7 @@ def _validate_against_turn(turn: Turn, data: LabelInput) -> dict[int, Chunk]:
         if not data.skip_reason.strip():
             raise InvalidInput("A skip needs a reason.")
         return {}
+    _validate_rewrite_verdict(turn, data)
     passage_ids = set(turn.passages.values_list("pk", flat=True))
     unknown = sorted(set(data.passages) - passage_ids)
     if unknown:
@@ -138,6 +151,25 @@ def _validate_against_turn(turn: Turn, data: LabelInput) -> dict[int, Chunk]:
     if not data.passages and not data.attached and not data.answer_rating and not data.gold_answer.strip():
         raise InvalidInput("The label is empty: judge at least one passage or the answer.")
     return chunks
+
+
+def _validate_rewrite_verdict(turn: Turn, data: LabelInput) -> None:
+    """The rewrite verdict is about `turn.rewritten_query`: without a rewrite there is nothing to
+    call wrong, and a better query only makes sense for a rewrite called wrong. Checked at submit
+    only, so a draft keeps whatever the curator typed while they make up their mind."""
+    if not (data.rewrite_wrong or data.corrected_query):
+        return
+    if not turn.rewritten_query.strip():
+        raise InvalidInput(
+            f"Turn {turn.pk}'s query was not rewritten for retrieval: "
+            "rewrite_wrong and corrected_query are only for a turn with a rewritten query."
+        )
+    if data.corrected_query and not data.corrected_query.strip():
+        raise InvalidInput("corrected_query is blank: write the better query, or leave it empty.")
+    if data.corrected_query and not data.rewrite_wrong:
+        raise InvalidInput(
+            "corrected_query needs rewrite_wrong: a better query is for a rewrite that missed what the user meant."
+        )
 
 
 def label_submit(
@@ -169,6 +201,8 @@ def label_submit(
         label.rationale = "" if data.skipped else data.rationale
         label.has_personal_data = data.has_personal_data
         label.comment = data.comment
+        label.rewrite_wrong = False if data.skipped else data.rewrite_wrong
+        label.corrected_query = "" if data.skipped else data.corrected_query
         label.skipped = data.skipped
         label.skip_reason = data.skip_reason if data.skipped else ""
         label.imported = imported
@@ -244,4 +278,5 @@ def label_for_editing(*, turn: Turn, curator) -> tuple[dict, int, str]:
     if label is not None:
         return label_payload(label), version, "label"
     return {"passages": {}, "attached": [], "answer_rating": "", "gold_answer": turn.answer, "rationale": "",
-            "has_personal_data": False, "comment": "", "skipped": False, "skip_reason": ""}, 0, "new"
+            "has_personal_data": False, "comment": "", "rewrite_wrong": False, "corrected_query": "",
+            "skipped": False, "skip_reason": ""}, 0, "new"

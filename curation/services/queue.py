@@ -10,8 +10,8 @@ partial index in order.
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Value, Window
+from django.db.models.functions import Coalesce, FirstValue
 from django.utils import timezone
 
 from curation.models import TurnHold
@@ -96,18 +96,33 @@ def turn_holds_expired_delete() -> int:
 
 
 class QueueFilter:
-    """Filters of the queue page: dates, feedback, status, free text over queries."""
+    """Filters of the queue page: dates, feedback, status, free text over queries, one
+    conversation; and whether the turns of a conversation are listed together."""
 
     STATUSES = ("all", "unlabelled", "labelled_by_me", "disputed")
     FEEDBACK = ("any", "negative", "positive", "none")
+    GROUPS = ("none", "conversation")
 
-    def __init__(self, *, date_from=None, date_to=None, feedback: str = "any", status: str = "all", search: str = ""):
+    def __init__(
+        self,
+        *,
+        date_from=None,
+        date_to=None,
+        feedback: str = "any",
+        status: str = "all",
+        search: str = "",
+        conversation_id: int | None = None,
+        group: str = "none",
+    ):
         if status not in self.STATUSES:
             raise ValueError(f"status must be one of {', '.join(self.STATUSES)}")
         if feedback not in self.FEEDBACK:
             raise ValueError(f"feedback must be one of {', '.join(self.FEEDBACK)}")
+        if group not in self.GROUPS:
+            raise ValueError(f"group must be one of {', '.join(self.GROUPS)}")
         self.date_from, self.date_to = date_from, date_to
         self.feedback, self.status, self.search = feedback, status, search.strip()
+        self.conversation_id, self.group = conversation_id, group
 
 
 # Queue order; the index `turn_queue_all` (and, for open turns, `turn_queue_open`) is in this order.
@@ -117,9 +132,19 @@ QUEUE_ORDER = ("queue_tier", "queue_order", "id")
 def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: QueueFilter) -> QuerySet[Turn]:
     """The knowledge base's turns in queue order, filtered, without annotations: slice it (or
     its ids) to paginate, then annotate the page's rows only, since an annotation in the select
-    list is evaluated for every row an OFFSET skips."""
+    list is evaluated for every row an OFFSET skips.
+
+    Grouped by conversation, the turns of a conversation that pass the filters are listed
+    together in position order, and each conversation stands where its first turn in queue
+    order would (so a conversation with a complaint still comes first); a turn on its own is
+    a group of one, in its usual place. That order is computed over every matching turn (a
+    window function, then a sort), not walked from an index: fine for an option a curator
+    picks, and the default listing is unchanged.
+    """
     turns = Turn.objects.filter(knowledge_base=knowledge_base)
     f = queue_filter
+    if f.conversation_id is not None:
+        turns = turns.filter(conversation_id=f.conversation_id)
     if f.date_from:
         turns = turns.filter(created_at__date__gte=f.date_from)
     if f.date_to:
@@ -138,7 +163,22 @@ def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: Que
         turns = turns.filter(disputed=True)
     if f.search:
         turns = turns.filter(query__icontains=f.search)
+    if f.group == "conversation":
+        return _grouped_by_conversation(turns)
     return turns.order_by(*QUEUE_ORDER)
+
+
+def _grouped_by_conversation(turns: QuerySet[Turn]) -> QuerySet[Turn]:
+    # Turn ids are positive, so -id never names a conversation: a turn on its own is alone.
+    window = {
+        "partition_by": [Coalesce(F("conversation_id"), -F("id"))],
+        "order_by": [F(name).asc() for name in QUEUE_ORDER],
+    }
+    return turns.annotate(
+        group_tier=Window(FirstValue("queue_tier"), **window),
+        group_order=Window(FirstValue("queue_order"), **window),
+        group_first=Window(FirstValue("id"), **window),
+    ).order_by("group_tier", "group_order", "group_first", "position", "id")
 
 
 def knowledge_base_overlap_set(*, knowledge_base: KnowledgeBase, labels_per_turn: int) -> None:

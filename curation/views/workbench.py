@@ -6,7 +6,8 @@ import json
 from datetime import date
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -14,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.models import AnswerRating, Label, Relevance, TurnHold
-from curation.selectors import guidelines_html
+from curation.selectors import guidelines_html, knowledge_base_conversation, turn_conversation
 from curation.services.labels import (
     LabelInput,
     label_draft_save,
@@ -53,6 +54,7 @@ ANSWER_CHOICES = [
 ]
 FEEDBACK_CHOICES = [("any", "Any"), ("negative", "Negative"), ("positive", "Positive"), ("none", "None")]
 STATUS_CHOICES = [("all", "All"), ("unlabelled", "Unlabelled"), ("labelled_by_me", "Labelled by me"), ("disputed", "Disputed")]
+GROUP_CHOICES = [("none", "Turn by turn"), ("conversation", "By conversation")]
 # Guidelines are Markdown written by admins; rendered HTML keeps text formatting and links only
 # (no images: a self-hosted tool should not fetch from elsewhere).
 
@@ -82,8 +84,20 @@ def _queue_filter_from(params) -> tuple[QueueFilter, list[str]]:
         errors.append(f"Status must be one of {', '.join(QueueFilter.STATUSES)}.")
         status = "all"
     search = params.get("q", "").replace("\x00", "")[:500]
+    conversation_id = None
+    conversation = params.get("conversation", "").strip()
+    if conversation:
+        if conversation.isascii() and conversation.isdigit() and len(conversation) < 19:
+            conversation_id = int(conversation)
+        else:
+            errors.append(f"{conversation[:40]!r} is not a conversation id; the conversation filter is ignored.")
+    group = params.get("group", "none") or "none"
+    if group not in QueueFilter.GROUPS:
+        errors.append(f"Group must be one of {', '.join(QueueFilter.GROUPS)}.")
+        group = "none"
     queue_filter = QueueFilter(
-        date_from=dates.get("from"), date_to=dates.get("to"), feedback=feedback, status=status, search=search
+        date_from=dates.get("from"), date_to=dates.get("to"), feedback=feedback, status=status, search=search,
+        conversation_id=conversation_id, group=group,
     )
     return queue_filter, errors
 
@@ -93,8 +107,15 @@ def _queue_rows(turns, *, curator):
     however many turns, passages and labels there are."""
     now = timezone.now()
     passages = RetrievedPassage.objects.filter(turn=OuterRef("pk"))
+    # The feedback on the other turns of a row's conversation (none for a turn on its own).
+    others = Turn.objects.filter(conversation_id=OuterRef("conversation_id")).exclude(pk=OuterRef("pk"))
+
+    def others_with(feedback):
+        counted = others.filter(feedback=feedback).values("conversation_id").annotate(n=Count("pk")).values("n")[:1]
+        return Coalesce(Subquery(counted), Value(0))
+
     return (
-        turns.defer("metadata", "feedback_comment")
+        turns.defer("metadata", "feedback_comment", "history")
         .annotate(
             labelled_by_me=Exists(Label.objects.filter(turn=OuterRef("pk"), curator=curator, skipped=False)),
             skipped_by_me=Exists(Label.objects.filter(turn=OuterRef("pk"), curator=curator, skipped=True)),
@@ -103,11 +124,15 @@ def _queue_rows(turns, *, curator):
             ),
             top_score=Subquery(passages.order_by("rank").values("score")[:1]),
             passage_count=Subquery(passages.values("turn").annotate(n=Count("pk")).values("n")[:1]),
+            conversation_external_id=F("conversation__external_id"),
+            conversation_turn_count=F("conversation__turn_count"),
+            others_negative=others_with(Turn.Feedback.THUMBS_DOWN),
+            others_positive=others_with(Turn.Feedback.THUMBS_UP),
         )
     )
 
 
-def _queue_page(turns, *, number, curator) -> Page:
+def _queue_page(turns, *, number, curator, grouped: bool = False) -> Page:
     """One page of the filtered queue, its rows annotated.
 
     The page's ids are picked from the plain turns first (an index walk in queue order, with
@@ -116,8 +141,16 @@ def _queue_page(turns, *, number, curator) -> Page:
     100k turns. Still one query for the rows, plus the paginator's COUNT.
     """
     page = Paginator(turns.values_list("pk", flat=True), QUEUE_PAGE_SIZE).get_page(number)
-    page_turns = Turn.objects.filter(pk__in=page.object_list).order_by(*QUEUE_ORDER)
-    page.object_list = list(_queue_rows(page_turns, curator=curator))
+    if not grouped:
+        page_turns = Turn.objects.filter(pk__in=page.object_list).order_by(*QUEUE_ORDER)
+        page.object_list = list(_queue_rows(page_turns, curator=curator))
+        return page
+    # Grouped by conversation, a row's place depends on turns outside the page (its
+    # conversation's first turn may be on an earlier page): take the page's ids in order
+    # first, one more query, and keep that order.
+    ids = list(page.object_list)
+    rows = {turn.pk: turn for turn in _queue_rows(Turn.objects.filter(pk__in=ids), curator=curator)}
+    page.object_list = [rows[pk] for pk in ids if pk in rows]
     return page
 
 
@@ -125,10 +158,22 @@ def _queue_page(turns, *, number, curator) -> Page:
 @knowledge_base_page
 def queue(request, knowledge_base: KnowledgeBase):
     queue_filter, errors = _queue_filter_from(request.GET)
+    conversation = None
+    if queue_filter.conversation_id is not None:
+        conversation = knowledge_base_conversation(
+            knowledge_base=knowledge_base, conversation_id=queue_filter.conversation_id
+        )
+        if conversation is None:  # the same answer for another knowledge base's conversation: nothing leaks
+            errors.append(f"No conversation {queue_filter.conversation_id} in this knowledge base; the filter is ignored.")
+            queue_filter.conversation_id = None
     turns = turn_queue_list(knowledge_base=knowledge_base, curator=request.user, queue_filter=queue_filter)
-    page = _queue_page(turns, number=request.GET.get("page"), curator=request.user)
+    grouped = queue_filter.group == "conversation"
+    page = _queue_page(turns, number=request.GET.get("page"), curator=request.user, grouped=grouped)
     for turn in page:
         turn.tier_name, turn.tier_class = QUEUE_TIERS.get(turn.queue_tier, QUEUE_TIERS[2])
+        if turn.conversation_id is not None:
+            # turn_count is kept by the services that add turns; never show "6/5" if it lags.
+            turn.conversation_total = max(turn.conversation_turn_count or 0, turn.position + 1)
     params = request.GET.copy()
     params.pop("page", None)
     context = {
@@ -141,9 +186,13 @@ def queue(request, knowledge_base: KnowledgeBase):
             "feedback": queue_filter.feedback,
             "status": queue_filter.status,
             "q": queue_filter.search,
+            "group": queue_filter.group,
         },
+        "conversation": conversation,
+        "grouped": grouped,
         "feedback_choices": FEEDBACK_CHOICES,
         "status_choices": STATUS_CHOICES,
+        "group_choices": GROUP_CHOICES,
         "filter_query": params.urlencode(),
         "errors": errors,
         "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
@@ -217,6 +266,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "relevance_choices": RELEVANCE_CHOICES,
         "answer_choices": ANSWER_CHOICES,
         "guidelines_html": guidelines_html(knowledge_base.guidelines),
+        "conversation": turn_conversation(turn=turn, curator=request.user),
         "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
         .exclude(labels__curator=request.user)
         .count(),

@@ -97,6 +97,9 @@
         }
       });
       var rating = form.querySelector("input[name=answer_rating]:checked");
+      // Only a turn whose follow-up was rewritten has the rewrite verdict fields.
+      var rewriteWrong = form.elements.rewrite_wrong;
+      var correctedQuery = form.elements.corrected_query;
       return {
         payload: {
           passages: judged,
@@ -106,6 +109,8 @@
           rationale: form.elements.rationale.value,
           has_personal_data: form.elements.has_personal_data.checked,
           comment: form.elements.comment.value,
+          rewrite_wrong: rewriteWrong ? rewriteWrong.checked : false,
+          corrected_query: correctedQuery ? correctedQuery.value : "",
           skipped: false,
           skip_reason: "",
         },
@@ -162,6 +167,8 @@
       form.elements.rationale.value = payload.rationale || "";
       form.elements.has_personal_data.checked = !!payload.has_personal_data;
       form.elements.comment.value = payload.comment || "";
+      if (form.elements.rewrite_wrong) form.elements.rewrite_wrong.checked = !!payload.rewrite_wrong;
+      if (form.elements.corrected_query) form.elements.corrected_query.value = payload.corrected_query || "";
     }
 
     // --- drafts: localStorage at once, the server after a pause ---------------------------
@@ -508,6 +515,10 @@
         case "p": rateAnswer("partly"); break;
         case "w": rateAnswer("wrong"); break;
         case "g": form.elements.gold_answer.focus(); break;
+        case "r":
+          if (!form.elements.corrected_query) return;
+          form.elements.corrected_query.focus();
+          break;
         case "/": $("#wb-search-input").focus(); $("#wb-search-input").select(); break;
         case "s": openSkip(); break;
         case "?": toggleShortcuts(); break;
@@ -518,8 +529,9 @@
           break;
         }
         case "Enter":
-          // A focused link or button keeps its own Enter (open the document, press the button).
-          if (target.tagName === "A" || target.tagName === "BUTTON") return;
+          // A focused link, button or <summary> keeps its own Enter (open the document, press
+          // the button, unfold the earlier messages of the conversation).
+          if (target.tagName === "A" || target.tagName === "BUTTON" || target.tagName === "SUMMARY") return;
           submitCurrent();
           break;
         default:
@@ -543,6 +555,9 @@
     function onFormEvent(event) {
       var id = event.target.id;
       if (id === "wb-search-input" || id === "wb-skip-reason") return; // not part of the label
+      if (id === "wb-corrected-query" && event.target.value.trim() && form.elements.rewrite_wrong) {
+        form.elements.rewrite_wrong.checked = true; // writing a better query says the rewrite missed
+      }
       edited();
     }
 

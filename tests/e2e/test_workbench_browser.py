@@ -289,3 +289,63 @@ def test_a_curator_cannot_open_admin_pages_or_another_knowledge_base(browser, li
         assert page.goto(f"{live_server.url}{path}").status == 404, path
     assert page.goto(f"{live_server.url}/kbs/test-kb/queue/").status == 200
     page.context.close()
+
+
+def test_a_follow_up_is_judged_with_its_conversation_and_a_better_query_by_keyboard(
+    browser, live_server, django_user_model, knowledge_base
+):
+    from knowledge.models import Conversation, RetrievedPassage
+
+    alice = _curator(django_user_model, "alice", knowledge_base)
+    conversation = Conversation.objects.create(knowledge_base=knowledge_base, external_id="c-1", system_prompt=XSS, turn_count=4)
+    exchanges = [("Does vitamin D prevent hip fractures?", "By a fifth."), ("How much?", "800 IU a day."),
+                 (XSS, XSS), ("And for children?", "Statins are not for children.")]
+    turns = []
+    for position, (question, answer) in enumerate(exchanges):
+        turn = Turn.objects.create(
+            knowledge_base=knowledge_base, source=Turn.Source.SERVED, conversation=conversation, position=position,
+            query=question, answer=answer, rewritten_query="statins for children" if position == 3 else "",
+            feedback=-1 if position == 1 else None, feedback_comment="Too vague" if position == 1 else "",
+        )
+        RetrievedPassage.objects.create(turn=turn, rank=1, score=0.5, text=f"passage for {position}")
+        turns.append(turn)
+    judged = turns[3]
+    page = _new_page(browser, live_server, "alice")
+    page.goto(f"{live_server.url}/kbs/test-kb/turns/{judged.pk}/judge/")
+    assert _shown_turn(page) == judged.pk
+    assert page.inner_text("#wb-rewritten-query") == "statins for children"
+    assert page.inner_text("#wb-system-prompt") == XSS
+    # the last four messages are shown; the first exchange is folded, and Enter unfolds it
+    assert page.is_visible("#wb-recent >> text=800 IU a day.") and page.is_visible("#wb-recent >> text=Too vague")
+    assert not page.is_visible("#wb-older >> text=By a fifth.")
+    page.focus("#wb-older summary")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#wb-older >> text=By a fifth.", state="visible")
+    assert page.url.endswith(f"/turns/{judged.pk}/judge/") and not Label.objects.exists()
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+    # r writes a better query (ticking the box); the draft survives a reload
+    page.keyboard.press("Escape")
+    page.keyboard.press("r")
+    page.keyboard.type("vitamin D dose for children")
+    assert page.is_checked("#wb-rewrite-wrong")
+    page.wait_for_selector("#wb-status:has-text('Draft saved')")
+    page.reload()
+    _shown_turn(page)
+    assert page.input_value("#wb-corrected-query") == "vitamin D dose for children" and page.is_checked("#wb-rewrite-wrong")
+
+    # the checkbox is in the Tab order and Space toggles it
+    page.keyboard.press("r")
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate("document.activeElement.id") == "wb-rewrite-wrong"
+    page.keyboard.press("Space")
+    assert not page.is_checked("#wb-rewrite-wrong")
+    page.keyboard.press("Space")
+    page.keyboard.press("Escape")
+    page.keyboard.press("3")
+    page.keyboard.press("w")
+    page.keyboard.press("Enter")
+    wait_until(lambda: Label.objects.filter(turn=judged, curator=alice).exists(), timeout=10, message="the label")
+    label = Label.objects.get(turn=judged, curator=alice)
+    assert (label.answer_rating, label.rewrite_wrong, label.corrected_query) == ("wrong", True, "vitamin D dose for children")
+    page.context.close()

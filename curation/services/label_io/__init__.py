@@ -12,6 +12,8 @@ one line per label (one curator's judgment of one query):
      "irrelevant": [{"document": "d-coffee", "text": "an exact passage of it"}, "d-sleep"],
      "answer_rating": "correct" | "partly" | "wrong" | "",   optional
      "gold_answer": "...", "rationale": "...",   optional
+     "rewritten_query": "...",                   optional: a follow-up's rewrite that retrieval used,
+     "rewrite_wrong": true, "corrected_query": "..."   and the curator's verdict on it
      "turn_id": 12}                              written by export, ignored by import
 
 A passage item is {"document": <document external id>}, {"text": ...}, or both (a passage of that

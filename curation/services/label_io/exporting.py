@@ -64,7 +64,7 @@ def label_record(label: Label) -> dict:
         seen.add(key)
         lists[list_of[judgment.relevance]].append(item)
     turn = label.turn
-    return {
+    record = {
         "turn_id": turn.pk,
         "query_id": _query_id(turn),
         "query": turn.query,
@@ -74,6 +74,15 @@ def label_record(label: Label) -> dict:
         "gold_answer": label.gold_answer,
         "rationale": label.rationale,
     }
+    if turn.rewritten_query:
+        # Only for a follow-up retrieval saw rewritten: other lines stay as they were, so
+        # files without conversations still import into an older installation.
+        record.update(
+            rewritten_query=turn.rewritten_query,
+            rewrite_wrong=label.rewrite_wrong,
+            corrected_query=label.corrected_query,
+        )
+    return record
 
 
 def labels_export(*, knowledge_base: KnowledgeBase, curator=None, chunk_size: int = 500) -> Iterator[dict]:
@@ -82,6 +91,7 @@ def labels_export(*, knowledge_base: KnowledgeBase, curator=None, chunk_size: in
     labels = (
         Label.objects.filter(turn__knowledge_base=knowledge_base, skipped=False)
         .select_related("turn", "curator")
+        .defer("turn__history")  # a conversation's messages: not in the file, and can be long
         .prefetch_related(
             Prefetch(
                 "passage_judgments",

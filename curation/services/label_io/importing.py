@@ -125,8 +125,10 @@ def _describe(passage: _Passage) -> str:
 
 
 def _check_consistency(resolved: list[tuple[LabelRecord, list]]) -> None:
-    """Lines of one turn must agree on its query; a curator judges each turn at most once."""
+    """Lines of one turn must agree on its query (and on its rewritten query, where they give
+    one); a curator judges each turn at most once."""
     queries: dict[str, LabelRecord] = {}
+    rewrites: dict[str, LabelRecord] = {}
     labels: dict[tuple[str, str], str] = {}
     for record, _ in resolved:
         first = queries.setdefault(record.turn_external_id, record)
@@ -134,6 +136,12 @@ def _check_consistency(resolved: list[tuple[LabelRecord, list]]) -> None:
             raise LabelFileError(
                 f"query_id {record.query_id!r} has another query here than on {first.origin}", origin=record.origin
             )
+        if record.rewritten_query is not None:
+            first = rewrites.setdefault(record.turn_external_id, record)
+            if first.rewritten_query != record.rewritten_query:
+                raise LabelFileError(
+                    f"this query has another rewritten_query here than on {first.origin}", origin=record.origin
+                )
         key = (record.turn_external_id, record.curator)
         if key in labels:
             raise LabelFileError(
@@ -218,6 +226,10 @@ def labels_import(
                 raise LabelFileError(
                     f"turn {turn.external_id!r} was imported earlier with another query text", origin=record.origin
                 )
+            if record.rewritten_query is not None and turn.rewritten_query != record.rewritten_query:
+                raise LabelFileError(
+                    f"turn {turn.external_id!r} was imported earlier with another rewritten_query", origin=record.origin
+                )
         first_origin: dict[str, str] = {}
         for record, _ in resolved:
             first_origin.setdefault(record.curator, record.origin)
@@ -226,8 +238,11 @@ def labels_import(
         # Every turn's passages: the items of its lines, in the order they first appear.
         passages_by_turn: dict[str, dict[tuple[str, str], _Passage]] = {}
         queries: dict[str, str] = {}
+        rewrites: dict[str, str] = {}
         for record, passages in resolved:
             queries.setdefault(record.turn_external_id, record.query)
+            if record.rewritten_query:
+                rewrites.setdefault(record.turn_external_id, record.rewritten_query)
             bucket = passages_by_turn.setdefault(record.turn_external_id, {})
             for passage, _ in passages:
                 bucket.setdefault(passage.key, passage)
@@ -250,6 +265,12 @@ def labels_import(
             ]
             created.update(turns_ingest(knowledge_base=knowledge_base, records=batch).created)
         Turn.objects.filter(pk__in=created.values()).update(imported=True)
+        # A follow-up's rewrite is part of the turn, as its query is: the labels' rewrite
+        # verdict judges it. (TurnRecord has no field for it, so it is set here, as `imported` is.)
+        Turn.objects.bulk_update(
+            [Turn(pk=created[e], rewritten_query=rewrite) for e, rewrite in rewrites.items() if e in created],
+            ["rewritten_query"],
+        )
         result.turns_created = len(created)
         result.passages_added = sum(len(passages_by_turn[e]) for e in created)
         turn_ids = {**{e: t.pk for e, t in existing.items()}, **created}
@@ -291,6 +312,9 @@ def labels_import(
                 # Not in the file: what the curator set in the workbench stays.
                 has_personal_data=label.has_personal_data if label else False,
                 comment=label.comment if label else "",
+                # An older file (no rewrite fields) keeps the stored verdict too.
+                rewrite_wrong=_given(record.rewrite_wrong, label.rewrite_wrong if label else False),
+                corrected_query=_given(record.corrected_query, label.corrected_query if label else ""),
             )
             if label is not None and label_payload(label) == _payload(data):
                 result.labels_unchanged += 1
@@ -303,6 +327,10 @@ def labels_import(
         if result.labels_created or result.labels_updated:
             labels_finalised_send_on_commit(knowledge_base.pk)
     return result
+
+
+def _given(value, stored):
+    return stored if value is None else value
 
 
 def _stored_passages(*, turn_ids: list[int]) -> dict[int, dict[tuple[str, str], tuple[int, int]]]:
@@ -324,6 +352,8 @@ def _payload(data: LabelInput) -> dict:
         "rationale": data.rationale,
         "has_personal_data": data.has_personal_data,
         "comment": data.comment,
+        "rewrite_wrong": data.rewrite_wrong,
+        "corrected_query": data.corrected_query,
         "skipped": False,
         "skip_reason": "",
     }

@@ -22,7 +22,12 @@ MAX_USERNAME_LENGTH = 150
 MAX_PASSAGE_TEXT = 1_000_000
 # The file's relevance lists, in the order their items are ranked on a new turn.
 RELEVANCE_LISTS = {"relevant": Relevance.RELEVANT, "partly": Relevance.PARTLY, "irrelevant": Relevance.NOT_RELEVANT}
-RECORD_FIELDS = {"query_id", "query", "curator", *RELEVANCE_LISTS, "answer_rating", "gold_answer", "rationale", "turn_id"}
+# The rewrite verdict of a follow-up question (optional; written only for a rewritten turn).
+REWRITE_FIELDS = ("rewritten_query", "rewrite_wrong", "corrected_query")
+RECORD_FIELDS = {
+    "query_id", "query", "curator", *RELEVANCE_LISTS, "answer_rating", "gold_answer", "rationale", *REWRITE_FIELDS,
+    "turn_id",
+}
 ITEM_FIELDS = {"document", "text", "title"}
 
 
@@ -56,6 +61,10 @@ class LabelRecord:
     answer_rating: str = ""
     gold_answer: str = ""
     rationale: str = ""
+    # None: the line does not say (an older file), so an import keeps what is stored.
+    rewritten_query: str | None = None
+    rewrite_wrong: bool | None = None
+    corrected_query: str | None = None
 
     @property
     def turn_external_id(self) -> str:
@@ -197,6 +206,7 @@ def label_record_parse(record: dict, *, origin: str) -> LabelRecord:
     gold_answer = _text(record, "gold_answer", origin=origin)
     if not judgments and not rating and not gold_answer.strip():
         raise LabelFileError("nothing to import: no judged passage, answer rating or gold answer", origin=origin)
+    rewritten_query, rewrite_wrong, corrected_query = _rewrite_verdict(record, origin=origin)
     return LabelRecord(
         origin=origin,
         query=query,
@@ -206,7 +216,31 @@ def label_record_parse(record: dict, *, origin: str) -> LabelRecord:
         answer_rating=rating,
         gold_answer=gold_answer,
         rationale=_text(record, "rationale", origin=origin),
+        rewritten_query=rewritten_query,
+        rewrite_wrong=rewrite_wrong,
+        corrected_query=corrected_query,
     )
+
+
+def _rewrite_verdict(record: dict, *, origin: str) -> tuple[str | None, bool | None, str | None]:
+    """(rewritten_query, rewrite_wrong, corrected_query) of a line, None where it is absent; the
+    same rules as a submit from the workbench (curation.services.labels), checked per line."""
+    rewritten_query = None if record.get("rewritten_query") is None else _text(record, "rewritten_query", origin=origin)
+    rewrite_wrong = record.get("rewrite_wrong")
+    if rewrite_wrong is not None and not isinstance(rewrite_wrong, bool):
+        raise LabelFileError(f'"rewrite_wrong" must be true, false or null, got {_json_type(rewrite_wrong)}', origin=origin)
+    corrected_query = None if record.get("corrected_query") is None else _text(record, "corrected_query", origin=origin)
+    if rewrite_wrong or corrected_query:
+        if not (rewritten_query or "").strip():
+            raise LabelFileError(
+                '"rewrite_wrong" and "corrected_query" judge the turn\'s "rewritten_query", which this line lacks',
+                origin=origin,
+            )
+        if corrected_query and not corrected_query.strip():
+            raise LabelFileError('"corrected_query" is blank (leave it empty or write the better query)', origin=origin)
+        if corrected_query and not rewrite_wrong:
+            raise LabelFileError('"corrected_query" needs "rewrite_wrong": true', origin=origin)
+    return rewritten_query, rewrite_wrong, corrected_query
 
 
 def label_records_parse(*, filename: str, data: bytes) -> list[LabelRecord]:
