@@ -255,6 +255,9 @@ def labels_import(
                 TurnRecord(
                     external_id=external_id,
                     query=queries[external_id],
+                    # A follow-up's rewrite is part of the turn, as its query is: the labels'
+                    # rewrite verdict judges it.
+                    rewritten_query=rewrites.get(external_id, ""),
                     # source_id links the passage to the document, as for any ingested turn.
                     passages=[
                         PassageRecord(text=p.text, source_id=p.document_external_id, title=p.title)
@@ -265,12 +268,6 @@ def labels_import(
             ]
             created.update(turns_ingest(knowledge_base=knowledge_base, records=batch).created)
         Turn.objects.filter(pk__in=created.values()).update(imported=True)
-        # A follow-up's rewrite is part of the turn, as its query is: the labels' rewrite
-        # verdict judges it. (TurnRecord has no field for it, so it is set here, as `imported` is.)
-        Turn.objects.bulk_update(
-            [Turn(pk=created[e], rewritten_query=rewrite) for e, rewrite in rewrites.items() if e in created],
-            ["rewritten_query"],
-        )
         result.turns_created = len(created)
         result.passages_added = sum(len(passages_by_turn[e]) for e in created)
         turn_ids = {**{e: t.pk for e, t in existing.items()}, **created}
