@@ -10,8 +10,14 @@ The records are a list rather than a stream because a curated dataset is thousan
 examples, not millions; an `ExportResult` still iterates over its records, so
 `for record in export_openai(examples)` works.
 
-One module (~470 lines): every format reads the same `DatasetExample` and the same split, so
+One module (~540 lines): every format reads the same `DatasetExample` and the same split, so
 a change to either is seen by every exporter at once.
+
+Conversations: an example of a follow-up question carries two texts. `query` is the
+self-contained query retrieval used (what retrievers train and are evaluated on, and what the
+split is keyed on); `question` is what the user typed, with `history` the messages before it.
+Formats that train a generator (OpenAI chat, RAFT) give it the user's question after the
+history, as serving does; formats that train a retriever (triplets, pairs, BEIR) use `query`.
 """
 
 from __future__ import annotations
@@ -25,11 +31,18 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
+from rag.conversation import ChatMessage, history_within_budget
+from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages
 
 # The serving prompt: a model fine-tuned on these records then sees at training time exactly
 # the system message it gets when it answers through the ask API.
 DEFAULT_SYSTEM_PROMPT = SYSTEM_PROMPT
+# How much of a conversation's earlier messages a chat record keeps, in whitespace-separated
+# words (rag.conversation.history_within_budget's count; roughly 1.3 tokens each): the newest
+# whole exchanges that fit, oldest dropped first. 2,000 words keep a long conversation's last
+# several exchanges and stay far below fine-tuning APIs' per-example limits (65k tokens for
+# gpt-4o-mini), while one runaway conversation cannot dominate the training file.
+DEFAULT_HISTORY_WORDS = 2000
 
 SPLIT_TRAIN = "train"
 SPLIT_HELDOUT = "heldout"
@@ -55,9 +68,20 @@ class LabeledPassage:
     title: str = ""
 
 
+def chat_history(messages: Sequence[ChatMessage | dict]) -> list[ChatMessage]:
+    """`messages` as ChatMessages: stored histories are lists of {"role", "content"} dicts."""
+    return [m if isinstance(m, ChatMessage) else ChatMessage(role=m["role"], content=m["content"]) for m in messages]
+
+
 @dataclass(frozen=True)
 class DatasetExample:
     """One curated query: its gold answer and the passages judged for it.
+
+    `query` is the self-contained query retrieval used: for a follow-up question, a curator's
+    corrected query, else the rewrite serving made, else the question itself. `question` is the
+    question as the user asked it when that differs (blank otherwise; `user_question` gives
+    it either way), and `history` the conversation's messages before it, a system message
+    first if the app sent one (ChatMessages; dicts are accepted and converted).
 
     `relevant` are the passages curators marked relevant (retrieved or attached from a corpus
     search); `irrelevant` are retrieved passages they marked not relevant, the hard negatives;
@@ -72,6 +96,16 @@ class DatasetExample:
     irrelevant: list[LabeledPassage] = field(default_factory=list)
     retrieved: list[LabeledPassage] = field(default_factory=list)
     rationale: str = ""
+    question: str = ""
+    history: list[ChatMessage] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "history", chat_history(self.history))
+
+    @property
+    def user_question(self) -> str:
+        """The question the user asked: what a generator answers, after `history`."""
+        return self.question or self.query
 
 
 @dataclass(frozen=True)
@@ -165,14 +199,27 @@ def export_openai(
     *,
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     max_passages: int = 5,
+    max_history_words: int = DEFAULT_HISTORY_WORDS,
 ) -> ExportResult:
-    """OpenAI chat fine-tuning records: {"messages": [system, user, assistant]}.
+    """OpenAI chat fine-tuning records: {"messages": [system, *history, user, assistant]}.
 
-    The user message is `rag.generation.build_prompt` (numbered context, then the query), the
-    very prompt the generators send when serving. The context is the curator-relevant passages,
-    then the retrieved ones, without repeated texts, up to `max_passages`; relevant ones go first
-    so that a cut never drops the passage that holds the answer. Retrieved passages judged
-    irrelevant stay in: the model should learn to ignore bad context (RA-DIT's LM-ft).
+    Everything before the assistant message is `rag.generation.chat_messages`, the very chat
+    the generators send when serving: the system prompt, the conversation's earlier user and
+    assistant messages, then `build_prompt` (numbered context, then the question as the user
+    asked it, not its self-contained rewrite: serving gives the generator the user's words
+    after the history). The gold answer is the assistant message. A turn on its own is
+    [system, user, assistant].
+
+    The history keeps its newest whole exchanges within `max_history_words` words (oldest
+    dropped first, rag.conversation.history_within_budget); 0 leaves it out. A system message
+    the app sent with the conversation is not exported: serving answers with ragloop's RAG
+    system prompt (`system_prompt`, default the serving one), whose citation and
+    answer-only-from-context rules the model is trained to follow.
+
+    The context is the curator-relevant passages, then the retrieved ones, without repeated
+    texts, up to `max_passages`; relevant ones go first so that a cut never drops the passage
+    that holds the answer. Retrieved passages judged irrelevant stay in: the model should learn
+    to ignore bad context (RA-DIT's LM-ft).
 
     Left out: examples without a gold answer (nothing to learn), and examples with no passage at
     all, whose gold answer would teach the model to answer without context against the system
@@ -180,6 +227,8 @@ def export_openai(
     """
     if max_passages < 1:
         raise ValueError(f"max_passages must be at least 1, got {max_passages}")
+    if max_history_words < 0:
+        raise ValueError(f"max_history_words must be 0 or more, got {max_history_words}")
     records: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for example in examples:
@@ -191,22 +240,16 @@ def export_openai(
         if not context:
             skipped[NO_CONTEXT] += 1
             continue
-        prompt = build_prompt(
-            query=example.query,
+        messages = chat_messages(
+            query=example.user_question,
             passages=[
                 ContextPassage(text=passage.text, title=passage.title, source_id=passage.document_id)
                 for passage in context
             ],
+            history=history_within_budget(example.history, max_tokens=max_history_words),
+            system_prompt=system_prompt,
         )
-        records.append(
-            {
-                "messages": [
-                    {"role": "system", "content": system_prompt},
-                    {"role": "user", "content": prompt},
-                    {"role": "assistant", "content": gold_answer},
-                ]
-            }
-        )
+        records.append({"messages": [*messages, {"role": "assistant", "content": gold_answer}]})
     return ExportResult(records=records, skipped=dict(skipped))
 
 
@@ -245,10 +288,15 @@ def _cot_answer(*, rationale: str, gold_answer: str, is_quote: bool) -> str:
     return f"##Reason: {reason}\n{ANSWER_TAG} {gold_answer}"
 
 
-def _raft_instruction(*, documents: Sequence[str], question: str) -> str:
+def _raft_instruction(*, documents: Sequence[str], question: str, history: Sequence[ChatMessage] = ()) -> str:
     # The layout of the RAFT reference implementation (gorilla/raft): each document wrapped in
-    # <DOCUMENT></DOCUMENT> on its own line, then the question.
-    return "".join(f"<DOCUMENT>{document}</DOCUMENT>\n" for document in documents) + question
+    # <DOCUMENT></DOCUMENT> on its own line, then the question. A follow-up's earlier messages
+    # come first, as "User:"/"Assistant:" lines (rag.generation.prompt_text's layout, the order
+    # serving uses: the conversation, then the context and the question).
+    earlier = "".join(
+        f"{'User' if m.role == 'user' else 'Assistant'}: {m.content}\n" for m in history if m.role != "system"
+    )
+    return earlier + "".join(f"<DOCUMENT>{document}</DOCUMENT>\n" for document in documents) + question
 
 
 def _draw_from_pool(
@@ -293,9 +341,13 @@ def export_raft(
     the RAFT reference code). It holds fewer documents when there are not enough distractors.
     The draw, the pool passages and the shuffle depend only on `seed` and the example id.
 
-    Record: {"id", "question", "context": [documents, shuffled], "oracle_context",
+    Record: {"id", "question", "history", "context": [documents, shuffled], "oracle_context",
     "oracle_in_context", "cot_answer", "answer", "instruction"}, where a document is the
-    passage text with its title, if any, on the line above.
+    passage text with its title, if any, on the line above. "question" is the question as the
+    user asked it and "history" the conversation's earlier user and assistant messages
+    ([{"role", "content"}], whole, [] for a turn on its own), as the generator sees them when
+    serving; "instruction" holds the history as "User:"/"Assistant:" lines, then the documents,
+    then the question.
 
     Left out: examples without a gold answer, and examples with no relevant passage (no oracle).
     """
@@ -331,10 +383,12 @@ def export_raft(
         context = [oracle, *chosen] if oracle_in_context else chosen
         documents = [_document(passage) for passage in context]
         rng.shuffle(documents)
+        history = [m for m in example.history if m.role != "system"]
         records.append(
             {
                 "id": example.example_id,
-                "question": example.query,
+                "question": example.user_question,
+                "history": [m.as_dict() for m in history],
                 "context": documents,
                 "oracle_context": _document(oracle),
                 "oracle_in_context": oracle_in_context,
@@ -342,7 +396,7 @@ def export_raft(
                     rationale=example.rationale, gold_answer=gold_answer, is_quote=quoted is not None
                 ),
                 "answer": gold_answer,
-                "instruction": _raft_instruction(documents=documents, question=example.query),
+                "instruction": _raft_instruction(documents=documents, question=example.user_question, history=history),
             }
         )
     return ExportResult(records=records, skipped=dict(skipped))

@@ -6,7 +6,9 @@ from collections import Counter
 
 import pytest
 
+from rag.conversation import ChatMessage
 from rag.datasets import (
+    DEFAULT_HISTORY_WORDS,
     DEFAULT_SYSTEM_PROMPT,
     BeirExport,
     DatasetExample,
@@ -20,7 +22,7 @@ from rag.datasets import (
     split_for,
     split_key,
 )
-from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
+from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt, chat_messages
 
 VITAMIN = LabeledPassage(
     text="In elderly adults, daily vitamin D reduced the rate of hip fractures by a fifth.",
@@ -50,6 +52,25 @@ HIP_FRACTURES = DatasetExample(
 )
 
 
+# A follow-up in a conversation: the app's system message, one earlier exchange, then
+# "And in children?", which retrieval saw rewritten (the rewrite is the example's query).
+EARLIER = [
+    {"role": "system", "content": "You are the clinic's helpful bot."},
+    {"role": "user", "content": "Does vitamin D prevent hip fractures in the elderly?"},
+    {"role": "assistant", "content": "Yes, daily vitamin D reduced them by a fifth [1]."},
+]
+FOLLOW_UP = DatasetExample(
+    example_id="turn-21",
+    query="Does vitamin D prevent hip fractures in children?",
+    question="And in children?",
+    history=EARLIER,
+    gold_answer="The passages only cover elderly adults.",
+    relevant=[VITAMIN],
+    irrelevant=[STATINS],
+    retrieved=[VITAMIN, STATINS],
+)
+
+
 def pool_passages(count: int) -> list[LabeledPassage]:
     return [
         LabeledPassage(text=f"Unrelated corpus passage number {number}.", chunk_id=1000 + number)
@@ -62,9 +83,17 @@ def pool_passages(count: int) -> list[LabeledPassage]:
 
 def test_examples_default_to_empty_lists_of_their_own():
     first, second = DatasetExample(example_id="a", query="q"), DatasetExample(example_id="b", query="q")
-    defaults = (first.gold_answer, first.relevant, first.irrelevant, first.retrieved, first.rationale)
-    assert defaults == ("", [], [], [], "")
-    assert first.relevant is not second.relevant
+    defaults = (first.gold_answer, first.relevant, first.irrelevant, first.retrieved, first.rationale, first.question, first.history)
+    assert defaults == ("", [], [], [], "", "", [])
+    assert first.relevant is not second.relevant and first.history is not second.history
+    assert first.user_question == "q"  # a turn on its own: the question is the query
+
+
+def test_a_follow_up_example_keeps_the_users_question_and_its_history_as_chat_messages():
+    assert FOLLOW_UP.user_question == "And in children?"
+    assert FOLLOW_UP.history == [ChatMessage(m["role"], m["content"]) for m in EARLIER]
+    same = DatasetExample(example_id="x", query="q", history=[ChatMessage("user", "hi"), {"role": "assistant", "content": "hello"}])
+    assert same.history == [ChatMessage("user", "hi"), ChatMessage("assistant", "hello")]
 
 
 # --- split_for --------------------------------------------------------------------------------
@@ -202,6 +231,47 @@ def test_openai_rejects_a_context_of_no_passages():
         export_openai([HIP_FRACTURES], max_passages=0)
 
 
+def test_openai_record_of_a_follow_up_is_the_conversation_then_the_question_as_asked_then_the_gold_answer():
+    [record] = export_openai([FOLLOW_UP])
+
+    context = [ContextPassage(text=VITAMIN.text, title=VITAMIN.title), ContextPassage(text=STATINS.text, title=STATINS.title)]
+    assert record["messages"] == [
+        # ragloop's RAG system prompt, as serving sends it; the app's own system message is not exported
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "Does vitamin D prevent hip fractures in the elderly?"},
+        {"role": "assistant", "content": "Yes, daily vitamin D reduced them by a fifth [1]."},
+        # the user's words, not the self-contained rewrite retrieval used
+        {"role": "user", "content": build_prompt(query="And in children?", passages=context)},
+        {"role": "assistant", "content": "The passages only cover elderly adults."},
+    ]
+    # exactly the chat the generators send when serving, plus the gold answer
+    assert record["messages"][:-1] == chat_messages(query="And in children?", passages=context, history=FOLLOW_UP.history)
+    assert "Query: And in children?\n" in record["messages"][3]["content"]
+
+
+def test_openai_history_budget_drops_the_oldest_exchange_first():
+    long_ago = [
+        {"role": "user", "content": "one two three four"},  # 4 words
+        {"role": "assistant", "content": "five six"},  # 2 words
+        {"role": "user", "content": "seven eight nine"},  # 3 words
+        {"role": "assistant", "content": "ten"},  # 1 word
+    ]
+    example = DatasetExample(example_id="t", query="q standalone", question="q?", history=long_ago, gold_answer="a", relevant=[VITAMIN])
+
+    def roles_and_texts(max_history_words):
+        [record] = export_openai([example], max_history_words=max_history_words)
+        return [(m["role"], m["content"]) for m in record["messages"][1:-2]]
+
+    assert roles_and_texts(10) == [(m["role"], m["content"]) for m in long_ago]
+    # 9 words: the oldest user message no longer fits, so its whole exchange goes
+    assert roles_and_texts(9) == [("user", "seven eight nine"), ("assistant", "ten")]
+    assert roles_and_texts(4) == [("user", "seven eight nine"), ("assistant", "ten")]
+    assert roles_and_texts(3) == [] == roles_and_texts(0)  # never an assistant message first
+    assert DEFAULT_HISTORY_WORDS == 2000 and roles_and_texts(DEFAULT_HISTORY_WORDS) == roles_and_texts(10)
+    with pytest.raises(ValueError, match="max_history_words"):
+        export_openai([example], max_history_words=-1)
+
+
 # --- RAFT -------------------------------------------------------------------------------------
 
 
@@ -219,6 +289,7 @@ def test_raft_record_with_the_oracle():
     assert {key: value for key, value in record.items() if key not in ("context", "instruction")} == {
         "id": "turn-1",
         "question": "How much does vitamin D reduce hip fractures?",
+        "history": [],
         "oracle_context": oracle,
         "oracle_in_context": True,
         "cot_answer": (
@@ -235,6 +306,31 @@ def test_raft_record_with_the_oracle():
     assert record["instruction"].startswith("<DOCUMENT>")
     assert record["instruction"].endswith("</DOCUMENT>\nHow much does vitamin D reduce hip fractures?")
     json.dumps(record)
+
+
+def test_raft_record_of_a_follow_up_carries_the_question_as_asked_and_the_conversation():
+    [record] = export_raft([FOLLOW_UP], distractors=1, oracle_probability=1.0)
+
+    earlier = [m for m in EARLIER if m["role"] != "system"]
+    assert record["question"] == "And in children?"
+    assert record["history"] == earlier
+    oracle = f"{VITAMIN.title}\n{VITAMIN.text}"
+    assert set(record["context"]) == {oracle, f"{STATINS.title}\n{STATINS.text}"}
+    # the conversation first (as plain-text serving lays it out), then the documents, then the question
+    assert record["instruction"] == (
+        "User: Does vitamin D prevent hip fractures in the elderly?\n"
+        "Assistant: Yes, daily vitamin D reduced them by a fifth [1].\n"
+        + "".join(f"<DOCUMENT>{document}</DOCUMENT>\n" for document in record["context"])
+        + "And in children?"
+    )
+
+
+def test_retriever_formats_use_the_self_contained_query_of_a_follow_up():
+    assert export_pairs([FOLLOW_UP]).records == [{"anchor": FOLLOW_UP.query, "positive": VITAMIN.text}]
+    assert export_triplets([FOLLOW_UP]).records == [
+        {"anchor": FOLLOW_UP.query, "positive": VITAMIN.text, "negative": STATINS.text}
+    ]
+    assert export_beir([FOLLOW_UP]).queries == [{"_id": "turn-21", "text": FOLLOW_UP.query}]
 
 
 def test_raft_without_the_oracle_keeps_the_context_size_with_distractors_only():
