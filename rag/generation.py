@@ -373,8 +373,11 @@ class HFGenerator:
         log_likelihood = self._mean_log_prob(prompt_ids=prompt_ids, answer_ids=new_ids) if new_ids.shape[1] else None
         return text, log_likelihood
 
-    def answer_log_likelihood(self, *, query: str, passage: ContextPassage | None, answer: str) -> float:
-        """Mean log-probability per token of `answer` given the prompt built from one passage.
+    def answer_log_likelihood(
+        self, *, query: str, passage: ContextPassage | None, answer: str, history: Sequence[ChatMessage] = ()
+    ) -> float:
+        """Mean log-probability per token of `answer` given the chat built from one passage
+        (after the conversation's earlier messages, if any, as `generate` would be given them).
 
         Length-normalised so answers of different lengths compare; RA-DIT's LM-supervised
         retrieval uses it to score how much a passage helps the model produce the answer.
@@ -383,7 +386,7 @@ class HFGenerator:
         answer_ids = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if answer_ids.shape[1] == 0:
             raise ValueError("answer must contain at least one token")
-        messages = chat_messages(query=query, passages=[passage] if passage is not None else [])
+        messages = chat_messages(query=query, passages=[passage] if passage is not None else [], history=history)
         prompt_ids = self._prompt_ids(messages=messages, room_for=answer_ids.shape[1])
         return self._mean_log_prob(prompt_ids=prompt_ids, answer_ids=answer_ids.to(prompt_ids.device))
 

@@ -1,8 +1,12 @@
 """Generator fine-tuning: LoRA adapters for a local Hugging Face causal LM, in RA-DIT or RAFT style.
 
-Training examples are (prompt, target) pairs built with rag.generation.build_prompt, so the
-model learns on exactly the prompt layout HFGenerator serves with; the loss covers only
-the answer tokens and a closing EOS.
+Training examples are (messages, target) pairs: the chat is built with
+rag.generation.chat_messages (system prompt, the conversation's earlier messages, then the
+question with its context) and laid out as tokens with rag.generation.prompt_token_ids, the
+very functions HFGenerator serves with, so the model learns on exactly what it will be fed.
+A conversation's history is bounded by a budget of tokens counted with the model's own
+tokenizer, oldest exchanges dropped first. The loss covers only the answer tokens and a
+closing EOS.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
+from rag.conversation import ChatMessage, history_within_budget
+from rag.datasets import chat_history
+from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages, prompt_token_ids
 from rag.training import (
     ProgressCallback,
     StopCheck,
@@ -32,6 +38,13 @@ GENERATOR_DESCRIPTION = "generator.json"
 GENERATOR_TRAINING_MODES = ("radit", "raft", "custom")
 TRAINING_PAD_TOKEN = "<|pad|>"
 IGNORED_LABEL = -100  # the index torch's cross-entropy skips
+# Tokens of a conversation's earlier messages a training pair keeps (newest whole exchanges,
+# oldest dropped first). With the default max_length of 512 it leaves room for the system
+# prompt, a passage or two, the question and the answer; raise both together for long chats.
+DEFAULT_MAX_HISTORY_TOKENS = 256
+
+# A chat as rag.generation.chat_messages builds it, and the target the model learns to write.
+TrainingPair = tuple[list[dict], str]
 
 # Attention projection names by model family, most specific first: LoRA on the attention
 # projections is the usual, cheap choice (the LoRA paper adapts W_q and W_v).
@@ -50,6 +63,11 @@ ATTENTION_PROJECTIONS: tuple[tuple[str, ...], ...] = (
 class GeneratorTrainingExample:
     """A curated question with its gold answer and the passages to train with.
 
+    `query` is the question as the user asked it (serving gives the generator the user's words,
+    not the self-contained rewrite retrieval used) and `history` the conversation's messages
+    before it (ChatMessages or {"role", "content"} dicts; system messages are not part of the
+    chat, as in serving), empty for a turn on its own.
+
     RA-DIT mode: `passages` are the top-k retrieved chunks. RAFT mode: the context documents
     the caller assembled (oracle plus distractors), and `cot_answer` the chain-of-thought
     answer quoting them, when there is one.
@@ -59,6 +77,10 @@ class GeneratorTrainingExample:
     answer: str
     passages: list[str]
     cot_answer: str | None = None
+    history: Sequence[ChatMessage] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "history", tuple(chat_history(self.history)))
 
 
 @dataclass
@@ -82,8 +104,9 @@ class TokenizedPair:
 # --- training pairs --------------------------------------------------------------------
 
 
-def build_radit_examples(examples: Sequence[GeneratorTrainingExample]) -> list[tuple[str, str]]:
-    """RA-DIT LM-ft pairs: one (prompt, answer) per retrieved chunk, the chunk alone as context.
+def build_radit_examples(examples: Sequence[GeneratorTrainingExample]) -> list[TrainingPair]:
+    """RA-DIT LM-ft pairs: one (messages, answer) per retrieved chunk, the chunk alone as context
+    after the conversation's history.
 
     Seeing each chunk separately, good and bad, teaches the model to use a relevant passage
     and to fall back on what it knows when the passage is not. An example with no chunks
@@ -92,15 +115,23 @@ def build_radit_examples(examples: Sequence[GeneratorTrainingExample]) -> list[t
     pairs = []
     for example in examples:
         contexts = [[ContextPassage(text=chunk)] for chunk in example.passages] or [[]]
-        pairs.extend((build_prompt(query=example.query, passages=context), example.answer) for context in contexts)
+        pairs.extend(
+            (chat_messages(query=example.query, passages=context, history=example.history), example.answer)
+            for context in contexts
+        )
     return pairs
 
 
-def build_raft_examples(examples: Sequence[GeneratorTrainingExample]) -> list[tuple[str, str]]:
-    """RAFT pairs: one per example, all its documents in the prompt, the chain of thought as target."""
+def build_raft_examples(examples: Sequence[GeneratorTrainingExample]) -> list[TrainingPair]:
+    """RAFT pairs: one per example, all its documents in the prompt after the history, the chain
+    of thought as target."""
     return [
         (
-            build_prompt(query=example.query, passages=[ContextPassage(text=text) for text in example.passages]),
+            chat_messages(
+                query=example.query,
+                passages=[ContextPassage(text=text) for text in example.passages],
+                history=example.history,
+            ),
             example.cot_answer or example.answer,
         )
         for example in examples
@@ -124,26 +155,53 @@ def ensure_distinct_pad_token(tokenizer: Any) -> bool:
     return True
 
 
-def prompt_token_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of `prompt` as HFGenerator feeds it: in the chat format when the model has one."""
-    if tokenizer.chat_template:
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # The chat template already holds any BOS token.
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
+def chat_of(prompt: str | Sequence[dict]) -> list[dict]:
+    """A pair's chat: `prompt` as it is when it is one, else a plain prompt string as the single
+    user message after the system prompt (what HFGenerator sends for a turn on its own)."""
+    if isinstance(prompt, str):
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+    return list(prompt)
 
 
-def tokenize_pair(tokenizer: Any, *, prompt: str, target: str, max_length: int) -> TokenizedPair:
+def history_within_token_budget(tokenizer: Any, messages: Sequence[dict], *, max_tokens: int) -> list[dict]:
+    """`messages` (a chat_messages chat) with its earlier user/assistant messages cut to the
+    newest whole exchanges whose tokens, counted with `tokenizer`, fit `max_tokens`
+    (rag.conversation.history_within_budget); the system prompt and the final question stay."""
+    *earlier, question = messages
+    system = [m for m in earlier if m["role"] == "system"]
+    history = chat_history([m for m in earlier if m["role"] != "system"])
+    if not history:
+        return list(messages)
+    kept = history_within_budget(
+        history,
+        max_tokens=max_tokens,
+        count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+    )
+    return [*system, *(m.as_dict() for m in kept), question]
+
+
+def tokenize_pair(
+    tokenizer: Any,
+    *,
+    messages: str | Sequence[dict],
+    target: str,
+    max_length: int,
+    max_history_tokens: int | None = None,
+) -> TokenizedPair:
     """Prompt and target ids, EOS after the target, cut to max_length.
 
-    The target is tokenised on its own, as HFGenerator.answer_log_likelihood does, so the
-    training loss and the evaluation score read the same tokens. An over-long prompt loses
-    its beginning (the oldest context), never the query at its end.
+    The prompt is the chat `messages` (see `chat_of`) laid out by rag.generation.prompt_token_ids,
+    as HFGenerator serves it, after its history is cut to `max_history_tokens` (None: kept
+    whole). The target is tokenised on its own, as HFGenerator.answer_log_likelihood does, so
+    the training loss and the evaluation score read the same tokens. A prompt still too long
+    loses its beginning (the oldest context), never the question at its end.
     """
     if max_length < 2:
         raise ValueError("max_length must leave room for at least one prompt and one target token")
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    chat = chat_of(messages)
+    if max_history_tokens is not None:
+        chat = history_within_token_budget(tokenizer, chat, max_tokens=max_history_tokens)
+    prompt_ids = prompt_token_ids(tokenizer, chat)
     target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     # An answer longer than the window is cut, EOS included: it did not end there.
     target_ids = target_ids[: max_length - 1]
@@ -228,7 +286,7 @@ def load_trained_generator(path: str | Path) -> tuple[Path, Path]:
 def train_lora(
     *,
     base_model_path: str | Path,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[tuple[str | Sequence[dict], str]],
     output_path: str | Path,
     mode: str = "custom",
     epochs: int = 1,
@@ -240,13 +298,17 @@ def train_lora(
     target_modules: list[str] | None = None,
     batch_size: int = 4,
     max_length: int = 512,
+    max_history_tokens: int = DEFAULT_MAX_HISTORY_TOKENS,
     seed: int = 0,
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> GeneratorTrainingResult:
-    """Train a LoRA adapter on (prompt, target) pairs and save it for HFGenerator.
+    """Train a LoRA adapter on (messages, target) pairs and save it for HFGenerator.
 
+    A pair's messages are a chat as rag.generation.chat_messages builds it (a plain prompt
+    string stands for that prompt alone after the system prompt); its history is cut to
+    `max_history_tokens` tokens of the model's tokenizer, oldest exchanges first.
     `mode` records how the pairs were built ("radit", "raft" or "custom"). The output folder
     holds the peft adapter, the base model's tokenizer and generator.json; load it with
     HFGenerator(model_path=base_model_path, adapter_path=output_path).
@@ -269,6 +331,8 @@ def train_lora(
         raise ValueError("LoRA training needs at least one (prompt, target) pair")
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be at least 1")
+    if max_history_tokens < 0:
+        raise ValueError(f"max_history_tokens must be 0 or more, got {max_history_tokens}")
     base_model_path = Path(base_model_path)
     if not base_model_path.is_dir():
         # Without this check transformers would treat the path as a hub name.
@@ -293,7 +357,10 @@ def train_lora(
     window = getattr(language_model.config, "max_position_embeddings", None)
     max_length = min(max_length, window) if window else max_length
     tokenized = [
-        tokenize_pair(tokenizer, prompt=prompt, target=target, max_length=max_length) for prompt, target in pairs
+        tokenize_pair(
+            tokenizer, messages=messages, target=target, max_length=max_length, max_history_tokens=max_history_tokens
+        )
+        for messages, target in pairs
     ]
 
     target_modules = list(target_modules) if target_modules else attention_projection_names(language_model)
@@ -358,6 +425,7 @@ def train_lora(
         "target_modules": target_modules,
         "batch_size": batch_size,
         "max_length": max_length,
+        "max_history_tokens": max_history_tokens,
         "seed": seed,
         "pairs": len(pairs),
     }

@@ -267,6 +267,22 @@ def test_hf_answer_log_likelihood_matches_hand_computation(tiny_model_path: Path
     assert math.isfinite(score) and score < 0
 
 
+def test_hf_answer_log_likelihood_after_a_conversation_reads_the_history_as_generate_would(tiny_model_path: Path):
+    from rag.conversation import ChatMessage
+    from rag.generation import chat_messages, prompt_text
+
+    generator = HFGenerator(model_path=tiny_model_path, device="cpu")
+    history = [ChatMessage("user", "When do stores open?"), ChatMessage("assistant", "At 9 am.")]
+
+    score = generator.answer_log_likelihood(query=QUERY, passage=PASSAGE, answer=TRAINED_ANSWER, history=history)
+
+    prompt = prompt_text(chat_messages(query=QUERY, passages=[PASSAGE], history=history))
+    assert prompt.startswith("User: When do stores open?\nAssistant: At 9 am.\nContext information")
+    expected = reference_mean_log_prob(tiny_model_path, prompt=prompt, answer=TRAINED_ANSWER)
+    assert score == pytest.approx(expected, abs=1e-5)
+    assert score != pytest.approx(generator.answer_log_likelihood(query=QUERY, passage=PASSAGE, answer=TRAINED_ANSWER))
+
+
 def test_hf_trained_answer_is_more_likely_than_another(tiny_model_path: Path):
     generator = HFGenerator(model_path=tiny_model_path, device="cpu")
 

@@ -9,13 +9,16 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from rag.generation import ContextPassage, HFGenerator, build_prompt
+from rag.conversation import ChatMessage
+from rag.generation import SYSTEM_PROMPT, ContextPassage, HFGenerator, build_prompt, chat_messages, prompt_token_ids
 from rag.training import TrainingCancelled
 from rag.training.generator import (
+    DEFAULT_MAX_HISTORY_TOKENS,
     IGNORED_LABEL,
     TRAINING_PAD_TOKEN,
     GeneratorTrainingExample,
     TokenizedPair,
+    history_within_token_budget,
     attention_projection_names,
     build_radit_examples,
     build_raft_examples,
@@ -54,7 +57,10 @@ EXAMPLES = [
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
     """A random 2-layer GPT-2 whose tokenizer, like GPT-2's own, has no pad token."""
-    texts = [prompt + " " + target for prompt, target in build_radit_examples(EXAMPLES) + build_raft_examples(EXAMPLES)]
+    texts = [
+        " ".join(m["content"] for m in messages) + " " + target
+        for messages, target in build_radit_examples(EXAMPLES) + build_raft_examples(EXAMPLES)
+    ]
     tokenizer = word_tokenizer(texts, with_pad=False)
     torch.manual_seed(0)
     eos = tokenizer.eos_token_id
@@ -85,21 +91,26 @@ def test_radit_builder_makes_one_pair_per_chunk_with_the_chunk_before_the_questi
 
     assert len(pairs) == 4
     assert pairs[0] == (
-        build_prompt(query="When do refunds arrive?", passages=[ContextPassage(text=EXAMPLES[0].passages[0])]),
+        [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": build_prompt(query="When do refunds arrive?", passages=[ContextPassage(text=EXAMPLES[0].passages[0])])},
+        ],
         "Refunds arrive within 14 days.",
     )
-    for (prompt, answer), (example, chunk) in zip(
+    for (messages, answer), (example, chunk) in zip(
         pairs, [(example, chunk) for example in EXAMPLES[:2] for chunk in example.passages]
     ):
+        prompt = messages[-1]["content"]
         assert answer == example.answer
         assert f"[1] {chunk}\n" in prompt and "[2]" not in prompt  # one chunk per pair
         assert prompt.index(chunk) < prompt.index(f"Query: {example.query}")
 
 
 def test_radit_builder_keeps_an_example_without_chunks():
-    [(prompt, answer)] = build_radit_examples([GeneratorTrainingExample(query="q?", answer="a.", passages=[])])
+    [(messages, answer)] = build_radit_examples([GeneratorTrainingExample(query="q?", answer="a.", passages=[])])
 
-    assert prompt == build_prompt(query="q?", passages=[]) and answer == "a."
+    assert messages == chat_messages(query="q?", passages=[]) and answer == "a."
+    assert messages[-1]["content"] == build_prompt(query="q?", passages=[])
 
 
 def test_raft_builder_puts_all_documents_in_one_prompt_and_prefers_the_chain_of_thought():
@@ -113,14 +124,147 @@ def test_raft_builder_puts_all_documents_in_one_prompt_and_prefers_the_chain_of_
     pairs = build_raft_examples([with_cot, EXAMPLES[0]])
 
     assert pairs[0] == (
-        build_prompt(query="Is parking free?", passages=[ContextPassage(text=text) for text in with_cot.passages]),
+        chat_messages(query="Is parking free?", passages=[ContextPassage(text=text) for text in with_cot.passages]),
         with_cot.cot_answer,
     )
     assert pairs[1][1] == EXAMPLES[0].answer
-    assert "[3] Distractor two." in pairs[0][0]
+    assert "[3] Distractor two." in pairs[0][0][-1]["content"]
+
+
+def test_radit_and_raft_pairs_carry_the_history_before_the_question():
+    history = [
+        {"role": "system", "content": "The app's own system message."},
+        {"role": "user", "content": "When do refunds arrive?"},
+        {"role": "assistant", "content": "Within 14 days."},
+    ]
+    follow_up = GeneratorTrainingExample(
+        query="And for gift cards?",
+        answer="Gift cards cannot be refunded.",
+        passages=["Gift cards cannot be refunded.", "Our stores open at 9 am."],
+        cot_answer="<ANSWER>: Gift cards cannot be refunded.",
+        history=history,
+    )
+    earlier = [
+        {"role": "user", "content": "When do refunds arrive?"},
+        {"role": "assistant", "content": "Within 14 days."},
+    ]
+
+    radit = build_radit_examples([follow_up])
+    [(raft_messages, raft_target)] = build_raft_examples([follow_up])
+
+    assert follow_up.history == (ChatMessage("system", history[0]["content"]), *(ChatMessage(**m) for m in earlier))
+    assert radit == [
+        (
+            [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                *earlier,
+                {"role": "user", "content": build_prompt(query="And for gift cards?", passages=[ContextPassage(text=chunk)])},
+            ],
+            "Gift cards cannot be refunded.",
+        )
+        for chunk in follow_up.passages
+    ]
+    assert raft_messages == [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        *earlier,
+        {"role": "user", "content": build_prompt(query="And for gift cards?", passages=[ContextPassage(text=t) for t in follow_up.passages])},
+    ]
+    assert raft_target == follow_up.cot_answer
 
 
 # --- tokenisation -----------------------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<{{ message['role'] }}> {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def old_tokenize_pair(tokenizer, *, prompt: str, target: str, max_length: int) -> TokenizedPair:
+    """tokenize_pair as it was before conversations, for a single-turn prompt (kept to compare)."""
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        prompt_ids = list(tokenizer(prompt)["input_ids"])
+    target_ids = (list(tokenizer(target, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id])[: max_length - 1]
+    prompt_ids = prompt_ids[-(max_length - len(target_ids)) :]
+    return TokenizedPair(input_ids=prompt_ids + target_ids, labels=[IGNORED_LABEL] * len(prompt_ids) + target_ids)
+
+
+@pytest.mark.parametrize("with_chat_template", [False, True])
+@pytest.mark.parametrize("max_length", [512, 24])
+def test_a_single_turn_pair_tokenises_exactly_as_before(with_chat_template, max_length):
+    texts = [SYSTEM_PROMPT, "<system> <user> <assistant>"]
+    texts += [build_prompt(query=e.query, passages=[ContextPassage(text=p) for p in e.passages]) + " " + e.answer for e in EXAMPLES]
+    tokenizer = word_tokenizer(texts, with_pad=True)
+    if with_chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+
+    new = [
+        tokenize_pair(tokenizer, messages=messages, target=target, max_length=max_length, max_history_tokens=DEFAULT_MAX_HISTORY_TOKENS)
+        for messages, target in build_radit_examples(EXAMPLES) + build_raft_examples(EXAMPLES)
+    ]
+    old = [
+        old_tokenize_pair(tokenizer, prompt=build_prompt(query=e.query, passages=[ContextPassage(text=p)]), target=e.answer, max_length=max_length)
+        for e in EXAMPLES
+        for p in e.passages
+    ] + [
+        old_tokenize_pair(tokenizer, prompt=build_prompt(query=e.query, passages=[ContextPassage(text=p) for p in e.passages]), target=e.answer, max_length=max_length)
+        for e in EXAMPLES
+    ]  # fmt: skip
+
+    assert new == old
+    assert tokenizer.unk_token_id not in new[0].input_ids  # the test's vocabulary covers the prompt
+    if with_chat_template and max_length == 512:
+        assert tokenizer.decode(new[0].input_ids).startswith("< system >")  # the template was used
+
+
+def test_the_history_budget_counts_the_tokenizers_tokens_and_drops_the_oldest_exchange_first():
+    history = [
+        ChatMessage("user", "one two"),  # 2 tokens
+        ChatMessage("assistant", "three"),  # 1
+        ChatMessage("user", "four, five!"),  # 2 words but 4 tokens
+        ChatMessage("assistant", "six"),  # 1
+    ]
+    messages = chat_messages(query="seven?", passages=[ContextPassage(text="eight")], history=history)
+    tokenizer = word_tokenizer([" ".join(m["content"] for m in messages)], with_pad=True)
+
+    def kept(max_tokens):
+        trimmed = history_within_token_budget(tokenizer, messages, max_tokens=max_tokens)
+        assert trimmed[0] == messages[0] and trimmed[-1] == messages[-1]  # the system prompt and the question stay
+        return [m["content"] for m in trimmed[1:-1]]
+
+    assert kept(8) == ["one two", "three", "four, five!", "six"]
+    assert kept(7) == kept(5) == ["four, five!", "six"]  # whole exchanges go, oldest first
+    # 4 tokens hold "six" but not "four, five!" (a word count would have kept both)
+    assert kept(4) == [] == kept(0)
+
+    pair = tokenize_pair(tokenizer, messages=messages, target="nine", max_length=512, max_history_tokens=5)
+    expected_prompt = prompt_token_ids(
+        tokenizer, chat_messages(query="seven?", passages=[ContextPassage(text="eight")], history=history[2:])
+    )
+    assert pair.input_ids[: len(expected_prompt)] == expected_prompt
+    whole = tokenize_pair(tokenizer, messages=messages, target="nine", max_length=512)
+    assert whole.input_ids[: -2] == prompt_token_ids(tokenizer, messages)  # None: the history is kept whole
+
+
+def test_a_training_prompt_is_what_hf_generator_feeds_the_model(tiny_base: Path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    history = [ChatMessage("user", "When do refunds arrive?"), ChatMessage("assistant", "Refunds arrive within 14 days.")]
+    example = GeneratorTrainingExample(query="Is parking free?", answer="Parking is free for customers.", passages=EXAMPLES[1].passages, history=history)
+    [(messages, target), _] = build_radit_examples([example])
+
+    pair = tokenize_pair(tokenizer, messages=messages, target=target, max_length=256, max_history_tokens=DEFAULT_MAX_HISTORY_TOKENS)
+    served = HFGenerator(model_path=tiny_base, device="cpu")._prompt_ids(
+        messages=chat_messages(query="Is parking free?", passages=[ContextPassage(text=EXAMPLES[1].passages[0])], history=history),
+        room_for=len(pair.input_ids) - pair.labels.count(IGNORED_LABEL),
+    )
+
+    assert pair.input_ids[: pair.labels.count(IGNORED_LABEL)] == served[0].tolist()
+    decoded = tokenizer.decode(served[0])
+    assert decoded.index("When do refunds arrive") < decoded.index("Context information") < decoded.index("Is parking free")
 
 
 def test_pad_token_is_added_when_missing_or_equal_to_eos():
@@ -143,8 +287,8 @@ def test_labels_cover_the_answer_and_eos_but_not_the_prompt_or_padding():
     ids = {word: tokenizer.convert_tokens_to_ids(word) for word in words}
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
-    long = tokenize_pair(tokenizer, prompt="Query : x Answer :", target="Paris is nice", max_length=64)
-    short = tokenize_pair(tokenizer, prompt="Answer :", target="short", max_length=64)
+    long = tokenize_pair(tokenizer, messages="Query : x Answer :", target="Paris is nice", max_length=64)
+    short = tokenize_pair(tokenizer, messages="Answer :", target="short", max_length=64)
     batch = collate_pairs([long, short], pad_token_id=pad)
 
     prompt_ids = [ids["Query"], ids[":"], ids["x"], ids["Answer"], ids[":"]]
@@ -160,8 +304,8 @@ def test_labels_cover_the_answer_and_eos_but_not_the_prompt_or_padding():
 def test_truncation_keeps_the_end_of_the_prompt():
     tokenizer = word_tokenizer(["a b c d e f"], with_pad=True)
 
-    kept = tokenize_pair(tokenizer, prompt="a b c d", target="e", max_length=4)
-    cut_answer = tokenize_pair(tokenizer, prompt="a b", target="c d e f", max_length=3)
+    kept = tokenize_pair(tokenizer, messages="a b c d", target="e", max_length=4)
+    cut_answer = tokenize_pair(tokenizer, messages="a b", target="c d e f", max_length=3)
 
     assert tokenizer.convert_ids_to_tokens(kept.input_ids) == ["c", "d", "e", "[EOS]"]
     # An answer longer than the window keeps one prompt token and loses its EOS: it did not end.
