@@ -62,7 +62,15 @@ class SnapshotExample(models.Model):
     turn = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     example_id = models.CharField(max_length=100)
     split = models.CharField(max_length=10, choices=Split.choices)
+    # The self-contained query retrieval used (a curator's corrected query, else the turn's
+    # rewrite of a follow-up, else its question): retrievers train and are scored on it, and
+    # the split is keyed on it.
     query = models.TextField()
+    # The question as the user asked it, when it differs from `query` (blank: the same), and
+    # the conversation's messages before it as the turn stored them ([{"role", "content"}],
+    # a system message first if the app sent one): what the generator was given.
+    question = models.TextField(blank=True, default="")
+    history = models.JSONField(default=list, blank=True)
     gold_answer = models.TextField(blank=True)
     answer_rating = models.CharField(max_length=20, blank=True)
     rationale = models.TextField(blank=True)

@@ -7,8 +7,9 @@ from http.server import ThreadingHTTPServer
 import pytest
 from django.contrib.auth.models import Group
 
-from curation.models import Membership
+from curation.models import Label, Membership
 from curation.services.labels import LabelInput, label_submit
+from knowledge.models import Conversation, RetrievedPassage, Turn
 from knowledge.services.turns import turn_ask
 from tests.rag.conftest import JsonReplyHandler
 from training.models import Component, DatasetSnapshot, SnapshotExample
@@ -91,6 +92,49 @@ def label_questions(knowledge_base, curator) -> None:
             turn=turn, curator=curator,
             data=LabelInput(passages=judgments, answer_rating="wrong", gold_answer=answer, rationale=rationale),
         )  # fmt: skip
+
+
+# A conversation of three served turns (the app sent a system message first): a question, a
+# follow-up that serving rewrote well, and one it rewrote badly and a curator corrected.
+SYSTEM_MESSAGE = {"role": "system", "content": "You are the clinic's assistant."}
+CORRECTED_QUERY = "Does vitamin D increase calcium absorption?"
+CONVERSATION = [
+    # (question, rewritten query, served answer, passage source id, passage text, gold answer)
+    ("Does vitamin D prevent hip fractures?", "", "Yes, by a fifth [1].", "d-vitd",
+     "In elderly adults, daily vitamin D reduced the rate of hip fractures by a fifth.",
+     "Yes: daily vitamin D cut hip fractures by a fifth in elderly adults."),
+    ("And in children?", "Does vitamin D prevent hip fractures in children?", "I could not find it.", "d-vitd",
+     "In elderly adults, daily vitamin D reduced the rate of hip fractures by a fifth.",
+     "The study covered elderly adults only."),
+    ("What about calcium?", "vitamin D calcium", "Calcium matters [1].", "d-calcium",
+     "Vitamin D supplementation increases calcium absorption in the gut.",
+     "Yes, vitamin D increases calcium absorption in the gut."),
+]  # fmt: skip
+
+
+def conversation_turns(knowledge_base, curator) -> list[Turn]:
+    """The CONVERSATION's turns, made with the ORM as serving stores them (each turn's history is
+    the system message and the exchanges before it), each labelled by `curator`: its passage
+    relevant and the gold answer; the last one's rewrite corrected to CORRECTED_QUERY."""
+    conversation = Conversation.objects.create(
+        knowledge_base=knowledge_base, external_id="c-clinic", system_prompt=SYSTEM_MESSAGE["content"], turn_count=3
+    )
+    history = [SYSTEM_MESSAGE]
+    turns = []
+    for position, (question, rewritten, answer, source_id, text, gold) in enumerate(CONVERSATION):
+        turn = Turn.objects.create(
+            knowledge_base=knowledge_base, source=Turn.Source.SERVED, conversation=conversation, position=position,
+            query=question, rewritten_query=rewritten, history=list(history), answer=answer,
+        )  # fmt: skip
+        passage = RetrievedPassage.objects.create(turn=turn, rank=1, score=0.8, source_id=source_id, text=text)
+        label_submit(
+            turn=turn, curator=curator,
+            data=LabelInput(passages={passage.pk: "relevant"}, answer_rating="wrong", gold_answer=gold),
+        )  # fmt: skip
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        turns.append(turn)
+    Label.objects.filter(turn=turns[-1]).update(rewrite_wrong=True, corrected_query=CORRECTED_QUERY)
+    return turns
 
 
 class Receiver:

@@ -16,8 +16,9 @@ from knowledge.models import Chunk, Document
 from rag.generation import SYSTEM_PROMPT, ContextPassage, build_prompt
 from training.models import DatasetSnapshot
 from training.services.exports import dataset_export, raft_random_pool
+from training.services.snapshots import dataset_snapshot_create
 
-from .conftest import make_snapshot, passage
+from .conftest import CONVERSATION, conversation_turns, make_snapshot, passage
 
 R1 = passage("Statins inhibit HMG-CoA reductase.", "d1", title="Statins")
 N1 = passage("Coffee blocks adenosine receptors.", "d2", title="Coffee")
@@ -66,6 +67,50 @@ def test_openai_export_of_the_train_split(snapshot, tmp_path):
     assert record["messages"][1]["content"] == build_prompt(
         query="What does caffeine do?", passages=[ContextPassage(text=R3["text"], title="Caffeine", source_id="d5")]
     )
+
+
+def test_openai_export_of_a_conversation_replays_it_as_serving_does_within_the_history_budget(knowledge_base, curator, tmp_path):
+    first, children, calcium = conversation_turns(knowledge_base, curator)
+    snapshot = dataset_snapshot_create(knowledge_base=knowledge_base, heldout_share=0.0)
+
+    dataset_export(snapshot=snapshot, format="openai", output=tmp_path / "chat.jsonl")
+
+    by_question = {record["messages"][-2]["content"]: record["messages"] for record in records(tmp_path / "chat.jsonl")}
+    assert len(by_question) == 3
+
+    def asked(question, source_id, text):
+        return {"role": "user", "content": build_prompt(query=question, passages=[ContextPassage(text=text, source_id=source_id)])}
+
+    children_asked = asked(*(CONVERSATION[1][i] for i in (0, 3, 4)))
+    assert "Query: And in children?\n" in children_asked["content"]  # the user's words, not the rewrite
+    assert by_question[children_asked["content"]] == [
+        {"role": "system", "content": SYSTEM_PROMPT},  # the serving prompt; the app's system message is not sent
+        {"role": "user", "content": "Does vitamin D prevent hip fractures?"},
+        {"role": "assistant", "content": "Yes, by a fifth [1]."},
+        children_asked,
+        {"role": "assistant", "content": "The study covered elderly adults only."},
+    ]
+    first_asked = asked(*(CONVERSATION[0][i] for i in (0, 3, 4)))
+    assert by_question[first_asked["content"]] == [
+        {"role": "system", "content": SYSTEM_PROMPT}, first_asked, {"role": "assistant", "content": CONVERSATION[0][5]},
+    ]  # fmt: skip
+
+    # 8 words hold the last exchange ("And in children?" 3 + "I could not find it." 5), not the first as well
+    summary = dataset_export(snapshot=snapshot, format="openai", output=tmp_path / "short.jsonl", max_history_words=8)
+    assert summary["records"] == 3
+    calcium_asked = asked(*(CONVERSATION[2][i] for i in (0, 3, 4)))
+    [calcium_record] = [r["messages"] for r in records(tmp_path / "short.jsonl") if r["messages"][-2] == calcium_asked]
+    assert [m["content"] for m in calcium_record[1:-2]] == ["And in children?", "I could not find it."]
+    with pytest.raises(InvalidInput, match="max_history_words must be 0 or more"):
+        dataset_export(snapshot=snapshot, format="openai", output=tmp_path / "bad.jsonl", max_history_words=-1)
+
+    # the retriever formats keep the self-contained query (the curator's correction here)
+    dataset_export(snapshot=snapshot, format="pairs", output=tmp_path / "pairs.jsonl")
+    anchors = {r["anchor"] for r in records(tmp_path / "pairs.jsonl")}
+    assert anchors == {first.query, children.rewritten_query, "Does vitamin D increase calcium absorption?"}
+
+    call_command("export_dataset", "test-kb", "--format", "openai", "--max-history-words", "0", "--output", str(tmp_path / "none.jsonl"))
+    assert all(len(r["messages"]) == 3 for r in records(tmp_path / "none.jsonl"))
 
 
 def test_triplets_and_pairs_exports(snapshot, tmp_path):

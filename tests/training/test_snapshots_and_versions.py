@@ -13,6 +13,8 @@ from knowledge.services.turns import (
     turn_ask,
     turns_ingest,
 )
+from rag.conversation import ChatMessage
+from rag.datasets import split_for, split_key
 from rag.embedding import base_retriever_path
 from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
 from training.services.snapshots import (
@@ -24,6 +26,8 @@ from training.services.versions import (
     model_version_register,
     model_version_rollback,
 )
+
+from .conftest import CORRECTED_QUERY, SYSTEM_MESSAGE, conversation_turns
 
 # The packaged base model by its folder: a query encoder reference that differs from the space's.
 BASE_MODEL_PATH = str(base_retriever_path())
@@ -81,6 +85,42 @@ def test_every_copy_of_a_query_lands_on_the_same_side_of_the_split(embedded_know
     assert all(len(sides) == 1 for sides in splits.values()), splits
     assert {side for sides in splits.values() for side in sides} == {"train", "heldout"}
     assert snapshot.train_count + snapshot.heldout_count == 24 and snapshot.heldout_count % 2 == 0
+
+
+def test_a_follow_up_is_snapshotted_with_the_query_retrieval_used_the_question_asked_and_the_history(
+    knowledge_base, curator
+):
+    first, children, calcium = conversation_turns(knowledge_base, curator)
+
+    snapshot = dataset_snapshot_create(knowledge_base=knowledge_base, heldout_share=0.5)
+
+    rows = {row.turn_id: row for row in snapshot.examples.all()}
+    first_exchange = [{"role": "user", "content": first.query}, {"role": "assistant", "content": first.answer}]
+    # the first question: no rewrite, so the query is the question itself and no question is kept
+    assert (rows[first.pk].query, rows[first.pk].question, rows[first.pk].history) == (
+        "Does vitamin D prevent hip fractures?", "", [SYSTEM_MESSAGE],
+    )  # fmt: skip
+    # a follow-up: the rewrite retrieval used, the user's words, the conversation before them
+    assert (rows[children.pk].query, rows[children.pk].question) == (
+        "Does vitamin D prevent hip fractures in children?", "And in children?",
+    )  # fmt: skip
+    assert rows[children.pk].history == [SYSTEM_MESSAGE, *first_exchange]
+    # a wrong rewrite ("vitamin D calcium") gives way to the curator's corrected query
+    assert (rows[calcium.pk].query, rows[calcium.pk].question) == (CORRECTED_QUERY, "What about calcium?")
+    assert rows[calcium.pk].history == [
+        SYSTEM_MESSAGE, *first_exchange,
+        {"role": "user", "content": "And in children?"}, {"role": "assistant", "content": "I could not find it."},
+    ]  # fmt: skip
+    # the split is keyed on the self-contained query ("And in children?" alone would be held out)
+    for row in rows.values():
+        assert row.split == split_for(split_key(row.query), heldout_share=0.5)
+    assert split_for(split_key("And in children?"), heldout_share=0.5) != rows[children.pk].split
+
+    examples = {e.example_id: e for e in snapshot_dataset_examples(snapshot=snapshot)}
+    follow_up = examples[f"turn-{children.pk}"]
+    assert follow_up.query == children.rewritten_query and follow_up.user_question == "And in children?"
+    assert follow_up.history == [ChatMessage(**m) for m in [SYSTEM_MESSAGE, *first_exchange]]
+    assert examples[f"turn-{first.pk}"].user_question == first.query
 
 
 def test_a_snapshot_needs_curated_turns(knowledge_base):

@@ -36,7 +36,7 @@ EXPORT_FORMATS = ("openai", "raft", "triplets", "pairs", "beir")
 EXPORT_SPLITS = ("train", "heldout", "all")
 # The options each format takes (passed on to rag.datasets), with their types.
 FORMAT_OPTIONS: dict[str, dict[str, type]] = {
-    "openai": {"system_prompt": str, "max_passages": int},
+    "openai": {"system_prompt": str, "max_passages": int, "max_history_words": int},
     "raft": {"distractors": int, "oracle_probability": float, "seed": int, "pool_size": int},
     "triplets": {"max_negatives_per_positive": int},
     "pairs": {},

@@ -3,10 +3,24 @@
 Each turn with a final judgment (see curation.selectors.turn_final_judgments:
 adjudication, else agreeing labels, else the single label) becomes one example. Passages
 judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly" is neither
-(too uncertain to train on either way). The split comes from a stable hash of the normalised
-query text (rag.datasets.split_key, split_for): every copy of a query, however it was cased or
-punctuated, lands on the same side, and a query never moves between train and held-out as
-labels grow. Snapshots made before this rule say `split_rule="turn_id"` and keep their rows.
+(too uncertain to train on either way).
+
+A follow-up question in a conversation ("and for children?") is two texts: the example's
+`query` is the self-contained query retrieval used (a curator's corrected query when the
+rewrite was wrong, else the turn's rewrite, else its question), which retrievers train and
+are evaluated on; `question` keeps the user's own words when they differ, and `history` the
+messages before them as the turn stored them, which generators train and are evaluated on.
+
+The split comes from a stable hash of the normalised query text (rag.datasets.split_key,
+split_for): every copy of a query, however it was cased or punctuated, lands on the same side,
+and a query never moves between train and held-out as labels grow. It is keyed on the
+self-contained query, not the user's words: "and for children?" asked in two conversations
+is two different questions, while two conversations whose follow-ups both mean "does vitamin
+D prevent fractures in children?" ask one, and must not sit on both sides; it is also the
+text retrievers train on, so held-out retrieval stays honest. (A curator's correction changes
+that text, so it may move its example in a later snapshot.) Snapshots made before this rule
+say `split_rule="turn_id"` and keep their rows; those made before conversations have a blank
+question and an empty history, which read as a turn on its own.
 """
 
 from django.db import transaction
@@ -70,12 +84,15 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
         if not relevant and not judgment.gold_answer.strip():
             continue  # nothing to learn from: no positive passage and no answer
         example_id = f"turn-{turn_id}"
+        query = judgment.corrected_query.strip() or turn.retrieval_query
         examples.append(
             SnapshotExample(
                 turn_id=turn_id,
                 example_id=example_id,
-                split=split_for(split_key(turn.query), heldout_share=heldout_share),
-                query=turn.query,
+                split=split_for(split_key(query), heldout_share=heldout_share),
+                query=query,
+                question=turn.query if turn.query != query else "",
+                history=[{"role": m["role"], "content": m["content"]} for m in turn.history],
                 gold_answer=judgment.gold_answer,
                 answer_rating=judgment.answer_rating,
                 rationale=rationale_by_turn.get(turn_id, ""),
@@ -126,6 +143,8 @@ def snapshot_dataset_examples(*, snapshot: DatasetSnapshot, split: str | None = 
             irrelevant=passages(row.irrelevant),
             retrieved=passages(row.retrieved),
             rationale=row.rationale,
+            question=row.question,
+            history=row.history,
         )
         for row in rows
     ]

@@ -22,6 +22,7 @@ from training.services.snapshots import dataset_snapshot_create
 FORMAT_OPTIONS = {
     "max_passages": "max_passages",
     "system_prompt": "system_prompt",
+    "max_history_words": "max_history_words",
     "distractors": "distractors",
     "oracle_probability": "oracle_probability",
     "seed": "seed",
@@ -43,6 +44,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
         parser.add_argument("--max-passages", type=int, help="openai: context passages per example (default 5)")
         parser.add_argument("--system-prompt", help="openai: the system message (default: the serving prompt)")
+        parser.add_argument(
+            "--max-history-words", type=int,
+            help="openai: words of a conversation's earlier messages kept, oldest dropped first (default 2000)",
+        )  # fmt: skip
         parser.add_argument("--distractors", type=int, help="raft: distractor documents per example (default 4)")
         parser.add_argument("--oracle-probability", type=float, help="raft: share of examples with the oracle in context, P (default 0.8)")
         parser.add_argument("--seed", type=int, help="raft: seed of the draws and of the random chunk pool (default 0)")
