@@ -199,16 +199,18 @@ def test_a_snapshot_of_another_knowledge_base_is_refused(knowledge_base):
 
 class FakeGenerator:
     def __init__(self, name, answers, log_likelihoods=None):
-        self.name, self.answers, self.calls = name, answers, []
+        self.name, self.answers, self.calls, self.histories, self.scored = name, answers, [], [], []
         if log_likelihoods is not None:
             self.log_likelihoods = log_likelihoods
             self.answer_log_likelihood = self._answer_log_likelihood
 
-    def generate(self, *, query, passages):
+    def generate(self, *, query, passages, history=()):
         self.calls.append((query, [p.text for p in passages]))
+        self.histories.append(list(history))
         return GeneratedAnswer(text=self.answers[query], backend="fake", model=self.name)
 
-    def _answer_log_likelihood(self, *, query, passage, answer):
+    def _answer_log_likelihood(self, *, query, passage, answer, history=()):
+        self.scored.append((query, passage.text, list(history)))
         return self.log_likelihoods[(passage.text, answer)]
 
 
@@ -274,6 +276,43 @@ def test_generator_figures_match_hand_computation(monkeypatch, knowledge_base, a
     assert candidate_version.metrics["f1"] == pytest.approx(0.5) and candidate_version.metrics["heldout_queries"] == 2
 
 
+CONVERSATION_SO_FAR = [
+    {"role": "system", "content": "You are the clinic's assistant."},
+    {"role": "user", "content": "Which enzyme do statins inhibit?"},
+    {"role": "assistant", "content": "HMG-CoA reductase [1]."},
+]
+
+
+def test_a_follow_up_is_answered_and_scored_as_serving_asks_it_and_retrieved_with_its_standalone_query(
+    monkeypatch, knowledge_base
+):
+    from rag.conversation import ChatMessage
+
+    snapshot = make_snapshot(knowledge_base, [
+        {"example_id": "f1", "query": "What side effect do statins have?", "question": "Any side effects?",
+         "history": CONVERSATION_SO_FAR, "gold_answer": "Muscle pain", "retrieved": [STATINS], "relevant": [STATINS]},
+    ])  # fmt: skip
+    candidate_version = generator_version(knowledge_base, "generator-v1", backend="openai", model="tuned")
+    candidate = FakeGenerator("tuned", {"Any side effects?": "Muscle pain [1]"}, log_likelihoods={(STATINS["text"], "Muscle pain"): -1.5})
+    baseline = FakeGenerator("extractive", {"Any side effects?": "none"})
+    generators = {("openai", "tuned", ""): candidate, ("extractive", "", ""): baseline}
+    monkeypatch.setattr(evaluation_module, "cached_generator", lambda backend, model, adapter="": generators[(backend, model, adapter)])
+
+    evaluation = model_version_evaluate(version=candidate_version, snapshot=snapshot)
+
+    history = [ChatMessage(**m) for m in CONVERSATION_SO_FAR]
+    # the user's own question after the conversation, as stored, for both generators
+    assert candidate.calls == baseline.calls == [("Any side effects?", [STATINS["text"]])]
+    assert candidate.histories == baseline.histories == [history]
+    assert candidate.scored == [("Any side effects?", STATINS["text"], history)]
+    assert evaluation.candidate_metrics["f1"] == 1.0 and evaluation.candidate_metrics["answer_log_likelihood"] == -1.5
+
+    # a retriever is scored on the self-contained query that retrieval uses
+    calls = fake_rankings(monkeypatch, {"retriever-v1": {}, "base": {}})
+    model_version_evaluate(version=retriever_version(knowledge_base, "retriever-v1"), snapshot=snapshot)
+    assert sorted(calls) == [("base", "What side effect do statins have?"), ("retriever-v1", "What side effect do statins have?")]
+
+
 def test_extractive_generators_side_by_side(knowledge_base):
     text = "Statins inhibit HMG-CoA reductase. Coffee is not related."
     snapshot = make_snapshot(knowledge_base, [
@@ -294,7 +333,7 @@ def test_a_failing_generator_stores_nothing(monkeypatch, knowledge_base, answer_
     from rag.generation import GeneratorError
 
     class Broken:
-        def generate(self, *, query, passages):
+        def generate(self, *, query, passages, history=()):
             raise GeneratorError("endpoint unreachable")
 
     candidate = generator_version(knowledge_base, "generator-v1", backend="openai", model="m")

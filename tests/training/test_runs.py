@@ -31,7 +31,7 @@ from training.services.runs import (
 )
 from training.services.versions import model_version_promote, model_version_register
 
-from .conftest import QUESTIONS, label_questions
+from .conftest import CONVERSATION, CORRECTED_QUERY, SYSTEM_MESSAGE, QUESTIONS, conversation_turns, label_questions
 
 FAST_RETRIEVER = {"epochs": 1, "batch_size": 2, "heldout_share": 0.0, "device": "cpu", "top_k": 4, "mined_negatives": 2}
 
@@ -540,6 +540,138 @@ def test_an_openai_run_records_the_fine_tuned_model_as_a_generator_version(label
     model_version_promote(version=version, actor=admin_user)
     generator, name = generator_for(knowledge_base=labelled_kb)
     assert (generator.backend, generator.model, name) == ("openai", version.generator_model, version.name)
+
+
+# --- conversations: what each mode trains on for a follow-up ------------------------------------
+
+
+def _history_before(position: int) -> list:
+    """The ChatMessages the CONVERSATION's turn at `position` was asked after (system first)."""
+    from rag.conversation import ChatMessage
+
+    messages = [ChatMessage(**SYSTEM_MESSAGE)]
+    for question, _, answer, *_ in CONVERSATION[:position]:
+        messages += [ChatMessage("user", question), ChatMessage("assistant", answer)]
+    return messages
+
+
+@pytest.fixture
+def captured_lora(monkeypatch):
+    """Replace train_lora by a stand-in that records its arguments and saves an empty adapter."""
+    import rag.training.generator as generator_training
+
+    captured = {}
+
+    def train_lora(**kwargs):
+        captured.update(kwargs)
+        folder = Path(kwargs["output_path"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_config.json").write_text("{}")
+        return generator_training.GeneratorTrainingResult(
+            output_path=folder, training_curve=[{"step": 1, "loss": 1.0}], parameters={"pairs": len(kwargs["pairs"])}, steps=1
+        )
+
+    monkeypatch.setattr(generator_training, "train_lora", train_lora)
+    return captured
+
+
+@pytest.mark.parametrize("mode", ["lora_radit", "lora_raft"])
+def test_lora_pairs_of_a_follow_up_are_the_conversation_then_the_question_as_asked(
+    knowledge_base, curator, no_tasks_sent, captured_lora, mode
+):
+    from rag.generation import ContextPassage, chat_messages
+
+    conversation_turns(knowledge_base, curator)
+    run = training_run_start(
+        knowledge_base=knowledge_base, component="generator", mode=mode,
+        parameters={"base_model": "/models/tiny", "heldout_share": 0.0, "oracle_probability": 1.0} if mode == "lora_raft"
+        else {"base_model": "/models/tiny", "heldout_share": 0.0},
+    )  # fmt: skip
+    assert run.parameters["max_history_tokens"] == 256
+
+    assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED, TrainingRun.objects.get(pk=run.pk).log
+
+    # one passage per turn, so one pair per turn in both modes; the history is cut to the
+    # budget later, by tokens of the model's own tokenizer
+    assert captured_lora["max_history_tokens"] == 256
+    assert sorted(captured_lora["pairs"], key=lambda pair: len(pair[0])) == [
+        (
+            chat_messages(query=question, passages=[ContextPassage(text=text)], history=_history_before(position)),
+            gold if mode == "lora_radit" else f"<ANSWER>: {gold}",  # RAFT's answer, with no rationale to quote
+        )
+        for position, (question, _, _, _, text, gold) in enumerate(CONVERSATION)
+    ]
+    [(messages, _)] = [pair for pair in captured_lora["pairs"] if len(pair[0]) == 4]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert "Query: And in children?\n" in messages[-1]["content"]  # not the rewrite
+
+
+def test_an_openai_run_of_a_conversation_uploads_the_chats_serving_sends(
+    knowledge_base, curator, no_tasks_sent, fine_tuning_api, artifacts
+):
+    import json
+
+    conversation_turns(knowledge_base, curator)
+    run = training_run_start(
+        knowledge_base=knowledge_base, component="generator", mode="openai",
+        parameters={"model": "gpt-4o-mini", "base_url": fine_tuning_api, "poll_seconds": 0, "heldout_share": 0.0,
+                    "max_history_words": 11},
+    )  # fmt: skip
+    assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED, TrainingRun.objects.get(pk=run.pk).log
+
+    folder = artifacts / ModelVersion.objects.get(training_run=run).artifact_path
+    chats = [json.loads(line)["messages"] for line in (folder / "training.jsonl").read_text().splitlines()]
+    # 8 words keep only the last exchange before "What about calcium?"
+    assert sorted([m["content"] for m in chat[1:-2]] for chat in chats) == [
+        [], ["And in children?", "I could not find it."], ["Does vitamin D prevent hip fractures?", "Yes, by a fifth [1]."],
+    ]
+
+
+def test_lsr_retrieves_with_the_standalone_query_and_scores_chunks_as_the_generator_is_asked(
+    embedded_knowledge_base, curator, no_tasks_sent, monkeypatch, tmp_path
+):
+    import rag.generation
+    import rag.training.retriever as retriever_training
+    from training.services.runs.shared import Reporter
+    from training.services.runs.trainers import retriever as retriever_trainers
+
+    conversation_turns(embedded_knowledge_base, curator)
+    run = training_run_start(
+        knowledge_base=embedded_knowledge_base, component="retriever", mode="lsr",
+        parameters={"base_model": "/models/tiny", "heldout_share": 0.0, "top_k": 2},
+    )  # fmt: skip
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
+    retrieved_for, scored = [], []
+    real_retrieve = inputs.retrieve
+    monkeypatch.setattr(inputs, "retrieve", lambda live, query, k: retrieved_for.append(query) or real_retrieve(live, query, k))
+
+    class LanguageModel:
+        def __init__(self, **kwargs):
+            pass
+
+        def answer_log_likelihood(self, *, query, passage, answer, history=()):
+            scored.append((query, tuple(history)))
+            return -1.0
+
+    class Captured(Exception):
+        pass
+
+    def train_lsr(**kwargs):
+        raise Captured(kwargs["examples"], kwargs["lm_log_likelihoods"])
+
+    monkeypatch.setattr(rag.generation, "HFGenerator", LanguageModel)
+    monkeypatch.setattr(retriever_training, "train_lsr", train_lsr)
+    with pytest.raises(Captured) as captured:
+        retriever_trainers.train_lsr(run=run, folder=tmp_path / "lsr", reporter=Reporter(run.pk))
+
+    standalone = [CONVERSATION[0][0], CONVERSATION[1][1], CORRECTED_QUERY]
+    examples, lm_scores = captured.value.args
+    assert sorted(retrieved_for) == sorted(standalone)
+    assert sorted(example.query for example in examples) == sorted(standalone)  # the retriever trains on these
+    assert lm_scores == [[-1.0, -1.0]] * 3
+    assert sorted(set(scored), key=lambda item: len(item[1])) == [
+        (question, tuple(_history_before(position))) for position, (question, *_) in enumerate(CONVERSATION)
+    ]
 
 
 def test_an_openai_run_that_cannot_reach_the_api_fails_with_the_reason(labelled_kb, no_tasks_sent, monkeypatch, settings):

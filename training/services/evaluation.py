@@ -15,18 +15,22 @@ Retriever
   Headline (per-query delta): nDCG@10.
 - The candidate must have a ready embedding space; the baseline is the live retriever
   version, else the knowledge base's base space.
+- Queries are the examples' self-contained queries (for a follow-up: the curator's corrected
+  query, else the rewrite serving retrieved with), as retrieval sees them.
 
 Generator
 - Only held-out examples with a gold answer are scored.
 - Both generators get the SAME passages: the example's retrieved passages as the turn logged
   them (rank order, at most ANSWER_PASSAGES = 5), or its relevant passages when it had none
   retrieved (imported judgments). So the comparison isolates the generator from the retriever.
+- Both are asked as serving asks them: the question as the user asked it, after the
+  conversation's earlier messages as the turn stored them (nothing for a turn on its own).
 - Figures: SQuAD exact match and token F1 against the gold answer, with passage citations like
   [1] left out of the answer first (curators' gold answers carry none); groundedness, the share of
   answer tokens found in the supplied passages (titles included, as the prompt shows them);
   and, when the backend can score text (the local `hf` one), the gold answer's mean per-token
-  log-likelihood given each supplied passage in turn, averaged over the passages (RA-DIT's
-  one-chunk-at-a-time conditioning, as LM-ft trains and LSR scores), else None.
+  log-likelihood given the history and each supplied passage in turn, averaged over the
+  passages (RA-DIT's one-chunk-at-a-time conditioning, as LM-ft trains and LSR scores), else None.
   Headline (per-query delta): token F1.
 - The baseline is the live generator version, else the knowledge base's configured generator.
 
@@ -57,7 +61,7 @@ from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
 
 # One loaded model per process, shared with serving.
 from knowledge.services.turns import generator_load as cached_generator
-from rag.datasets import split_key
+from rag.datasets import chat_history, split_key
 from rag.generation import ContextPassage, GeneratorError
 from rag.metrics import answer_report, paired_bootstrap_interval, retrieval_report
 from training.models import (
@@ -250,12 +254,16 @@ def answer_passages(example: SnapshotExample) -> list[ContextPassage]:
     ]
 
 
-def _gold_answer_log_likelihood(generator, *, query: str, passages: list[ContextPassage], answer: str) -> float | None:
+def _gold_answer_log_likelihood(
+    generator, *, query: str, history, passages: list[ContextPassage], answer: str
+) -> float | None:
     score = getattr(generator, "answer_log_likelihood", None)
     if score is None:
         return None  # the backend cannot score text (extractive, OpenAI chat)
     try:
-        values = [score(query=query, passage=passage, answer=answer) for passage in (passages or [None])]
+        values = [
+            score(query=query, passage=passage, answer=answer, history=history) for passage in (passages or [None])
+        ]
     except ValueError:
         return None  # the answer has no tokens for this model
     return sum(values) / len(values)
@@ -268,11 +276,16 @@ def _score_generator(generator: GeneratorUnderTest, examples: list[SnapshotExamp
     for example in examples:
         passages = answer_passages(example)
         contexts[example.example_id] = [f"{p.title}\n{p.text}" if p.title else p.text for p in passages]
+        # As serving asks: the user's own question after the conversation so far.
+        question, history = example.question or example.query, chat_history(example.history)
         try:
-            answers[example.example_id] = generator.generator.generate(query=example.query, passages=passages).text
+            answers[example.example_id] = generator.generator.generate(
+                query=question, passages=passages, history=history
+            ).text
             likelihoods[example.example_id] = _gold_answer_log_likelihood(
-                generator.generator, query=example.query, passages=passages, answer=example.gold_answer.strip()
-            )
+                generator.generator, query=question, history=history, passages=passages,
+                answer=example.gold_answer.strip(),
+            )  # fmt: skip
         except (GeneratorError, ValueError) as error:
             raise UpstreamError(f"The generator {generator.name!r} failed on {example.example_id}: {error}") from error
     report = answer_report(

@@ -8,6 +8,8 @@ from typing import Any
 
 from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
+from rag.datasets import DEFAULT_HISTORY_WORDS
+from rag.training.generator import DEFAULT_MAX_HISTORY_TOKENS  # plain constants: no torch is loaded
 from training.models import Component, DatasetSnapshot, SnapshotExample
 
 RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr")
@@ -68,6 +70,9 @@ PARAMETERS: dict[str, _Parameter] = {
     "lora_alpha": _Parameter(int, 1, 4096),
     "lora_dropout": _Parameter(float, 0, 1, high_exclusive=True),
     "max_length": _Parameter(int, 16, 131072),
+    # A conversation's earlier messages a pair keeps, newest whole exchanges first; 0: none.
+    "max_history_tokens": _Parameter(int, 0, 131072),  # LoRA: tokens of the model's tokenizer
+    "max_history_words": _Parameter(int, 0, 1_000_000),  # openai: whitespace-separated words
     "distractors": _Parameter(int, 0, 50),
     "oracle_probability": _Parameter(float, 0, 1),
     "model": _Parameter(str),
@@ -85,6 +90,7 @@ _RETRIEVER = {**_COMMON, "epochs": 1, "batch_size": 16, "learning_rate": 2e-5, "
 _LORA = {
     **_COMMON, "epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "warmup_ratio": 0.0,
     "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_length": 512,
+    "max_history_tokens": DEFAULT_MAX_HISTORY_TOKENS,
 }  # fmt: skip
 # Each mode's parameters with their defaults; None: optional, no default ("device", "base_url").
 # Contrastive runs learn from a few hundred curated queries, not the millions of pairs that
@@ -106,6 +112,7 @@ MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "openai": {
         **_COMMON, "model": None, "base_url": None, "suffix": None, "epochs": None, "batch_size": None,
         "learning_rate_multiplier": None, "poll_seconds": 30.0, "timeout_seconds": None, "max_passages": 5,
+        "max_history_words": DEFAULT_HISTORY_WORDS,
     },  # fmt: skip
 }
 

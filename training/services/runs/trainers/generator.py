@@ -1,6 +1,10 @@
 """Generator trainer adapters: a LoRA adapter on a local causal LM, trained RA-DIT or RAFT
 style, and an OpenAI fine-tuning job.
 
+Every mode trains on what serving hands the generator: a follow-up's question as the user
+asked it after the conversation's earlier messages (bounded by `max_history_tokens`, or
+`max_history_words` for openai), not the self-contained rewrite that retrieval used.
+
 The OpenAI trainer writes the uploaded file's id and the job's id onto the run
 (TrainingRun.remote_state) as soon as each exists; a later execution of the same run (after
 its worker died) follows that job instead of starting a second, paid one."""
@@ -37,6 +41,8 @@ def _train_adapter(*, run: TrainingRun, folder: Path, reporter: Reporter, pairs,
         lora_dropout=parameters["lora_dropout"],
         batch_size=parameters["batch_size"],
         max_length=parameters["max_length"],
+        # A run queued before the parameter existed takes the default.
+        max_history_tokens=parameters.get("max_history_tokens", generator_training.DEFAULT_MAX_HISTORY_TOKENS),
         seed=parameters["seed"],
         device=parameters.get("device"),
         progress=reporter.progress,
@@ -67,7 +73,7 @@ def train_lora_radit(*, run: TrainingRun, folder: Path, reporter: Reporter) -> T
         passages += [p.text for p in example.relevant if inputs.text_key(p.text) not in seen]
         examples.append(
             generator_training.GeneratorTrainingExample(
-                query=example.query, answer=example.gold_answer.strip(), passages=passages
+                query=example.user_question, answer=example.gold_answer.strip(), passages=passages, history=example.history
             )
         )
     if not examples:
@@ -99,7 +105,8 @@ def train_lora_raft(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Tr
         raise InvalidInput(f"No training example could become a RAFT record (left out: {records.skipped}).")
     examples = [
         generator_training.GeneratorTrainingExample(
-            query=record["question"], answer=record["answer"], passages=record["context"], cot_answer=record["cot_answer"]
+            query=record["question"], answer=record["answer"], passages=record["context"], cot_answer=record["cot_answer"],
+            history=record["history"],
         )
         for record in records
     ]
@@ -126,11 +133,15 @@ def openai_retry_policy():
 
 
 def train_openai(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
-    from rag.datasets import export_openai
+    from rag.datasets import DEFAULT_HISTORY_WORDS, export_openai
     from rag.training import openai_jobs
 
     parameters = run.parameters
-    export = export_openai(inputs.train_examples(run), max_passages=parameters["max_passages"])
+    export = export_openai(
+        inputs.train_examples(run),
+        max_passages=parameters["max_passages"],
+        max_history_words=parameters.get("max_history_words", DEFAULT_HISTORY_WORDS),
+    )
     if not export.records:
         raise InvalidInput(f"No training example could become an OpenAI chat record (left out: {export.skipped}).")
     folder.mkdir(parents=True, exist_ok=True)

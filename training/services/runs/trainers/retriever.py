@@ -1,5 +1,9 @@
 """Retriever trainer adapters: contrastive (full or query-only) and LSR (trained towards a
-language model's preferences among the live retriever's chunks), and a trained retriever's version fields."""
+language model's preferences among the live retriever's chunks), and a trained retriever's version fields.
+
+Retrievers retrieve and train on an example's self-contained query (for a follow-up, the
+corrected query or the rewrite serving retrieved with); LSR's language model scores a chunk
+as the generator would be asked: the user's question after the conversation's history."""
 
 import sys
 from pathlib import Path
@@ -97,15 +101,22 @@ def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
     total = sum(len(example.chunks) for example in lsr_examples)
     scored = 0
 
-    def lm_scorer(query: str, chunk: str, answer: str) -> float:
+    def lm_scorer(question: str, history, chunk: str, answer: str) -> float:
         nonlocal scored
         reporter.raise_if_stopped()
-        score = language_model.answer_log_likelihood(query=query, passage=ContextPassage(text=chunk), answer=answer)
+        score = language_model.answer_log_likelihood(
+            query=question, passage=ContextPassage(text=chunk), answer=answer, history=history
+        )
         scored += 1
         reporter.tick(scored, total)
         return score
 
-    lm_scores = retriever_training.score_chunks_with_lm(lm_scorer=lm_scorer, examples=lsr_examples)
+    # Not score_chunks_with_lm: its scorer sees only the self-contained query, and a follow-up
+    # is scored with the user's own question after its history, as the generator answers it.
+    lm_scores = [
+        [lm_scorer(example.user_question, example.history, chunk, lsr_example.answer) for chunk in lsr_example.chunks]
+        for example, lsr_example in zip(examples, lsr_examples)
+    ]
     del language_model  # free its memory before the retriever trains
     _free_accelerator_memory()
     reporter.phase(f"training the retriever on {len(lsr_examples)} queries (KL to the LM's preferences)", low=0.35, high=0.95)
