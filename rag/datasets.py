@@ -38,11 +38,10 @@ from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages
 # the system message it gets when it answers through the ask API.
 DEFAULT_SYSTEM_PROMPT = SYSTEM_PROMPT
 # How much of a conversation's earlier messages a chat record keeps, in whitespace-separated
-# words (rag.conversation.history_within_budget's count; roughly 1.3 tokens each): the newest
-# whole exchanges that fit, oldest dropped first. 2,000 words keep a long conversation's last
-# several exchanges and stay far below fine-tuning APIs' per-example limits (65k tokens for
-# gpt-4o-mini), while one runaway conversation cannot dominate the training file.
-DEFAULT_HISTORY_WORDS = 2000
+# words (rag.conversation.history_within_budget's count): the newest whole exchanges that fit,
+# oldest dropped first. The default of serving's RAGLOOP_CHAT_HISTORY_TOKENS, so a record holds
+# what the generator was shown; training.services.exports passes the configured value.
+DEFAULT_HISTORY_WORDS = 1500
 
 SPLIT_TRAIN = "train"
 SPLIT_HELDOUT = "heldout"

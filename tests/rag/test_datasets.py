@@ -267,7 +267,7 @@ def test_openai_history_budget_drops_the_oldest_exchange_first():
     assert roles_and_texts(9) == [("user", "seven eight nine"), ("assistant", "ten")]
     assert roles_and_texts(4) == [("user", "seven eight nine"), ("assistant", "ten")]
     assert roles_and_texts(3) == [] == roles_and_texts(0)  # never an assistant message first
-    assert DEFAULT_HISTORY_WORDS == 2000 and roles_and_texts(DEFAULT_HISTORY_WORDS) == roles_and_texts(10)
+    assert DEFAULT_HISTORY_WORDS == 1500 and roles_and_texts(DEFAULT_HISTORY_WORDS) == roles_and_texts(10)
     with pytest.raises(ValueError, match="max_history_words"):
         export_openai([example], max_history_words=-1)
 

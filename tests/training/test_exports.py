@@ -69,7 +69,9 @@ def test_openai_export_of_the_train_split(snapshot, tmp_path):
     )
 
 
-def test_openai_export_of_a_conversation_replays_it_as_serving_does_within_the_history_budget(knowledge_base, curator, tmp_path):
+def test_openai_export_of_a_conversation_replays_it_as_serving_does_within_the_history_budget(
+    knowledge_base, curator, tmp_path, settings
+):
     first, children, calcium = conversation_turns(knowledge_base, curator)
     snapshot = dataset_snapshot_create(knowledge_base=knowledge_base, heldout_share=0.0)
 
@@ -111,6 +113,10 @@ def test_openai_export_of_a_conversation_replays_it_as_serving_does_within_the_h
 
     call_command("export_dataset", "test-kb", "--format", "openai", "--max-history-words", "0", "--output", str(tmp_path / "none.jsonl"))
     assert all(len(r["messages"]) == 3 for r in records(tmp_path / "none.jsonl"))
+    # without the option, the budget is what serving shows the generator
+    settings.RAGLOOP_CHAT_HISTORY_TOKENS = 8
+    dataset_export(snapshot=snapshot, format="openai", output=tmp_path / "served.jsonl")
+    assert records(tmp_path / "served.jsonl") == records(tmp_path / "short.jsonl")
 
 
 def test_triplets_and_pairs_exports(snapshot, tmp_path):

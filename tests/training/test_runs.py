@@ -545,14 +545,15 @@ def test_an_openai_run_records_the_fine_tuned_model_as_a_generator_version(label
 # --- conversations: what each mode trains on for a follow-up ------------------------------------
 
 
-def _history_before(position: int) -> list:
-    """The ChatMessages the CONVERSATION's turn at `position` was asked after (system first)."""
-    from rag.conversation import ChatMessage
+def _history_before(position: int, *, max_words: int = 1500) -> list:
+    """The ChatMessages the CONVERSATION's turn at `position` was asked after, as serving shows
+    them to the generator: without the app's system message, within `max_words`."""
+    from rag.conversation import ChatMessage, history_within_budget
 
     messages = [ChatMessage(**SYSTEM_MESSAGE)]
     for question, _, answer, *_ in CONVERSATION[:position]:
         messages += [ChatMessage("user", question), ChatMessage("assistant", answer)]
-    return messages
+    return history_within_budget(messages, max_tokens=max_words)
 
 
 @pytest.fixture
@@ -575,12 +576,14 @@ def captured_lora(monkeypatch):
     return captured
 
 
-@pytest.mark.parametrize("mode", ["lora_radit", "lora_raft"])
+@pytest.mark.parametrize(("mode", "serving_budget"), [("lora_radit", 1500), ("lora_raft", 1500), ("lora_radit", 11)])
 def test_lora_pairs_of_a_follow_up_are_the_conversation_then_the_question_as_asked(
-    knowledge_base, curator, no_tasks_sent, captured_lora, mode
+    knowledge_base, curator, no_tasks_sent, captured_lora, settings, mode, serving_budget
 ):
     from rag.generation import ContextPassage, chat_messages
 
+    # never more history than serving shows the generator (11 words: the last exchange only)
+    settings.RAGLOOP_CHAT_HISTORY_TOKENS = serving_budget
     conversation_turns(knowledge_base, curator)
     run = training_run_start(
         knowledge_base=knowledge_base, component="generator", mode=mode,
@@ -596,27 +599,31 @@ def test_lora_pairs_of_a_follow_up_are_the_conversation_then_the_question_as_ask
     assert captured_lora["max_history_tokens"] == 256
     assert sorted(captured_lora["pairs"], key=lambda pair: len(pair[0])) == [
         (
-            chat_messages(query=question, passages=[ContextPassage(text=text)], history=_history_before(position)),
+            chat_messages(
+                query=question, passages=[ContextPassage(text=text)], history=_history_before(position, max_words=serving_budget)
+            ),
             gold if mode == "lora_radit" else f"<ANSWER>: {gold}",  # RAFT's answer, with no rationale to quote
         )
         for position, (question, _, _, _, text, gold) in enumerate(CONVERSATION)
     ]
-    [(messages, _)] = [pair for pair in captured_lora["pairs"] if len(pair[0]) == 4]
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert "Query: And in children?\n" in messages[-1]["content"]  # not the rewrite
+    [(messages, _)] = [pair for pair in captured_lora["pairs"] if "Query: And in children?\n" in pair[0][-1]["content"]]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]  # the question as asked, not the rewrite
+    [(messages, _)] = [pair for pair in captured_lora["pairs"] if "Query: What about calcium?\n" in pair[0][-1]["content"]]
+    assert len(messages) == (6 if serving_budget == 1500 else 4)
 
 
 def test_an_openai_run_of_a_conversation_uploads_the_chats_serving_sends(
-    knowledge_base, curator, no_tasks_sent, fine_tuning_api, artifacts
+    knowledge_base, curator, no_tasks_sent, fine_tuning_api, artifacts, settings
 ):
     import json
 
+    settings.RAGLOOP_CHAT_HISTORY_TOKENS = 11
     conversation_turns(knowledge_base, curator)
     run = training_run_start(
         knowledge_base=knowledge_base, component="generator", mode="openai",
-        parameters={"model": "gpt-4o-mini", "base_url": fine_tuning_api, "poll_seconds": 0, "heldout_share": 0.0,
-                    "max_history_words": 11},
+        parameters={"model": "gpt-4o-mini", "base_url": fine_tuning_api, "poll_seconds": 0, "heldout_share": 0.0},
     )  # fmt: skip
+    assert run.parameters["max_history_words"] == 11  # serving's budget, recorded with the run
     assert training_run_execute(run_id=run.pk) == Outcome.SUCCEEDED, TrainingRun.objects.get(pk=run.pk).log
 
     folder = artifacts / ModelVersion.objects.get(training_run=run).artifact_path

@@ -19,6 +19,7 @@ from rag.embedding import base_retriever_path
 from training.models import Component, ModelVersion, PromotionEvent, SnapshotExample
 from training.services.snapshots import (
     dataset_snapshot_create,
+    history_as_served,
     snapshot_dataset_examples,
 )
 from training.services.versions import (
@@ -121,6 +122,21 @@ def test_a_follow_up_is_snapshotted_with_the_query_retrieval_used_the_question_a
     assert follow_up.query == children.rewritten_query and follow_up.user_question == "And in children?"
     assert follow_up.history == [ChatMessage(**m) for m in [SYSTEM_MESSAGE, *first_exchange]]
     assert examples[f"turn-{first.pk}"].user_question == first.query
+
+
+def test_history_as_served_is_the_stored_history_within_servings_budget(settings):
+    stored = [
+        SYSTEM_MESSAGE,
+        {"role": "user", "content": "Does vitamin D prevent hip fractures?"},  # 6 words
+        {"role": "assistant", "content": "Yes, by a fifth."},  # 4
+        {"role": "user", "content": "And in children?"},  # 3
+        {"role": "assistant", "content": "No data."},  # 2
+    ]
+    assert history_as_served(stored) == [ChatMessage(**m) for m in stored[1:]]  # the default 1500 words
+    settings.RAGLOOP_CHAT_HISTORY_TOKENS = 14
+    assert history_as_served(stored) == [ChatMessage(**m) for m in stored[3:]]
+    settings.RAGLOOP_CHAT_HISTORY_TOKENS = 15
+    assert history_as_served(stored) == [ChatMessage(**m) for m in stored[1:]]
 
 
 def test_a_snapshot_needs_curated_turns(knowledge_base):

@@ -24,7 +24,8 @@ Generator
   them (rank order, at most ANSWER_PASSAGES = 5), or its relevant passages when it had none
   retrieved (imported judgments). So the comparison isolates the generator from the retriever.
 - Both are asked as serving asks them: the question as the user asked it, after the
-  conversation's earlier messages as the turn stored them (nothing for a turn on its own).
+  conversation's earlier messages as the turn stored them, within serving's history budget
+  (RAGLOOP_CHAT_HISTORY_TOKENS; nothing for a turn on its own).
 - Figures: SQuAD exact match and token F1 against the gold answer, with passage citations like
   [1] left out of the answer first (curators' gold answers carry none); groundedness, the share of
   answer tokens found in the supplied passages (titles included, as the prompt shows them);
@@ -61,7 +62,7 @@ from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
 
 # One loaded model per process, shared with serving.
 from knowledge.services.turns import generator_load as cached_generator
-from rag.datasets import chat_history, split_key
+from rag.datasets import split_key
 from rag.generation import ContextPassage, GeneratorError
 from rag.metrics import answer_report, paired_bootstrap_interval, retrieval_report
 from training.models import (
@@ -73,6 +74,7 @@ from training.models import (
     ModelVersion,
     SnapshotExample,
 )
+from training.services.snapshots import history_as_served
 from training.services.versions import model_version_verify
 
 RANK_CUTOFF = 10
@@ -277,7 +279,7 @@ def _score_generator(generator: GeneratorUnderTest, examples: list[SnapshotExamp
         passages = answer_passages(example)
         contexts[example.example_id] = [f"{p.title}\n{p.text}" if p.title else p.text for p in passages]
         # As serving asks: the user's own question after the conversation so far.
-        question, history = example.question or example.query, chat_history(example.history)
+        question, history = example.question or example.query, history_as_served(example.history)
         try:
             answers[example.example_id] = generator.generator.generate(
                 query=question, passages=passages, history=history

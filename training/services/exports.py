@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk
 from rag.datasets import (
@@ -125,6 +127,8 @@ def dataset_export_files(
             summary.update(records=len(beir.queries), corpus=len(beir.corpus), qrels=len(beir.qrels), skipped={})
             return ExportFiles(files=files, summary=summary)
         if format == "openai":
+            # The history serving shows the generator, unless the caller says otherwise.
+            options.setdefault("max_history_words", settings.RAGLOOP_CHAT_HISTORY_TOKENS)
             result = export_openai(examples, **options)
         elif format == "raft":
             pool_size = options.pop("pool_size", RAFT_POOL_SIZE)

@@ -23,13 +23,15 @@ say `split_rule="turn_id"` and keep their rows; those made before conversations 
 question and an empty history, which read as a turn on its own.
 """
 
+from django.conf import settings
 from django.db import transaction
 
 from curation.models import Label, Relevance
 from curation.selectors import turn_final_judgments
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, Turn
-from rag.datasets import DatasetExample, LabeledPassage, split_for, split_key
+from rag.conversation import ChatMessage, history_within_budget
+from rag.datasets import DatasetExample, LabeledPassage, chat_history, split_for, split_key
 from training.models import DatasetSnapshot, SnapshotExample
 
 
@@ -123,6 +125,14 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
             example.snapshot = snapshot
         SnapshotExample.objects.bulk_create(examples, batch_size=1000)
     return snapshot
+
+
+def history_as_served(history) -> list[ChatMessage]:
+    """The part of a stored history (dicts or ChatMessages) serving shows the generator: the
+    newest whole exchanges within RAGLOOP_CHAT_HISTORY_TOKENS words, system messages aside
+    (knowledge.services.turns.answer_compose). Evaluation replays it and training never
+    teaches a generator on messages it would not be shown."""
+    return history_within_budget(chat_history(history), max_tokens=settings.RAGLOOP_CHAT_HISTORY_TOKENS)
 
 
 def snapshot_dataset_examples(*, snapshot: DatasetSnapshot, split: str | None = None) -> list[DatasetExample]:

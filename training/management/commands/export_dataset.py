@@ -46,7 +46,7 @@ class Command(BaseCommand):
         parser.add_argument("--system-prompt", help="openai: the system message (default: the serving prompt)")
         parser.add_argument(
             "--max-history-words", type=int,
-            help="openai: words of a conversation's earlier messages kept, oldest dropped first (default 2000)",
+            help="openai: words of a conversation's earlier messages kept, oldest dropped first (default: RAGLOOP_CHAT_HISTORY_TOKENS, what serving shows)",
         )  # fmt: skip
         parser.add_argument("--distractors", type=int, help="raft: distractor documents per example (default 4)")
         parser.add_argument("--oracle-probability", type=float, help="raft: share of examples with the oracle in context, P (default 0.8)")

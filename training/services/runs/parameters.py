@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
-from rag.datasets import DEFAULT_HISTORY_WORDS
 from rag.training.generator import DEFAULT_MAX_HISTORY_TOKENS  # plain constants: no torch is loaded
 from training.models import Component, DatasetSnapshot, SnapshotExample
 
@@ -72,7 +73,7 @@ PARAMETERS: dict[str, _Parameter] = {
     "max_length": _Parameter(int, 16, 131072),
     # A conversation's earlier messages a pair keeps, newest whole exchanges first; 0: none.
     "max_history_tokens": _Parameter(int, 0, 131072),  # LoRA: tokens of the model's tokenizer
-    "max_history_words": _Parameter(int, 0, 1_000_000),  # openai: whitespace-separated words
+    "max_history_words": _Parameter(int, 0, 1_000_000),  # openai: words, default serving's budget
     "distractors": _Parameter(int, 0, 50),
     "oracle_probability": _Parameter(float, 0, 1),
     "model": _Parameter(str),
@@ -112,7 +113,7 @@ MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "openai": {
         **_COMMON, "model": None, "base_url": None, "suffix": None, "epochs": None, "batch_size": None,
         "learning_rate_multiplier": None, "poll_seconds": 30.0, "timeout_seconds": None, "max_passages": 5,
-        "max_history_words": DEFAULT_HISTORY_WORDS,
+        "max_history_words": None,  # RAGLOOP_CHAT_HISTORY_TOKENS, filled in below
     },  # fmt: skip
 }
 
@@ -151,6 +152,10 @@ def validated_parameters(
             f"holds out {snapshot.heldout_share:g}."
         )
     effective = {name: value for name, value in {**allowed, **parameters}.items() if value is not None}
+    if mode == "openai" and "max_history_words" not in effective:
+        # What serving shows the generator now; recorded with the run, so a later change of the
+        # setting does not change what the run meant.
+        effective["max_history_words"] = settings.RAGLOOP_CHAT_HISTORY_TOKENS
     if mode == "lsr" and "query_only" not in parameters:
         effective["query_only"] = True
     if "base_model" in allowed and "base_model" not in effective:

@@ -2,8 +2,9 @@
 style, and an OpenAI fine-tuning job.
 
 Every mode trains on what serving hands the generator: a follow-up's question as the user
-asked it after the conversation's earlier messages (bounded by `max_history_tokens`, or
-`max_history_words` for openai), not the self-contained rewrite that retrieval used.
+asked it after the conversation's earlier messages (within serving's history budget, and
+`max_history_tokens` of the model's tokenizer for LoRA or `max_history_words` for openai),
+not the self-contained rewrite that retrieval used.
 
 The OpenAI trainer writes the uploaded file's id and the job's id onto the run
 (TrainingRun.remote_state) as soon as each exists; a later execution of the same run (after
@@ -21,6 +22,7 @@ from knowledge.models import Chunk, KnowledgeBase
 from training.models import TrainingRun
 from training.services.runs import inputs
 from training.services.runs.shared import Reporter, Trained
+from training.services.snapshots import history_as_served
 
 
 def _train_adapter(*, run: TrainingRun, folder: Path, reporter: Reporter, pairs, method: str) -> Trained:
@@ -73,8 +75,9 @@ def train_lora_radit(*, run: TrainingRun, folder: Path, reporter: Reporter) -> T
         passages += [p.text for p in example.relevant if inputs.text_key(p.text) not in seen]
         examples.append(
             generator_training.GeneratorTrainingExample(
-                query=example.user_question, answer=example.gold_answer.strip(), passages=passages, history=example.history
-            )
+                query=example.user_question, answer=example.gold_answer.strip(), passages=passages,
+                history=history_as_served(example.history),
+            )  # fmt: skip
         )
     if not examples:
         raise InvalidInput("No training example has a gold answer.")
@@ -106,7 +109,7 @@ def train_lora_raft(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Tr
     examples = [
         generator_training.GeneratorTrainingExample(
             query=record["question"], answer=record["answer"], passages=record["context"], cot_answer=record["cot_answer"],
-            history=record["history"],
+            history=history_as_served(record["history"]),
         )
         for record in records
     ]
@@ -133,14 +136,15 @@ def openai_retry_policy():
 
 
 def train_openai(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
-    from rag.datasets import DEFAULT_HISTORY_WORDS, export_openai
+    from rag.datasets import export_openai
     from rag.training import openai_jobs
 
     parameters = run.parameters
     export = export_openai(
         inputs.train_examples(run),
         max_passages=parameters["max_passages"],
-        max_history_words=parameters.get("max_history_words", DEFAULT_HISTORY_WORDS),
+        # A run queued before the parameter existed shows what serving shows.
+        max_history_words=parameters.get("max_history_words", settings.RAGLOOP_CHAT_HISTORY_TOKENS),
     )
     if not export.records:
         raise InvalidInput(f"No training example could become an OpenAI chat record (left out: {export.skipped}).")

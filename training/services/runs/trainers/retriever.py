@@ -13,6 +13,7 @@ from knowledge.errors import InvalidInput
 from training.models import TrainingRun
 from training.services.runs import inputs
 from training.services.runs.shared import Reporter, Trained
+from training.services.snapshots import history_as_served
 from training.services.versions import artifacts_root
 
 
@@ -114,7 +115,10 @@ def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
     # Not score_chunks_with_lm: its scorer sees only the self-contained query, and a follow-up
     # is scored with the user's own question after its history, as the generator answers it.
     lm_scores = [
-        [lm_scorer(example.user_question, example.history, chunk, lsr_example.answer) for chunk in lsr_example.chunks]
+        [
+            lm_scorer(example.user_question, history_as_served(example.history), chunk, lsr_example.answer)
+            for chunk in lsr_example.chunks
+        ]
         for example, lsr_example in zip(examples, lsr_examples)
     ]
     del language_model  # free its memory before the retriever trains
