@@ -7,7 +7,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 from django.contrib.auth.models import Group
 
-from curation.models import Label, Membership
+from curation.models import Membership
 from curation.services.labels import LabelInput, label_submit
 from knowledge.models import Conversation, RetrievedPassage, Turn
 from knowledge.services.turns import turn_ask
@@ -115,7 +115,7 @@ CONVERSATION = [
 def conversation_turns(knowledge_base, curator) -> list[Turn]:
     """The CONVERSATION's turns, made with the ORM as serving stores them (each turn's history is
     the system message and the exchanges before it), each labelled by `curator`: its passage
-    relevant and the gold answer; the last one's rewrite corrected to CORRECTED_QUERY."""
+    relevant and the gold answer; the last one's rewrite called wrong, with CORRECTED_QUERY."""
     conversation = Conversation.objects.create(
         knowledge_base=knowledge_base, external_id="c-clinic", system_prompt=SYSTEM_MESSAGE["content"], turn_count=3
     )
@@ -127,13 +127,14 @@ def conversation_turns(knowledge_base, curator) -> list[Turn]:
             query=question, rewritten_query=rewritten, history=list(history), answer=answer,
         )  # fmt: skip
         passage = RetrievedPassage.objects.create(turn=turn, rank=1, score=0.8, source_id=source_id, text=text)
+        corrected = CORRECTED_QUERY if position == len(CONVERSATION) - 1 else ""
         label_submit(
             turn=turn, curator=curator,
-            data=LabelInput(passages={passage.pk: "relevant"}, answer_rating="wrong", gold_answer=gold),
+            data=LabelInput(passages={passage.pk: "relevant"}, answer_rating="wrong", gold_answer=gold,
+                            rewrite_wrong=bool(corrected), corrected_query=corrected),
         )  # fmt: skip
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         turns.append(turn)
-    Label.objects.filter(turn=turns[-1]).update(rewrite_wrong=True, corrected_query=CORRECTED_QUERY)
     return turns
 
 
