@@ -24,9 +24,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from knowledge.errors import Conflict, InvalidInput, NotFound
-from knowledge.models import Conversation, Document, KnowledgeBase, RetrievedPassage, Turn
+from knowledge.models import Conversation, KnowledgeBase, Turn
 from knowledge.selectors import conversation_messages
-from knowledge.services.turns import PassageRecord, answer_compose, turn_served_store
+from knowledge.services.turns import PassageRecord, answer_compose, ingested_passages_store, turn_served_store
 from rag.conversation import ChatMessage, ConversationError, messages_hash, messages_parse, split_conversation
 from rag.queue_priority import turn_queue_position
 
@@ -240,10 +240,6 @@ def conversation_ingest(*, knowledge_base: KnowledgeBase, record: ConversationRe
                 f"Conversation {record.external_id!r} already holds {len(stored)} turns; this request sends {len(sent)}."
             )
         new = exchanges[len(stored) :]
-        source_ids = {p.source_id for _, _, a in new for p in a.passages if p.source_id}
-        documents = dict(
-            Document.objects.filter(knowledge_base=knowledge_base, external_id__in=source_ids).values_list("external_id", "pk")
-        )
         now = timezone.now()
         turns = []
         for position, (user_index, user, assistant) in enumerate(new, start=len(stored)):
@@ -276,18 +272,8 @@ def conversation_ingest(*, knowledge_base: KnowledgeBase, record: ConversationRe
                 )
             )
         turns = Turn.objects.bulk_create(turns)
-        RetrievedPassage.objects.bulk_create(
-            RetrievedPassage(
-                turn=turn,
-                rank=rank,
-                score=p.score,
-                document_id=documents.get(p.source_id),
-                source_id=p.source_id,
-                title=p.title,
-                text=p.text,
-            )
-            for turn, (_, _, assistant) in zip(turns, new)
-            for rank, p in enumerate(assistant.passages, start=1)
+        ingested_passages_store(
+            knowledge_base=knowledge_base, passages_by_turn=zip(turns, (assistant.passages for _, _, assistant in new))
         )
         if turns:
             conversation.turn_count = len(stored) + len(turns)

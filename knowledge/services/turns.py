@@ -235,12 +235,6 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
         )
         new_records = [r for r in records if r.external_id not in result.existing]
         conversations = _conversations_for(knowledge_base=knowledge_base, records=new_records)
-        source_ids = {p.source_id for r in new_records for p in r.passages if p.source_id}
-        documents = dict(
-            Document.objects.filter(knowledge_base=knowledge_base, external_id__in=source_ids).values_list(
-                "external_id", "pk"
-            )
-        )
         positions = [
             turn_queue_position(
                 feedback=r.feedback,
@@ -276,21 +270,32 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
             for r, (tier, order) in zip(new_records, positions)
         )
         _conversations_touch(conversations.values())
-        RetrievedPassage.objects.bulk_create(
-            RetrievedPassage(
-                turn=turn,
-                rank=rank,
-                score=p.score,
-                document_id=documents.get(p.source_id),
-                source_id=p.source_id,
-                title=p.title,
-                text=p.text,
-            )
-            for turn, r in zip(turns, new_records)
-            for rank, p in enumerate(r.passages, start=1)
-        )
+        ingested_passages_store(knowledge_base=knowledge_base, passages_by_turn=zip(turns, (r.passages for r in new_records)))
         result.created = {turn.external_id: turn.pk for turn in turns}
     return result
+
+
+def ingested_passages_store(*, knowledge_base: KnowledgeBase, passages_by_turn) -> None:
+    """Store the passages an external app sent with its turns ((turn, [PassageRecord]) pairs),
+    ranked in the order sent and linked to the knowledge base's document of the same source id."""
+    passages_by_turn = [(turn, list(passages)) for turn, passages in passages_by_turn]
+    source_ids = {p.source_id for _, passages in passages_by_turn for p in passages if p.source_id}
+    documents = dict(
+        Document.objects.filter(knowledge_base=knowledge_base, external_id__in=source_ids).values_list("external_id", "pk")
+    )
+    RetrievedPassage.objects.bulk_create(
+        RetrievedPassage(
+            turn=turn,
+            rank=rank,
+            score=p.score,
+            document_id=documents.get(p.source_id),
+            source_id=p.source_id,
+            title=p.title,
+            text=p.text,
+        )
+        for turn, passages in passages_by_turn
+        for rank, p in enumerate(passages, start=1)
+    )
 
 
 def _conversations_for(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) -> dict[str, Conversation]:
