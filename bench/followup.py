@@ -2,7 +2,7 @@
 before retrieval (`rag.conversation.condense_heuristic` and variants of it), and what the
 rewriting costs when the user has changed topic. Pure rag: no database, no worker.
 
-    python bench/followup.py                                    # ~6 min on 2 busy cores, 2.5 of them embedding the corpus
+    python bench/followup.py                                    # 3 min on 2 cores (1:45 embedding the corpus); 6 when busy
     python bench/followup.py --cache-dir /tmp/followup-vectors  # keep the paragraph vectors between runs (never in the repo)
     python bench/followup.py --per-article 0                    # every usable pair, not at most 20 per article
 
@@ -592,6 +592,10 @@ def main() -> None:
                                 title=f"TUNING half: {len(tuning)} pairs from {len(tuning_articles)} articles (the variant is chosen here)")
     report_figures = print_half(reported, seed=args.seed, chosen=chosen, shipped=shipped,
                                 title=f"REPORT half: {len(report)} pairs from {len(report_articles)} other articles (the figures to quote)")
+    if shipped and shipped != BEFORE.name:
+        print(f"\nREPORT half, condense_heuristic now against before, recall@{RANK_CUTOFF} change [95% CI]: follow-ups "
+              f"{change(reported.follow_ups[shipped], reported.follow_ups[BEFORE.name], seed=args.seed)}, control "
+              f"{change(reported.controls[shipped], reported.controls[BEFORE.name], seed=args.seed)}")
     print(f"\nchosen on the tuning half (largest mean of follow-up and control recall@{RANK_CUTOFF}; within {TIE} of it, "
           f"the best control): {chosen!r}; query encoding {clock(index.query_seconds)} in all")
     if args.json:
