@@ -522,7 +522,9 @@ def print_half(half: Half, *, seed: int, chosen: str, shipped: str | None, title
     r, m, r1 = f"recall@{RANK_CUTOFF}", f"mrr@{RANK_CUTOFF}", "recall@1"
     rows = [
         ["full q2 (subject intact, upper bound)", f"{half.full.mean[r]:.3f}", f"{half.full.mean[m]:.3f}", f"{half.full.mean[r1]:.3f}", "-", "-", "-", "-"],
-        ["follow-up alone (no rewriting)", f"{half.alone.mean[r]:.3f}", f"{half.alone.mean[m]:.3f}", f"{half.alone.mean[r1]:.3f}", "-", "-", "-", "-"],
+        # Not rewriting leaves the control question as it is: its control figure is the full q2's.
+        ["follow-up alone (no rewriting)", f"{half.alone.mean[r]:.3f}", f"{half.alone.mean[m]:.3f}", f"{half.alone.mean[r1]:.3f}", "-",
+         f"{half.full.mean[r]:.3f}", "+0.000", f"{(half.alone.mean[r] + half.full.mean[r]) / 2:.3f}"],
     ]
     figures = []
     for variant in VARIANTS:
