@@ -5,8 +5,9 @@ Two ways to make a follow-up self-contained ("and for children?" after "does vit
 prevent fractures?"):
 - an LLM generator rewrites it with `condense_prompt` (the wording of LlamaIndex's
   CondenseQuestionChatEngine template), see `Generator.rewrite_query` in rag.generation;
-- the offline default, `condense_heuristic`, appends the previous user question's salient
-  words that the follow-up does not already hold. bench/followup.py measures it.
+- the offline default, `condense_heuristic`, leaves a complete question alone and weighs a
+  follow-up with the names of the previous user question that it lacks. bench/followup.py
+  measures it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -174,18 +175,51 @@ def salient_words(text: str) -> list[str]:
     return words
 
 
+# Pronouns and demonstratives a follow-up uses for what came before. "that" and "there" are left
+# out: in questions they are mostly a conjunction ("the theory that ...") and an existential.
+_ANAPHORA = frozenset("it its they them their theirs he him his she her hers this these those".split())
+# A question of at most this many salient words leans on what came before ("and for children?").
+FOLLOW_UP_MAX_SALIENT_WORDS = 3
+# The question is written this many times before the carried words: the retriever mean-pools its
+# tokens, so this keeps the question weightier than the words carried in.
+CONDENSE_QUESTION_REPEATS = 3
+
+
+def reads_as_follow_up(question: str) -> bool:
+    """Whether `question` seems to lean on an earlier turn: it holds one of the pronouns or
+    demonstratives in _ANAPHORA (it, its, they, he, this, ...), or it has at most
+    FOLLOW_UP_MAX_SALIENT_WORDS salient words."""
+    words = {word.lower() for word in re.findall(r"[A-Za-z]+", question)}
+    return bool(words & _ANAPHORA) or len(salient_words(question)) <= FOLLOW_UP_MAX_SALIENT_WORDS
+
+
 def condense_heuristic(*, question: str, history: Sequence[ChatMessage]) -> str:
-    """The follow-up `question` with the salient words of the previous user question that it
-    does not already contain appended; the question itself unchanged when there is no
-    earlier user message. Deterministic and offline; bench/followup.py measures it."""
+    """A retrieval query for the follow-up `question`: what the retriever should search with, not
+    a question to show anyone or to hand a generator.
+
+    - `question` unchanged when `history` has no user message, or when the question does not
+      read as a follow-up (`reads_as_follow_up`): a complete question after another is most
+      likely a change of topic, and carrying the old topic's words in would spoil it.
+    - Otherwise the salient words (`salient_words`) of the last user message in `history` that
+      the question does not already hold, in their order; of those, only the ones with a capital
+      letter or a digit (names, years) where there are any. They are appended to the question
+      written CONDENSE_QUESTION_REPEATS times: "<question> <question> <question> <words>"; the
+      question unchanged when no word is left to carry.
+
+    Assistant messages are not read: a reply's many words drowned the subject in the benchmark.
+    Deterministic and offline. bench/followup.py measured this choice against the plain
+    "append every salient word" rule and other variants (docs/benchmarks.md).
+    """
     previous = [m.content for m in history if m.role == "user"]
-    if not previous:
+    if not previous or not reads_as_follow_up(question):
         return question
     present = {w.lower() for w in salient_words(question)}
     carried = [w for w in salient_words(previous[-1]) if w.lower() not in present]
+    names = [w for w in carried if any(c.isupper() or c.isdigit() for c in w)]
+    carried = names or carried
     if not carried:
         return question
-    return f"{question} {' '.join(carried)}"
+    return " ".join([question] * CONDENSE_QUESTION_REPEATS + carried)
 
 
 def count_tokens(text: str) -> int:
