@@ -104,9 +104,11 @@ def main() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = start_server(port)
-    contention = harness.Contention(database_name=database.name, own_pids={server.pid}).start()
     try:
         harness.wait_until(lambda: _answers(port), timeout=60, message="the web server")
+        # Ours too: the gunicorn master and the worker process it forked.
+        workers = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        contention = harness.Contention(database_name=database.name, own_pids={server.pid, *map(int, workers)}).start()
         client = Client(port, token)
         ask_path, chat_path = f"/api/v1/kbs/{kb.slug}/ask", "/v1/chat/completions"
 
