@@ -6,7 +6,8 @@ How a request finds its conversation (docs/conversations.md):
    conversation with that id);
 2. for the chat endpoint without either, by the hash of the messages before the question: a
    client that resends the whole history continues the conversation whose last turn ended
-   with exactly those messages (rag.conversation.messages_hash);
+   with exactly those messages (rag.conversation.messages_hash), among the conversations of
+   the request's end user when it names one (`user`);
 3. otherwise a new conversation starts, with an external id ragloop makes ("c-<hex>").
 
 The answer is composed outside any transaction (a generator may take seconds); the turn is
@@ -133,12 +134,12 @@ def chat_ask(
     prior = list(messages[:-1])
     conversation = None
     if conversation_external_id is None and prior:
-        continued = (
-            Turn.objects.filter(knowledge_base=knowledge_base, continuation_hash=messages_hash(prior))
-            .select_related("conversation")
-            .order_by("-pk")
-            .first()
-        )
+        candidates = Turn.objects.filter(knowledge_base=knowledge_base, continuation_hash=messages_hash(prior))
+        if end_user:
+            # Two end users whose chats began alike ("Hi" / "Hello! How can I help?") must
+            # not be merged into one conversation.
+            candidates = candidates.filter(conversation__end_user=end_user)
+        continued = candidates.select_related("conversation").order_by("-pk").first()
         conversation = continued.conversation if continued else None
     if conversation is None:
         conversation, _ = conversation_get_or_create(

@@ -74,6 +74,17 @@ def test_a_client_that_resends_the_history_continues_the_same_conversation(api, 
     assert Turn.objects.get(pk=edited["turn_id"]).position == 0
 
 
+def test_two_end_users_whose_chats_began_alike_stay_in_conversations_of_their_own(api, embedded_knowledge_base):
+    starts = {name: chat(api, {"model": "test-kb", "messages": [user(FIRST)], "user": name}).json() for name in ("ann", "bob")}
+    history = [user(FIRST), {"role": "assistant", "content": starts["ann"]["choices"][0]["message"]["content"]}]
+
+    follow_ups = {name: chat(api, {"model": "test-kb", "messages": [*history, user(FOLLOW_UP)], "user": name}).json() for name in ("ann", "bob")}
+
+    assert starts["ann"]["conversation_id"] != starts["bob"]["conversation_id"]
+    assert {name: follow_ups[name]["conversation_id"] for name in follow_ups} == {name: starts[name]["conversation_id"] for name in starts}
+    assert Conversation.objects.get(external_id=starts["bob"]["conversation_id"]).end_user == "bob"
+
+
 def test_a_conversation_id_in_the_body_or_header_names_the_conversation(api, embedded_knowledge_base):
     by_body = chat(api, {"model": "test-kb", "messages": [user(FIRST)], "conversation_id": "app-conv"}).json()
     by_header = chat(api, {"model": "test-kb", "messages": [user(FOLLOW_UP)]}, HTTP_X_RAGLOOP_CONVERSATION_ID="app-conv").json()
