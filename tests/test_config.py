@@ -53,3 +53,20 @@ def test_redis_refuses_to_evict_queued_tasks():
 
     client = redis.Redis.from_url(devservices.service_urls().redis_url)
     assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+
+
+def test_a_stopped_redis_comes_back_on_the_port_it_had(tmp_path, monkeypatch):
+    """Running web, worker and beat hold the recorded URL: a restart on a new port would
+    leave them failing until restarted (issue 14's probe found exactly that)."""
+    monkeypatch.setenv("RAGLOOP_DATA_DIR", str(tmp_path))  # a Redis of its own, not the suite's
+    first = devservices._start_redis(None)
+    try:
+        devservices._stop_redis()
+        assert devservices._redis_pid() is None
+
+        again = devservices._start_redis(first)
+
+        assert again == first
+        assert devservices._redis_ping(int(first.rsplit(":", 1)[1].split("/")[0]))
+    finally:
+        devservices._stop_redis()
