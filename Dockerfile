@@ -14,8 +14,8 @@ COPY pyproject.toml README.md ./
 RUN pip install -e . 2>/dev/null || true
 COPY . .
 RUN pip install -e . \
- && DJANGO_SECRET_KEY=build-only-secret-key-not-used-at-runtime-0000 DATABASE_URL=postgresql://x@localhost/x \
-    REDIS_URL=redis://localhost:6379/0 python manage.py collectstatic --noinput
+ && DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    DATABASE_URL=postgresql://x@localhost/x REDIS_URL=redis://localhost:6379/0 python manage.py collectstatic --noinput
 
 RUN useradd --create-home ragloop && mkdir -p /artifacts && chown ragloop /artifacts
 USER ragloop

@@ -18,12 +18,21 @@ def _import_production_settings(**env) -> subprocess.CompletedProcess:
     )
 
 
+SERVICES = {"DATABASE_URL": "postgresql://u@db.example/ragloop", "REDIS_URL": "redis://cache:6379/0"}
+GOOD_KEY = "q3Jx8_Lr-2vKp0WzYhN5mTtB9cFeUaGdS4oR7iXlQwE1nZjVbHkPsMgCyD6fOuA"  # 63 random characters
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h:6379/0"}, "DJANGO_SECRET_KEY"),
-        ({"DJANGO_SECRET_KEY": "dev-insecure-key-do-not-use-in-production", "DATABASE_URL": "postgresql://u@h/db", "REDIS_URL": "redis://h/0"}, "DJANGO_SECRET_KEY"),
-        ({"DJANGO_SECRET_KEY": "x" * 50}, "DATABASE_URL"),
+        (SERVICES, "it is not set"),
+        ({"DJANGO_SECRET_KEY": "dev-insecure-key-do-not-use-in-production", **SERVICES}, "published placeholder"),
+        ({"DJANGO_SECRET_KEY": "django-insecure-" + GOOD_KEY, **SERVICES}, "published placeholder"),
+        ({"DJANGO_SECRET_KEY": "build-only-secret-key-not-used-at-runtime-0000", **SERVICES}, "published placeholder"),
+        ({"DJANGO_SECRET_KEY": "x" * 32, **SERVICES}, "32 characters"),
+        ({"DJANGO_SECRET_KEY": "k" * 60, **SERVICES}, "too predictable"),
+        ({"DJANGO_SECRET_KEY": "abcde" * 12, **SERVICES}, "too predictable"),
+        ({"DJANGO_SECRET_KEY": GOOD_KEY}, "DATABASE_URL"),
     ],
 )
 def test_production_refuses_to_start_unsafely(env, message):
@@ -33,10 +42,19 @@ def test_production_refuses_to_start_unsafely(env, message):
 
 
 def test_production_starts_with_a_real_secret_and_external_services():
-    result = _import_production_settings(
-        DJANGO_SECRET_KEY="k" * 50, DATABASE_URL="postgresql://u@db.example/ragloop", REDIS_URL="redis://cache:6379/0"
-    )
+    result = _import_production_settings(DJANGO_SECRET_KEY=GOOD_KEY, **SERVICES)
     assert result.returncode == 0, result.stderr
+
+
+def test_production_passes_the_deploy_check_for_https_and_hsts():
+    clean = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL"}}
+    env = {**clean, "DJANGO_SETTINGS_MODULE": "config.settings.production", "DJANGO_SECRET_KEY": GOOD_KEY, **SERVICES}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert "security.W004" not in output and "security.W008" not in output, output
+    assert "security.W009" not in output  # the key is long and random enough for Django too
 
 
 def test_devservices_start_is_idempotent_and_reports_running():
