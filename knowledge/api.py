@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db.models import Count
 from django.http import HttpRequest
+from django.http.multipartparser import MultiPartParserError
 from django.utils.dateparse import parse_datetime
 from ninja import File, NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -48,6 +49,7 @@ from knowledge.services.turns import (
 )
 from rag.conversation import ChatMessage, ConversationError, history_parse, message_content_text
 from rag.documents import DocumentParseError, parse_upload
+from rag.text_checks import unstorable_text_problem
 
 
 class BearerToken(HttpBearer):
@@ -117,6 +119,12 @@ def on_suspicious_request(request, error: SuspiciousOperation):
     return api.create_response(request, {"detail": str(error) or "The request is malformed."}, status=status)
 
 
+@api.exception_handler(MultiPartParserError)
+def on_malformed_multipart(request, error: MultiPartParserError):
+    # e.g. a multipart Content-Type without a boundary
+    return api.create_response(request, {"detail": f"The multipart body is malformed: {error}"}, status=400)
+
+
 @api.exception_handler(AuthenticationError)
 def on_authentication_error(request, error):
     return api.create_response(
@@ -124,29 +132,17 @@ def on_authentication_error(request, error):
     )
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at write time.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
+def _storable(value: Any) -> Any:
+    # PostgreSQL text and jsonb hold neither NUL nor lone surrogates ("\ud800" in JSON): refuse
+    # them here rather than fail at write time (rag.text_checks).
+    problem = unstorable_text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
-def _json_no_nul(value: Any) -> Any:
-    # jsonb cannot hold \u0000 either, in keys or in values.
-    if isinstance(value, str):
-        _no_nul(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _no_nul(key)
-            _json_no_nul(item)
-    elif isinstance(value, list):
-        for item in value:
-            _json_no_nul(item)
-    return value
-
-
-Text = Annotated[str, AfterValidator(_no_nul)]
-JsonObject = Annotated[dict, AfterValidator(_json_no_nul)]
+Text = Annotated[str, AfterValidator(_storable)]
+JsonObject = Annotated[dict, AfterValidator(_storable)]
 
 # A bound below Postgres's bigint OFFSET, so a huge offset is a 422 rather than a 500.
 MAX_OFFSET = 1_000_000_000

@@ -22,6 +22,7 @@ from knowledge.models import KnowledgeBase, Turn
 from knowledge.services.conversations import chat_ask
 from knowledge.services.tokens import api_token_authenticate, api_token_can_access
 from rag.conversation import ConversationError, count_tokens, messages_parse, split_conversation
+from rag.text_checks import text_problem
 
 CONVERSATION_HEADER = "X-Ragloop-Conversation-Id"
 STREAM_WORDS_PER_CHUNK = 3
@@ -62,7 +63,7 @@ def _model(token, name) -> tuple[KnowledgeBase, str | None]:
     if not isinstance(name, str) or not name.strip():
         raise OpenAIError(400, "model: name the knowledge base to answer from (its slug).", param="model")
     slug, _, version = name.partition(":")
-    knowledge_base = KnowledgeBase.objects.filter(slug=slug).first() if "\x00" not in slug else None
+    knowledge_base = KnowledgeBase.objects.filter(slug=slug).first() if not text_problem(slug) else None
     if knowledge_base is None or not api_token_can_access(token=token, knowledge_base=knowledge_base):
         # The same answer for a knowledge base the key may not use: a key must not learn which exist.
         raise OpenAIError(404, f"The model {name!r} does not exist or you do not have access to it.", param="model", code="model_not_found")
@@ -86,7 +87,7 @@ def _parse_body(request: HttpRequest) -> dict:
 def _conversation_param(value, where: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 255 or "\x00" in value:
+    if not isinstance(value, str) or len(value) > 255 or text_problem(value):
         raise OpenAIError(400, f"{where}: a conversation id is a string of at most 255 characters.", param=where)
     return value
 
@@ -130,7 +131,7 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
         if _option(body, "n", int, 1) != 1:
             raise OpenAIError(400, "n: ragloop answers with one choice.", param="n")
         k = _option(body, "k", int, 5, lambda value: 1 <= value <= 100)
-        end_user = _option(body, "user", str, "", lambda value: len(value) <= 255 and "\x00" not in value)
+        end_user = _option(body, "user", str, "", lambda value: len(value) <= 255 and not text_problem(value))
         conversation = _conversation_param(body.get("conversation_id"), "conversation_id") or _conversation_param(
             request.headers.get(CONVERSATION_HEADER), CONVERSATION_HEADER
         )

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from rag.text_checks import text_problem
+
 ROLES = ("system", "user", "assistant")
 # OpenAI's newer name for a system message; stored as "system".
 ROLE_ALIASES = {"developer": "system"}
@@ -86,8 +88,9 @@ def messages_parse(raw: Sequence[dict], *, field: str = "messages") -> list[Chat
             raise ConversationError(f"{where}.content: must not be empty.")
         if len(text) > MAX_MESSAGE_CHARS:
             raise ConversationError(f"{where}.content: {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}.")
-        if "\x00" in text:
-            raise ConversationError(f"{where}.content: must not contain NUL characters.")
+        problem = text_problem(text)
+        if problem:
+            raise ConversationError(f"{where}.content: {problem}.")
         previous = next((m.role for m in reversed(messages) if m.role != "system"), None)
         if role == "system":
             if previous is not None:

@@ -53,6 +53,7 @@ MIDDLEWARE = [
     # Serves static/ from the app itself (no CDN, no separate web server needed).
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "knowledge.middleware.ApiBodySizeLimitMiddleware",
+    "knowledge.middleware.UnstorableUrlTextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

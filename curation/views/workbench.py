@@ -33,6 +33,7 @@ from curation.services.search import chunks_search
 from curation.views.access import fragment, knowledge_base_page
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import Chunk, KnowledgeBase, RetrievedPassage, Turn
+from rag.text_checks import unstorable_text_problem
 
 QUEUE_PAGE_SIZE = 50
 # Queue tier (see curation.services.queue) -> badge text and CSS class.
@@ -292,6 +293,9 @@ def _label_request_body(request) -> tuple[dict, int | None]:
         except ValueError:
             raise InvalidInput("payload is not valid JSON.") from None
         base_version = request.POST.get("base_version")
+    problem = unstorable_text_problem(payload, where="payload")
+    if problem:
+        raise InvalidInput(f"{problem}.")
     if base_version in (None, ""):
         return payload, None
     try:

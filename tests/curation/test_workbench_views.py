@@ -334,6 +334,8 @@ def test_submit_stores_the_label_and_names_the_next_turn(alice_client, alice, kn
     ({"payload": {"skipped": True, "skip_reason": "  "}}, "A skip needs a reason"),
     ({"payload": {"answer_rating": "correct"}, "base_version": "x"}, "base_version"),
     ({"payload": "not an object"}, "JSON object"),
+    ({"payload": {"answer_rating": "correct", "gold_answer": "half a pair \ud800"}}, "payload.gold_answer: must not contain lone UTF-16"),
+    ({"payload": {"answer_rating": "correct", "comment": "nul \x00"}}, "payload.comment: must not contain NUL"),
 ])
 def test_a_bad_label_is_refused_with_a_message_and_nothing_is_written(alice_client, knowledge_base, body, message):
     turns = _turns(knowledge_base, [("a", None, [0.9, 0.1])])
