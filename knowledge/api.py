@@ -21,7 +21,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.parser import Parser
 from ninja.security import HttpBearer
-from pydantic import AfterValidator, Field, FiniteFloat, StrictInt
+from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, StrictInt
 
 from knowledge.errors import InvalidInput, NotFound, ServiceError
 from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, Turn
@@ -198,14 +198,24 @@ class KnowledgeBaseOut(Schema):
     generator: str
 
 
-# Numbers in bodies are StrictInt (JSON `true` is not the number 1, "5" is not 5) and
-# FiniteFloat (NaN and Infinity are not JSON; clients reading them back would break).
+# Numbers in bodies are what the OpenAPI schema says and nothing else. Integer: JSON Schema's
+# "integer" is any number with a zero fraction, so 81.0 is 81; `true` is not 1 and "5" is not
+# 5. Number: an int or a float, never a boolean or a string, and never NaN or Infinity (not
+# JSON; clients reading them back would break).
+
+
+def _integral_float_as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral_float_as_int)]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 
 
 class AskIn(Schema):
     query: Text = Field(min_length=1, max_length=4000)
-    k: StrictInt = Field(5, ge=1, le=100)
-    conversation_id: StrictInt | None = Field(None, description="Continue this conversation (ragloop's id).")
+    k: Integer = Field(5, ge=1, le=100)
+    conversation_id: Integer | None = Field(None, description="Continue this conversation (ragloop's id).")
     conversation_external_id: Text | None = Field(
         None, min_length=1, max_length=255, description="Continue the conversation with this id of yours, or start it."
     )
@@ -215,7 +225,7 @@ class AskIn(Schema):
 
 class RetrieveIn(Schema):
     query: Text = Field(min_length=1, max_length=4000)
-    k: StrictInt = Field(10, ge=1, le=100)
+    k: Integer = Field(10, ge=1, le=100)
     retriever_version: Text | None = Field(None, max_length=100)
 
 
@@ -263,7 +273,7 @@ class PassageIn(Schema):
     text: Text = Field(min_length=1, max_length=100_000)
     source_id: Text = Field("", max_length=512)
     title: Text = Field("", max_length=10_000)
-    score: FiniteFloat | None = None
+    score: Number | None = None
 
 
 class TurnIn(Schema):
@@ -271,15 +281,15 @@ class TurnIn(Schema):
     query: Text = Field(min_length=1, max_length=20_000)
     answer: Text = Field("", max_length=100_000)
     passages: list[PassageIn] = Field(default_factory=list, max_length=200)
-    feedback: StrictInt | None = Field(None, description="-1 thumbs down, 1 thumbs up")
+    feedback: Integer | None = Field(None, description="-1 thumbs down, 1 thumbs up")
     feedback_comment: Text = Field("", max_length=10_000)
     retriever_version: Text = Field("", max_length=200)
     generator_version: Text = Field("", max_length=200)
-    latency_ms: FiniteFloat | None = Field(None, ge=0)
+    latency_ms: Number | None = Field(None, ge=0)
     metadata: JsonObject = Field(default_factory=dict)
     created_at: str | None = Field(None, description="ISO 8601; defaults to the time of ingestion")
     conversation_id: Text | None = Field(None, min_length=1, max_length=255, description="Your conversation id.")
-    position: StrictInt | None = Field(None, ge=0, description="0-based place in the conversation.")
+    position: Integer | None = Field(None, ge=0, description="0-based place in the conversation.")
     rewritten_query: Text = Field("", max_length=4000, description="The self-contained query you retrieved with.")
     history: list[dict] = Field(default_factory=list, description="The messages before the question.")
 
@@ -307,7 +317,7 @@ class ConversationMessageIn(Schema):
         default_factory=list, max_length=200, description="Assistant messages: the passages the answer was generated from."
     )
     rewritten_query: Text = Field("", max_length=4000, description="Assistant messages: what retrieval searched for.")
-    feedback: StrictInt | None = Field(None, description="Assistant messages: -1 thumbs down, 1 thumbs up")
+    feedback: Integer | None = Field(None, description="Assistant messages: -1 thumbs down, 1 thumbs up")
     feedback_comment: Text = Field("", max_length=10_000)
     created_at: str | None = Field(None, description="ISO 8601 time of an assistant message")
 
@@ -352,7 +362,7 @@ class ConversationDetailOut(ConversationOut):
 
 
 class FeedbackIn(Schema):
-    feedback: StrictInt | None = Field(description="-1 thumbs down, 1 thumbs up, null to clear")
+    feedback: Integer | None = Field(description="-1 thumbs down, 1 thumbs up, null to clear")
     comment: Text = Field("", max_length=10_000)
 
 
@@ -453,10 +463,10 @@ def _time(value: str | None, *, field: str):
 
 kbs = Router(tags=["knowledge bases"])
 turns = Router(tags=["turns"])
-ERRORS = {401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
 
 
-@kbs.get("", response=list[KnowledgeBaseOut])
+@kbs.get("", response={200: list[KnowledgeBaseOut], **ERRORS})
 def knowledge_base_list(request):
     visible = KnowledgeBase.objects.select_related("live_space").order_by("slug")
     if not request.auth.all_knowledge_bases:

@@ -405,6 +405,9 @@ BAD_TURNS = [
     pytest.param({"external_id": "t", "query": "q", "feedback": 5}, ["'t'", "feedback"], id="feedback-5"),
     pytest.param({"external_id": "t", "query": "q", "feedback": True}, ["turns.0.feedback"], id="feedback-true"),
     pytest.param({"external_id": "t", "query": "q", "latency_ms": -1}, ["turns.0.latency_ms"], id="negative-latency"),
+    pytest.param({"external_id": "t", "query": "q", "latency_ms": False}, ["turns.0.latency_ms"], id="boolean-latency"),
+    pytest.param({"external_id": "t", "query": "q", "latency_ms": "12"}, ["turns.0.latency_ms"], id="string-latency"),
+    pytest.param({"external_id": "t", "query": "q", "passages": [{"text": "p", "score": True}]}, ["turns.0.passages.0.score"], id="boolean-score"),
     pytest.param({"external_id": "t", "query": "q", "latency_ms": float("inf")}, ["turns.0.latency_ms"], id="infinite-latency"),
     pytest.param({"external_id": "t", "query": "q", "passages": [{"text": "p", "score": float("nan")}]}, ["turns.0.passages.0.score"], id="nan-score"),
     pytest.param({"external_id": "t", "query": "q", "metadata": ["a"]}, ["turns.0.metadata"], id="metadata-not-an-object"),
@@ -682,6 +685,26 @@ def test_a_bad_ask_or_retrieve_is_422_naming_the_field(api, knowledge_base, payl
 
     assert_error(response, 422, *fragments)
     assert row_counts() == before
+
+
+def test_an_integer_written_with_a_zero_fraction_is_the_integer_the_schema_allows(api, embedded_knowledge_base):
+    """JSON Schema's "integer" admits 81.0; the API's behaviour and its schema agree."""
+    schema = api.get(f"{API}/openapi.json").json()
+    ask_body = schema["paths"][f"{API}/kbs/{{slug}}/ask"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["components"]["schemas"][ask_body["$ref"].rsplit("/", 1)[1]]["properties"]["k"]["type"] == "integer"
+
+    response = post_json(api, f"{API}/kbs/test-kb/retrieve", {"query": "vitamin", "k": 3.0})
+
+    assert response.status_code == 200, response.content
+    assert len(response.json()["passages"]) == 3
+
+
+def test_every_operation_documents_its_400_and_401(api):
+    schema = api.get(f"{API}/openapi.json").json()
+    operations = [(path, method, op) for path, item in schema["paths"].items() for method, op in item.items()]
+    assert len(operations) > 10
+    for path, method, operation in operations:
+        assert {"400", "401"} <= set(operation["responses"]), f"{method.upper()} {path}: {sorted(operation['responses'])}"
 
 
 def test_a_nul_retriever_version_is_422(api, knowledge_base):
