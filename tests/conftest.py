@@ -170,7 +170,8 @@ class CeleryBeat(CeleryWorker):
 
 
 class WebServer(CeleryWorker):
-    """The web app in a real gunicorn process on a free local port (`url`), as production runs it."""
+    """The web app on a free local port (`url`), started with the command `make run` uses
+    (gunicorn, as production runs it)."""
 
     def __init__(self, *, env: dict[str, str], name: str) -> None:
         import socket
@@ -185,9 +186,10 @@ class WebServer(CeleryWorker):
         import urllib.request
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        from knowledge.management.commands.run_local import web_command
+
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1", "--threads", "4", "--timeout", "120"],
+            web_command(sys.executable, f"127.0.0.1:{self.port}"),
             cwd=REPO_ROOT, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
 

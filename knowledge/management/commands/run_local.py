@@ -1,4 +1,10 @@
-"""`manage.py run_local`: web (127.0.0.1:8000), one Celery worker and beat, until Ctrl-C."""
+"""`manage.py run_local`: web (127.0.0.1:8000), one Celery worker and beat, until Ctrl-C.
+
+The web process is gunicorn, as in production, not `runserver`: runserver starts a thread per
+request and each thread keeps its own database connection for CONN_MAX_AGE, so about ten
+concurrent clients exhausted PostgreSQL's connections (issue 14's probe). gunicorn's fixed
+thread pool bounds the web's connections to WEB_WORKERS x WEB_THREADS.
+"""
 
 import signal
 import subprocess
@@ -7,6 +13,18 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+
+WEB_WORKERS = 2
+WEB_THREADS = 4
+
+
+def web_command(python: str, addr: str) -> list[str]:
+    """The web server `make run` starts (tests/conftest.py starts the same one)."""
+    return [
+        python, "-m", "gunicorn", "config.wsgi:application", "--bind", addr,
+        "--workers", str(WEB_WORKERS), "--threads", str(WEB_THREADS), "--timeout", "120",
+    ]  # fmt: skip
 
 
 class Command(BaseCommand):
@@ -20,7 +38,7 @@ class Command(BaseCommand):
         schedule = settings.BASE_DIR / ".data" / "celerybeat-schedule"
         schedule.parent.mkdir(parents=True, exist_ok=True)
         commands = {
-            "web": [python, "manage.py", "runserver", addr, "--noreload"],
+            "web": web_command(python, addr),
             "worker": [python, "-m", "celery", "-A", "config", "worker", "-Q", "default,embedding,training",
                        "--concurrency", "1", "--loglevel", "INFO"],
             "beat": [python, "-m", "celery", "-A", "config", "beat", "--schedule", str(schedule), "--loglevel", "INFO"],
