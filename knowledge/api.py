@@ -82,7 +82,10 @@ api = NinjaAPI(
 
 @api.exception_handler(ServiceError)
 def on_service_error(request, error: ServiceError):
-    return api.create_response(request, {"detail": str(error)}, status=error.status_code)
+    response = api.create_response(request, {"detail": str(error)}, status=error.status_code)
+    if getattr(error, "retry_after_seconds", None):
+        response["Retry-After"] = str(error.retry_after_seconds)
+    return response
 
 
 # The first part of a pydantic error location is where the value came from, not its name.
@@ -631,7 +634,7 @@ def conversation_list(request, slug: str, end_user: str | None = None, offset: i
     }
 
 
-@kbs.post("/{slug}/documents", response={200: IngestOut, **ERRORS})
+@kbs.post("/{slug}/documents", response={200: IngestOut, 503: ErrorOut, **ERRORS})
 def documents_upload(request, slug: str, files: list[UploadedFile] = File(...)):
     """Upload files (BEIR or generic JSONL, .txt, .md, .pdf); chunks are embedded by workers."""
     knowledge_base = _knowledge_base_for(request, slug)

@@ -23,3 +23,11 @@ class UpstreamError(ServiceError):
     """A generator backend (an OpenAI-compatible endpoint, a local model) failed."""
 
     status_code = 502
+
+
+class QueueUnavailable(ServiceError):
+    """The task queue (Redis) cannot be reached; what was committed stays, and the sweepers
+    pick the work up once it is back. Answered 503 with Retry-After."""
+
+    status_code = 503
+    retry_after_seconds = 30

@@ -14,7 +14,10 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
+from knowledge.errors import QueueUnavailable
 from knowledge.models import Chunk, ChunkEmbedding, EmbeddingJob, EmbeddingSpace
 from knowledge.services.knowledge_bases import retriever_model_path
 from knowledge.signals import embedding_space_ready
@@ -34,7 +37,17 @@ def _enqueue_dispatch(job_id: int) -> None:
         embedding_job_dispatch_task,  # tasks import services, not the reverse
     )
 
-    embedding_job_dispatch_task.delay(job_id)
+    try:
+        embedding_job_dispatch_task.delay(job_id)
+    except (KombuOperationalError, RedisError, OSError) as error:
+        # The chunks and the job row are committed: the stalled-job sweeper dispatches the job
+        # once the queue is back (embedding_jobs_resume_stalled), so nothing is lost; the
+        # caller learns that the work has not started.
+        logger.warning("Embedding job %s could not be queued (%s); the sweeper will dispatch it", job_id, error)
+        raise QueueUnavailable(
+            "The documents are stored, but the task queue cannot be reached, so their embedding has not "
+            f"started (job {job_id}); it starts by itself once the queue is back."
+        ) from error
 
 
 def embedding_job_start(*, space: EmbeddingSpace) -> EmbeddingJob | None:

@@ -14,7 +14,6 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-
 WEB_WORKERS = 2
 WEB_THREADS = 4
 
