@@ -23,7 +23,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, StrictInt
 
-from knowledge.errors import InvalidInput, NotFound, ServiceError
+from knowledge.errors import Forbidden, InvalidInput, NotFound, ServiceError
 from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, Turn
 from knowledge.selectors import (
     conversation_turns,
@@ -39,7 +39,12 @@ from knowledge.services.conversations import (
     conversation_ingest,
 )
 from knowledge.services.documents import documents_ingest
-from knowledge.services.tokens import api_token_authenticate, api_token_can_access
+from knowledge.services.tokens import (
+    api_token_authenticate,
+    api_token_can_access,
+    api_token_has_scope,
+    api_token_knowledge_bases,
+)
 from knowledge.services.turns import (
     PassageRecord,
     TurnRecord,
@@ -151,7 +156,18 @@ JsonObject = Annotated[dict, AfterValidator(_storable)]
 MAX_OFFSET = 1_000_000_000
 
 
-def _knowledge_base_for(request: HttpRequest, slug: str) -> KnowledgeBase:
+SCOPE_ACTIONS = {"read": "read", "ask": "ask or retrieve", "ingest": "ingest"}
+
+
+def _require(request: HttpRequest, *scopes: str) -> None:
+    """The token holds one of `scopes` (or admin), else 403 naming what it may do."""
+    if not any(api_token_has_scope(token=request.auth, scope=scope) for scope in scopes):
+        wanted = " or ".join(SCOPE_ACTIONS[scope] for scope in scopes)
+        raise Forbidden(f"This token may not {wanted}; its scopes are {', '.join(request.auth.scopes) or 'none'}.")
+
+
+def _knowledge_base_for(request: HttpRequest, slug: str, *scopes: str) -> KnowledgeBase:
+    _require(request, *scopes)
     if "\x00" in slug:  # "%00" in the URL; no slug has one, and Postgres cannot compare it
         raise NotFound(f"Knowledge base {slug!r} not found.")
     knowledge_base = knowledge_base_get(slug=slug)
@@ -177,7 +193,8 @@ def _turn_loaded(turn_id: int) -> Turn | None:
     return Turn.objects.select_related("knowledge_base", "conversation").prefetch_related("passages").filter(pk=turn_id).first()
 
 
-def _turn_for(request: HttpRequest, turn_id: int) -> Turn:
+def _turn_for(request: HttpRequest, turn_id: int, *scopes: str) -> Turn:
+    _require(request, *scopes)
     turn = _turn_loaded(turn_id)
     if turn is None or not api_token_can_access(token=request.auth, knowledge_base=turn.knowledge_base):
         raise NotFound(f"Turn {turn_id} not found.")
@@ -466,14 +483,13 @@ def _time(value: str | None, *, field: str):
 
 kbs = Router(tags=["knowledge bases"])
 turns = Router(tags=["turns"])
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
 
 
 @kbs.get("", response={200: list[KnowledgeBaseOut], **ERRORS})
 def knowledge_base_list(request):
-    visible = KnowledgeBase.objects.select_related("live_space").order_by("slug")
-    if not request.auth.all_knowledge_bases:
-        visible = visible.filter(api_tokens=request.auth)
+    _require(request, "read", "ask", "ingest")
+    visible = api_token_knowledge_bases(token=request.auth).select_related("live_space").order_by("slug")
     return [
         {
             "slug": kb.slug,
@@ -495,7 +511,7 @@ def ask(request, slug: str, payload: AskIn):
     With `conversation_id`, `conversation_external_id` or `start_conversation` the question is
     the next turn of a conversation: a follow-up is rewritten to stand alone before retrieval
     (`rewritten_query`), and the generator sees the earlier turns."""
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "ask")
     if payload.conversation_id is not None and payload.conversation_external_id is not None:
         raise InvalidInput("Send conversation_id or conversation_external_id, not both.")
     if payload.conversation_id is not None or payload.conversation_external_id is not None or payload.start_conversation:
@@ -515,7 +531,7 @@ def ask(request, slug: str, payload: AskIn):
 @kbs.post("/{slug}/retrieve", response={200: RetrieveOut, **ERRORS})
 def retrieve(request, slug: str, payload: RetrieveIn):
     """Passages only; nothing is logged. `retriever_version` picks a ready non-live version."""
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "ask")
     retriever = retriever_for(knowledge_base=knowledge_base, retriever_version=payload.retriever_version)
     passages = passages_retrieve(
         space=retriever.space, query=payload.query, k=payload.k, query_model_reference=retriever.query_model_reference
@@ -539,7 +555,7 @@ def retrieve(request, slug: str, payload: RetrieveIn):
 @kbs.post("/{slug}/turns", response={200: TurnBatchOut, **ERRORS})
 def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
     """Log turns from an external RAG app. Idempotent: a known external id is left as it is."""
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "ingest")
     records = []
     for index, turn in enumerate(payload.turns):
         created_at = _time(turn.created_at, field=f"turns.{index}.created_at")
@@ -582,7 +598,7 @@ def conversation_ingest_one(request, slug: str, payload: ConversationIn):
     """Log a whole conversation in the OpenAI messages format, one turn per assistant message.
     Idempotent on `external_id`: sent again with more messages, only the new turns are added;
     a history that differs from the stored one is refused (409)."""
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "ingest")
     messages = []
     for index, message in enumerate(payload.messages):
         where = f"messages[{index}]"
@@ -624,7 +640,7 @@ def conversation_ingest_one(request, slug: str, payload: ConversationIn):
 @kbs.get("/{slug}/conversations", response={200: ConversationPageOut, **ERRORS})
 def conversation_list(request, slug: str, end_user: str | None = None, offset: int = 0, limit: int = 50):
     """The knowledge base's conversations, most recently active first; `end_user` filters."""
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "read")
     _page_bounds(offset, limit)
     conversations = conversations_list(knowledge_base=knowledge_base, end_user=end_user)
     return {
@@ -637,7 +653,7 @@ def conversation_list(request, slug: str, end_user: str | None = None, offset: i
 @kbs.post("/{slug}/documents", response={200: IngestOut, 503: ErrorOut, **ERRORS})
 def documents_upload(request, slug: str, files: list[UploadedFile] = File(...)):
     """Upload files (BEIR or generic JSONL, .txt, .md, .pdf); chunks are embedded by workers."""
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "ingest")
     documents = []
     try:
         for upload in files:
@@ -649,7 +665,7 @@ def documents_upload(request, slug: str, files: list[UploadedFile] = File(...)):
 
 @kbs.get("/{slug}/documents", response={200: DocumentPageOut, **ERRORS})
 def documents_list(request, slug: str, offset: int = 0, limit: int = 50):
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "read")
     _page_bounds(offset, limit)
     documents = knowledge_base.documents.order_by("external_id")
 
@@ -672,7 +688,7 @@ def documents_list(request, slug: str, offset: int = 0, limit: int = 50):
 
 @kbs.get("/{slug}/embedding-jobs/{job_id}", response={200: EmbeddingJobOut, **ERRORS})
 def embedding_job_get(request, slug: str, job_id: int):
-    knowledge_base = _knowledge_base_for(request, slug)
+    knowledge_base = _knowledge_base_for(request, slug, "read", "ingest")
     job = EmbeddingJob.objects.select_related("space").filter(pk=job_id, space__knowledge_base=knowledge_base).first()
     if job is None:
         raise NotFound(f"Embedding job {job_id} not found in {slug!r}.")
@@ -689,12 +705,12 @@ def embedding_job_get(request, slug: str, job_id: int):
 
 @turns.get("/{turn_id}", response={200: TurnOut, **ERRORS})
 def turn_get(request, turn_id: int):
-    return _turn_out(_turn_for(request, turn_id))
+    return _turn_out(_turn_for(request, turn_id, "read"))
 
 
 @turns.post("/{turn_id}/feedback", response={200: TurnOut, **ERRORS})
 def turn_feedback(request, turn_id: int, payload: FeedbackIn):
-    turn = turn_feedback_set(turn=_turn_for(request, turn_id), feedback=payload.feedback, comment=payload.comment)
+    turn = turn_feedback_set(turn=_turn_for(request, turn_id, "ask", "ingest"), feedback=payload.feedback, comment=payload.comment)
     return _turn_out(turn)
 
 
@@ -704,6 +720,7 @@ conversations = Router(tags=["conversations"])
 @conversations.get("/{conversation_id}", response={200: ConversationDetailOut, **ERRORS})
 def conversation_get(request, conversation_id: int):
     """A conversation with its turns in order (query, rewritten query, answer, passages, feedback)."""
+    _require(request, "read")
     conversation = Conversation.objects.select_related("knowledge_base").filter(pk=conversation_id).first()
     if conversation is None or not api_token_can_access(token=request.auth, knowledge_base=conversation.knowledge_base):
         raise NotFound(f"Conversation {conversation_id} not found.")

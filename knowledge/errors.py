@@ -11,6 +11,10 @@ class InvalidInput(ServiceError):
     status_code = 422
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+
+
 class NotFound(ServiceError):
     status_code = 404
 

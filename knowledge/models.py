@@ -373,6 +373,10 @@ class RetrievedPassage(models.Model):
         constraints = [models.UniqueConstraint(fields=["turn", "rank"], name="passage_rank_unique_per_turn")]
 
 
+def default_token_scopes() -> list[str]:
+    return ["read", "ask", "ingest"]
+
+
 class ApiToken(models.Model):
     """A bearer token for the REST API. Only its sha256 is stored; the token is shown once."""
 
@@ -381,6 +385,10 @@ class ApiToken(models.Model):
     key_prefix = models.CharField(max_length=12)
     key_hash = models.CharField(max_length=64, unique=True)
     all_knowledge_bases = models.BooleanField(default=False)
+    # What the token may do (knowledge.services.tokens.SCOPES): "read", "ask", "ingest",
+    # "admin". Within them, its user's current rights apply on every request.
+    # Tokens made before scopes existed keep what they could do (default_token_scopes).
+    scopes = models.JSONField(default=default_token_scopes)
     knowledge_bases = models.ManyToManyField(
         KnowledgeBase, blank=True, related_name="api_tokens", db_table="curation_apitoken_knowledge_bases"
     )

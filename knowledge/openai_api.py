@@ -20,7 +20,12 @@ from django.views.decorators.csrf import csrf_exempt
 from knowledge.errors import ServiceError
 from knowledge.models import KnowledgeBase, Turn
 from knowledge.services.conversations import chat_ask
-from knowledge.services.tokens import api_token_authenticate, api_token_can_access
+from knowledge.services.tokens import (
+    api_token_authenticate,
+    api_token_can_access,
+    api_token_has_scope,
+    api_token_knowledge_bases,
+)
 from rag.conversation import ConversationError, count_tokens, messages_parse, split_conversation
 from rag.text_checks import text_problem
 
@@ -107,6 +112,8 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
             raise OpenAIError(405, "Use POST for /v1/chat/completions.")
         token = _authenticated(request)
+        if not api_token_has_scope(token=token, scope="ask"):
+            raise OpenAIError(403, "This API key may not ask (it lacks the 'ask' scope).", code="insufficient_scope")
         body = _parse_body(request)
         knowledge_base, pinned_version = _model(token, body.get("model"))
         if pinned_version and pinned_version != _live_generator_version(knowledge_base):
@@ -249,9 +256,7 @@ def models_list(request: HttpRequest) -> HttpResponse:
         token = _authenticated(request)
     except OpenAIError as error:
         return error.response()
-    visible = KnowledgeBase.objects.order_by("slug")
-    if not token.all_knowledge_bases:
-        visible = visible.filter(api_tokens=token)
+    visible = api_token_knowledge_bases(token=token).order_by("slug")
     return JsonResponse(
         {
             "object": "list",

@@ -1,16 +1,56 @@
 """API tokens: created once (the plain token is returned to the caller and never stored),
-authenticated by their sha256, scoped to knowledge bases."""
+authenticated by their sha256, limited to knowledge bases and to scopes, and never worth more
+than their user's rights at the time of the request.
+
+Who may use a knowledge base is curation's to say (admins every one, curators those they are
+members of), and knowledge cannot import curation: curation registers its rule here when the
+app loads (`user_access_rule_register`). Until one is registered only superusers pass.
+"""
 
 import hashlib
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from knowledge.models import ApiToken, KnowledgeBase
+from knowledge.errors import InvalidInput
+from knowledge.models import ApiToken, KnowledgeBase, default_token_scopes
 
 TOKEN_PREFIX = "rl_"
+# read: list and read knowledge bases, documents, turns, conversations; ask: ask, retrieve, chat
+# completions and end-user feedback; ingest: log turns and conversations, upload documents;
+# admin: all of them.
+SCOPES = ("read", "ask", "ingest", "admin")
+DEFAULT_SCOPES = tuple(default_token_scopes())
+
+
+@dataclass(frozen=True)
+class UserAccessRule:
+    may_use: Callable[[AbstractBaseUser, KnowledgeBase], bool]
+    usable: Callable[[AbstractBaseUser], QuerySet]
+
+
+_access_rule = UserAccessRule(
+    may_use=lambda user, knowledge_base: user.is_active and user.is_superuser,
+    usable=lambda user: KnowledgeBase.objects.all() if user.is_active and user.is_superuser else KnowledgeBase.objects.none(),
+)
+
+
+def user_access_rule_register(*, may_use, usable) -> None:
+    """Set who may use which knowledge base (curation.apps registers its permissions)."""
+    global _access_rule
+    _access_rule = UserAccessRule(may_use=may_use, usable=usable)
+
+
+def scopes_validate(scopes) -> list[str]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise InvalidInput(f"Token scopes must be some of {', '.join(SCOPES)}; got {', '.join(unknown) or 'none'}.")
+    return [scope for scope in SCOPES if scope in set(scopes)]
 
 
 def _hash(token: str) -> str:
@@ -24,7 +64,9 @@ def api_token_create(
     name: str,
     knowledge_bases: list[KnowledgeBase] | None = None,
     all_knowledge_bases: bool = False,
+    scopes=DEFAULT_SCOPES,
 ) -> tuple[ApiToken, str]:
+    scopes = scopes_validate(scopes)
     plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         user=user,
@@ -32,6 +74,7 @@ def api_token_create(
         key_prefix=plain[:10],
         key_hash=_hash(plain),
         all_knowledge_bases=all_knowledge_bases,
+        scopes=scopes,
     )
     if knowledge_bases:
         token.knowledge_bases.set(knowledge_bases)
@@ -56,7 +99,22 @@ def api_token_authenticate(*, plain: str) -> ApiToken | None:
 
 
 def api_token_can_access(*, token: ApiToken, knowledge_base: KnowledgeBase) -> bool:
-    return token.all_knowledge_bases or token.knowledge_bases.filter(pk=knowledge_base.pk).exists()
+    """The token names the knowledge base (or all) and its user may use it now."""
+    if not (token.all_knowledge_bases or token.knowledge_bases.filter(pk=knowledge_base.pk).exists()):
+        return False
+    return _access_rule.may_use(token.user, knowledge_base)
+
+
+def api_token_knowledge_bases(*, token: ApiToken) -> QuerySet[KnowledgeBase]:
+    """The knowledge bases the token may use now."""
+    usable = _access_rule.usable(token.user)
+    if not token.all_knowledge_bases:
+        usable = usable.filter(api_tokens=token)
+    return usable
+
+
+def api_token_has_scope(*, token: ApiToken, scope: str) -> bool:
+    return scope in token.scopes or "admin" in token.scopes
 
 
 def api_token_revoke(*, token: ApiToken) -> None:
