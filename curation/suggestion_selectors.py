@@ -212,9 +212,10 @@ def suggestion_review(*, knowledge_base: KnowledgeBase, weeks: int = 12) -> Sugg
         .annotate(n=Count("pk"))
         .values_list("agent", "n")
     )
-    agents_seen = set(
+    agents_seen = (
         Suggestion.objects.filter(turn__knowledge_base=knowledge_base)
-        .values_list("agent", "retrieved_passage_id__isnull")
+        .annotate(is_answer=Q(retrieved_passage__isnull=True))
+        .values_list("agent", "is_answer")
         .distinct()
     )
     keys = set(tables) | set(kept) | {(agent, "answer" if is_answer else "passage") for agent, is_answer in agents_seen}
