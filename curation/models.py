@@ -80,6 +80,12 @@ class Label(models.Model):
     skipped = models.BooleanField(default=False)
     skip_reason = models.CharField(max_length=500, blank=True)
     imported = models.BooleanField(default=False)
+    # The answer-rating suggestion the judging page pre-selected, and whether the curator's
+    # final rating is the suggested one (null: no suggestion was shown).
+    answer_suggestion = models.ForeignKey(
+        "Suggestion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    answer_suggestion_matched = models.BooleanField(null=True, blank=True)
     # Incremented on every submit; a draft records the version it started from.
     version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -102,6 +108,10 @@ class PassageJudgment(models.Model):
     attached = models.BooleanField(default=False)
     text = models.TextField(blank=True, help_text="The attached passage's text as the curator saw it.")
     relevance = models.CharField(max_length=20, choices=Relevance.choices)
+    # The suggestion the judging page pre-selected for this passage, and whether the curator's
+    # final relevance is the suggested one (null: no suggestion was shown).
+    suggestion = models.ForeignKey("Suggestion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    suggestion_matched = models.BooleanField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -155,3 +165,98 @@ class Adjudication(models.Model):
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class Suggestion(models.Model):
+    """An agent's proposed judgment of a turn, shown pre-selected on the judging page: a retrieved
+    passage's relevance (`retrieved_passage` set) or the answer's rating (`retrieved_passage`
+    null). `agent` names the agent and its version: "retriever:<version>",
+    "reranker:<version>", "llm-judge:<model>" (rag.suggestions)."""
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="suggestions")
+    retrieved_passage = models.ForeignKey(
+        RetrievedPassage, null=True, blank=True, on_delete=models.CASCADE, related_name="suggestions"
+    )
+    agent = models.CharField(max_length=200)
+    value = models.CharField(max_length=20)  # a Relevance for a passage, an AnswerRating for the answer
+    score = models.FloatField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["turn", "retrieved_passage", "agent"],
+                condition=Q(retrieved_passage__isnull=False),
+                name="suggestion_unique_per_passage_agent",
+            ),
+            models.UniqueConstraint(
+                fields=["turn", "agent"], condition=Q(retrieved_passage__isnull=True), name="suggestion_unique_per_answer_agent"
+            ),
+            models.CheckConstraint(
+                condition=Q(retrieved_passage__isnull=False, value__in=Relevance.values)
+                | Q(retrieved_passage__isnull=True, value__in=AnswerRating.values),
+                name="suggestion_value_fits_target",
+            ),
+        ]
+
+
+class SuggestionAttempt(models.Model):
+    """That an agent has run on a turn (done or failed): the idempotency key of the suggestion
+    tasks, and where a failure (an endpoint down, a reply that does not parse) is recorded."""
+
+    class Status(models.TextChoices):
+        DONE = "done"
+        FAILED = "failed"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="suggestion_attempts")
+    agent = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["turn", "agent"], name="suggestion_attempt_unique")]
+
+
+class RetrieverCalibration(models.Model):
+    """The retriever agent's score threshold for a knowledge base, chosen to agree best with the
+    curators' final judgments (rag.suggestions.threshold_calibrate); the newest row applies.
+    `calibrated` false: too few labelled passages yet, `threshold` is the documented default."""
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="retriever_calibrations")
+    threshold = models.FloatField()
+    calibrated = models.BooleanField()
+    labelled_passages = models.PositiveIntegerField()  # relevant or not relevant, with a score
+    agreed_passages = models.PositiveIntegerField()
+    kappa = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    @property
+    def agreement_percent(self) -> float | None:
+        return 100.0 * self.agreed_passages / self.labelled_passages if self.labelled_passages else None
+
+
+class SuggestionAgentAgreement(models.Model):
+    """How often an agent's suggestions agreed with the curators' final judgments in a knowledge
+    base, for passages or for answers, as last measured; what picks the pre-selected agent."""
+
+    class Target(models.TextChoices):
+        PASSAGE = "passage"
+        ANSWER = "answer"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="+")
+    agent = models.CharField(max_length=200)
+    target = models.CharField(max_length=10, choices=Target.choices)
+    items = models.PositiveIntegerField()
+    agreed = models.PositiveIntegerField()
+    kappa = models.FloatField(null=True, blank=True)
+    measured_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["knowledge_base", "agent", "target"], name="agent_agreement_unique")
+        ]

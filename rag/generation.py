@@ -261,7 +261,7 @@ class OpenAIChatGenerator:
     def generate(
         self, *, query: str, passages: list[ContextPassage], history: Sequence[ChatMessage] = ()
     ) -> GeneratedAnswer:
-        answer = self._complete(chat_messages(query=query, passages=passages, history=history))
+        answer = self.complete(chat_messages(query=query, passages=passages, history=history))
         return GeneratedAnswer(
             text=answer,
             backend=self.backend,
@@ -272,10 +272,13 @@ class OpenAIChatGenerator:
     def rewrite_query(self, *, question: str, history: Sequence[ChatMessage]) -> str:
         if not any(m.role == "user" for m in history):
             return question
-        rewritten = self._complete([{"role": "user", "content": condense_prompt(question=question, history=history)}])
+        rewritten = self.complete([{"role": "user", "content": condense_prompt(question=question, history=history)}])
         return rewritten or question
 
-    def _complete(self, messages: list[dict]) -> str:
+    def complete(self, messages: list[dict]) -> str:
+        """The text of one chat completion of `messages` (temperature 0); GeneratorError when the
+        endpoint fails or answers something that is not a chat completion. Also what the LLM
+        judge (rag.suggestions) sends its prompt through."""
         url = f"{self.base_url}/chat/completions"
         body = {"model": self.model, "messages": messages, "temperature": 0}
         headers = {"Content-Type": "application/json", "Accept": "application/json"}

@@ -254,3 +254,80 @@ def wait_until(condition, *, timeout: float = 120, interval: float = 0.3, messag
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
+
+
+class FakeJudgeServer:
+    """A local OpenAI-compatible chat endpoint that plays the LLM judge (rag.suggestions).
+
+    /judge/v1: a JSON judgment, the first passage relevant, the second partly, the others not
+    relevant, the answer `FakeJudgeServer.rating`; /fenced/v1: the same in a ```json fence
+    after a sentence; /malformed/v1: prose, no JSON; /down/v1: HTTP 500. Every request body is
+    kept in `requests`.
+    """
+
+    requests: list[dict] = []
+    rating = "correct"
+
+    @classmethod
+    def judgment(cls, user_prompt: str) -> dict:
+        import re
+
+        numbers = sorted({int(n) for n in re.findall(r"^\[(\d+)\]", user_prompt, flags=re.MULTILINE)})
+        values = ["relevant", "partly"]
+        return {
+            "passages": [{"number": n, "relevance": values[n - 1] if n <= 2 else "not_relevant", "confidence": 0.9,
+                          "reason": f"passage {n} reason"} for n in numbers],
+            "answer": {"rating": cls.rating, "confidence": 0.8, "reason": "the answer matches passage 1"},
+        }  # fmt: skip
+
+    @classmethod
+    def serve(cls):
+        """Start the server on a free port; (base URL, stop function)."""
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                cls.requests.append({"path": self.path, "body": body})
+                user = body["messages"][-1]["content"]
+                if self.path.startswith("/down/"):
+                    self.reply(500, {"error": {"message": "the judge is down"}})
+                    return
+                if self.path.startswith("/malformed/"):
+                    content = "I think the first passage is quite good and the answer is fine."
+                elif self.path.startswith("/fenced/"):
+                    content = "Here is my judgment:\n```json\n" + json.dumps(cls.judgment(user)) + "\n```"
+                else:
+                    content = json.dumps(cls.judgment(user))
+                self.reply(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+            def reply(self, status: int, payload: dict) -> None:
+                raw = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+@pytest.fixture
+def judge_server_url():
+    FakeJudgeServer.requests.clear()
+    FakeJudgeServer.rating = "correct"
+    url, stop = FakeJudgeServer.serve()
+    yield url
+    stop()

@@ -133,6 +133,22 @@ RAGLOOP_EMBEDDING_STALL_SECONDS = env_int("RAGLOOP_EMBEDDING_STALL_SECONDS", 300
 # A running training run whose heartbeat is older than this is failed by the beat sweeper.
 RAGLOOP_TRAINING_STALL_SECONDS = env_int("RAGLOOP_TRAINING_STALL_SECONDS", 600)
 
+# --- Suggestions (docs/curation.md, "Suggestions") -----------------------------------------
+# Turns per suggestion task: one task is what a killed worker loses, and what one LLM-judge
+# worker works through before the next message.
+RAGLOOP_SUGGESTION_BATCH_SIZE = env_int("RAGLOOP_SUGGESTION_BATCH_SIZE", 20)
+# The retriever agent's threshold until a knowledge base has this many labelled passages
+# (final relevant or not relevant, with a score, both kinds present) to calibrate one on.
+RAGLOOP_SUGGESTION_DEFAULT_THRESHOLD = float(os.environ.get("RAGLOOP_SUGGESTION_DEFAULT_THRESHOLD", "0.5"))
+RAGLOOP_SUGGESTION_CALIBRATION_MIN_PASSAGES = env_int("RAGLOOP_SUGGESTION_CALIBRATION_MIN_PASSAGES", 20)
+# An agent's measured kappa picks the pre-selected suggestion only once it rests on this many items.
+RAGLOOP_SUGGESTION_TRUST_MIN_ITEMS = env_int("RAGLOOP_SUGGESTION_TRUST_MIN_ITEMS", 20)
+# The LLM judge runs for knowledge bases whose generator is an OpenAI-compatible endpoint
+# (OPENAI_BASE_URL / OPENAI_API_KEY, as the generator); each turn costs one chat request.
+# Off: no LLM judge anywhere. The model: this, else the knowledge base's generator model.
+RAGLOOP_LLM_JUDGE = env_bool("RAGLOOP_LLM_JUDGE", True)
+RAGLOOP_LLM_JUDGE_MODEL = os.environ.get("RAGLOOP_LLM_JUDGE_MODEL", "")
+
 # --- The continuous loop ------------------------------------------------------------------
 # How often beat's loop tick checks retraining policies (schedules and label counts) and moves
 # running cycles on; also the period of the stalled-run sweepers.

@@ -7,7 +7,14 @@ A label's state travels as a *payload*, the same dict the workbench autosaves:
      "answer_rating": "correct" | "partly" | "wrong" | "",
      "gold_answer": "", "rationale": "", "has_personal_data": false, "comment": "",
      "rewrite_wrong": false, "corrected_query": "",
-     "skipped": false, "skip_reason": ""}
+     "skipped": false, "skip_reason": "",
+     "suggestions": {"passages": {"<retrieved passage id>": <suggestion id>}, "answer": <suggestion id> | null}}
+
+`suggestions` (optional) names the suggestions the judging page pre-selected: for every judged
+passage (and the answer rating) that had one, the submit records the suggestion on the
+PassageJudgment (or Label) and whether the curator's final choice equals it
+(`suggestion_matched`, `answer_suggestion_matched`). A suggestion of another turn, or of
+another passage, is refused (InvalidInput). It is not part of the label's history.
 
 `rewrite_wrong` and `corrected_query` are the rewrite verdict: only for a turn whose follow-up
 question retrieval saw rewritten (`Turn.rewritten_query`), the curator says the rewrite missed
@@ -26,6 +33,7 @@ from curation.models import (
     LabelRevision,
     PassageJudgment,
     Relevance,
+    Suggestion,
     TurnHold,
 )
 from curation.signals import labels_finalised_send_on_commit
@@ -48,6 +56,9 @@ class LabelInput:
     corrected_query: str = ""
     skipped: bool = False
     skip_reason: str = ""
+    # The suggestions the page pre-selected: retrieved passage id -> suggestion id, and the answer's.
+    suggestions: dict[int, int] = field(default_factory=dict)
+    answer_suggestion: int | None = None
 
     @classmethod
     def from_payload(cls, payload: dict) -> "LabelInput":
@@ -98,6 +109,7 @@ class LabelInput:
             if relevance not in Relevance.values:
                 raise InvalidInput(f"attached: {relevance!r} is not one of {', '.join(Relevance.values)}.")
             attached[item["chunk_id"]] = relevance
+        suggestions, answer_suggestion = _suggestions_from(payload.get("suggestions"))
         rating = text("answer_rating")
         if rating and rating not in AnswerRating.values:
             raise InvalidInput(f"answer_rating: {rating!r} is not one of {', '.join(AnswerRating.values)}.")
@@ -113,7 +125,51 @@ class LabelInput:
             corrected_query=text("corrected_query"),
             skipped=flag("skipped"),
             skip_reason=text("skip_reason"),
+            suggestions=suggestions,
+            answer_suggestion=answer_suggestion,
         )
+
+
+def _suggestions_from(raw) -> tuple[dict[int, int], int | None]:
+    if raw in (None, ""):
+        return {}, None
+    if not isinstance(raw, dict):
+        raise InvalidInput("suggestions must be an object with passages and answer.")
+    passages_raw = raw.get("passages") or {}
+    if not isinstance(passages_raw, dict):
+        raise InvalidInput("suggestions.passages must map passage ids to suggestion ids.")
+    passages = {}
+    for key, suggestion_id in passages_raw.items():
+        try:
+            passage_id = int(key)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"suggestions.passages: {key!r} is not a passage id.") from None
+        if suggestion_id is None:
+            continue
+        if isinstance(suggestion_id, bool) or not isinstance(suggestion_id, int):
+            raise InvalidInput(f"suggestions.passages: {suggestion_id!r} is not a suggestion id.")
+        passages[passage_id] = suggestion_id
+    answer = raw.get("answer")
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, int)):
+        raise InvalidInput(f"suggestions.answer: {answer!r} is not a suggestion id.")
+    return passages, answer
+
+
+def _suggestions_shown(turn: Turn, data: LabelInput) -> dict[int, Suggestion]:
+    """The suggestions the submit names, checked to be the turn's own and of the right item."""
+    wanted = set(data.suggestions.values()) | ({data.answer_suggestion} if data.answer_suggestion else set())
+    if not wanted:
+        return {}
+    found = {s.pk: s for s in Suggestion.objects.filter(pk__in=wanted, turn=turn)}
+    for passage_id, suggestion_id in data.suggestions.items():
+        suggestion = found.get(suggestion_id)
+        if suggestion is None or suggestion.retrieved_passage_id != passage_id:
+            raise InvalidInput(f"Suggestion {suggestion_id} is not a suggestion for passage {passage_id} of turn {turn.pk}.")
+    if data.answer_suggestion:
+        suggestion = found.get(data.answer_suggestion)
+        if suggestion is None or suggestion.retrieved_passage_id is not None:
+            raise InvalidInput(f"Suggestion {data.answer_suggestion} is not an answer suggestion of turn {turn.pk}.")
+    return found
 
 
 def label_payload(label: Label) -> dict:
@@ -182,6 +238,7 @@ def label_submit(
     a page that predates a newer label (another tab) is refused with Conflict, not applied.
     """
     chunks = _validate_against_turn(turn, data)
+    shown = {} if data.skipped else _suggestions_shown(turn, data)
     with transaction.atomic():
         # Lock the turn: its label counts and dispute flag are recomputed below.
         turn = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
@@ -206,11 +263,23 @@ def label_submit(
         label.skipped = data.skipped
         label.skip_reason = data.skip_reason if data.skipped else ""
         label.imported = imported
+        answer_suggestion = shown.get(data.answer_suggestion) if label.answer_rating else None
+        label.answer_suggestion = answer_suggestion
+        label.answer_suggestion_matched = (answer_suggestion.value == label.answer_rating) if answer_suggestion else None
         label.save()
         label.passage_judgments.all().delete()
         if not data.skipped:
             PassageJudgment.objects.bulk_create(
-                [PassageJudgment(label=label, retrieved_passage_id=pid, relevance=rel) for pid, rel in data.passages.items()]
+                [
+                    PassageJudgment(
+                        label=label,
+                        retrieved_passage_id=pid,
+                        relevance=rel,
+                        suggestion=shown.get(data.suggestions.get(pid)),
+                        suggestion_matched=(shown[data.suggestions[pid]].value == rel) if pid in data.suggestions else None,
+                    )
+                    for pid, rel in data.passages.items()
+                ]
                 + [
                     PassageJudgment(
                         label=label,

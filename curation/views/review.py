@@ -34,6 +34,7 @@ from curation.services.accounts import (
 from curation.services.adjudication import adjudication_record
 from curation.services.guidelines import knowledge_base_guidelines_set
 from curation.services.queue import knowledge_base_curation_settings_set
+from curation.suggestion_selectors import suggestion_review
 from curation.views.access import admin_page, fragment, knowledge_base_page
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import KnowledgeBase, Turn
@@ -116,6 +117,49 @@ def agreement(request, knowledge_base: KnowledgeBase):
     return render(request, "curation/review/agreement.html", {
         "kb": knowledge_base,
         "agreement": knowledge_base_agreement(knowledge_base=knowledge_base),
+    })
+
+
+# --- suggestion agents --------------------------------------------------------------------
+
+TRUST_CHART_WIDTH = 240
+TRUST_CHART_HEIGHT = 60
+
+
+def _weekly_kappa_chart(weeks) -> dict | None:
+    """Geometry of one agent's kappa per week (inline SVG, no chart library): x is the week's
+    place among the weeks with figures, y kappa from -1 (bottom) to 1 (top), 0 dashed."""
+    points = [week for week in weeks if week.agreement.kappa is not None]
+    if not points:
+        return None
+    last = max(1, len(points) - 1)
+    dots = []
+    for i, week in enumerate(points):
+        dots.append({
+            "x": round(8 + (TRUST_CHART_WIDTH - 16) * i / last, 1) if len(points) > 1 else TRUST_CHART_WIDTH / 2,
+            "y": round(6 + (TRUST_CHART_HEIGHT - 12) * (1 - week.agreement.kappa) / 2, 1),
+            "week": week.week,
+            "kappa": week.agreement.kappa,
+            "percent": week.agreement.percent,
+            "items": week.agreement.items,
+        })  # fmt: skip
+    return {
+        "dots": dots,
+        "line": " ".join(f"{dot['x']},{dot['y']}" for dot in dots),
+        "width": TRUST_CHART_WIDTH,
+        "height": TRUST_CHART_HEIGHT,
+        "zero": TRUST_CHART_HEIGHT / 2,
+    }
+
+
+@require_GET
+@knowledge_base_admin_page
+def suggestions(request, knowledge_base: KnowledgeBase):
+    review = suggestion_review(knowledge_base=knowledge_base)
+    return render(request, "curation/review/suggestions.html", {
+        "kb": knowledge_base,
+        "review": review,
+        "agents": [{"standing": standing, "chart": _weekly_kappa_chart(standing.weeks)} for standing in review.agents],
     })
 
 
@@ -355,6 +399,7 @@ def invitation_accept_page(request, key: str):
 urlpatterns = [
     path("kbs/<slug:slug>/dashboard/", dashboard, name="review_dashboard"),
     path("kbs/<slug:slug>/agreement/", agreement, name="review_agreement"),
+    path("kbs/<slug:slug>/suggestions/", suggestions, name="review_suggestions"),
     path("kbs/<slug:slug>/disputes/", disputes, name="review_disputes"),
     path("kbs/<slug:slug>/disputes/<int:turn_id>/", dispute_detail, name="review_dispute_detail"),
     path("kbs/<slug:slug>/guidelines/", guidelines, name="review_guidelines"),

@@ -30,6 +30,7 @@ from curation.services.queue import (
     turn_queue_list,
 )
 from curation.services.search import chunks_search
+from curation.suggestion_selectors import turn_suggestions
 from curation.views.access import fragment, knowledge_base_page
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import Chunk, KnowledgeBase, RetrievedPassage, Turn
@@ -226,6 +227,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
     turn_hold_take(turn=turn, curator=request.user)  # opened from the queue or a link: hold it too
     payload, base_version, source = label_for_editing(turn=turn, curator=request.user)
     passages = list(turn.passages.order_by("rank"))
+    suggestions = turn_suggestions(knowledge_base=knowledge_base, turn=turn)
     judged = payload.get("passages") or {}
     attached_relevance = {
         item["chunk_id"]: item.get("relevance", Relevance.RELEVANT)
@@ -244,6 +246,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "payload": payload,
         "base_version": base_version,
         "source": source,
+        "suggestions": suggestions.as_state(),
         "urls": {
             "draft": reverse("turn_label_draft", args=[knowledge_base.slug, turn.pk]),
             "submit": reverse("turn_label_submit", args=[knowledge_base.slug, turn.pk]),
@@ -258,7 +261,11 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "turn": turn,
         "tier_name": tier_name,
         "tier_class": tier_class,
-        "passage_rows": [{"passage": p, "relevance": judged.get(str(p.pk), "")} for p in passages],
+        "passage_rows": [
+            {"passage": p, "relevance": judged.get(str(p.pk), ""), "suggestion": suggestions.passages.get(p.pk)}
+            for p in passages
+        ],
+        "answer_suggestion": suggestions.answer,
         "attached": attached,
         "payload": payload,
         "base_version": base_version,

@@ -27,6 +27,7 @@ from django.utils import timezone
 from knowledge.errors import Conflict, InvalidInput, NotFound
 from knowledge.models import Conversation, KnowledgeBase, Turn
 from knowledge.selectors import conversation_messages
+from knowledge.signals import turns_stored_send_on_commit
 from knowledge.services.turns import PassageRecord, answer_compose, ingested_passages_store, turn_served_store
 from rag.conversation import ChatMessage, ConversationError, messages_hash, messages_parse, split_conversation
 from rag.queue_priority import turn_queue_position
@@ -283,6 +284,7 @@ def conversation_ingest(*, knowledge_base: KnowledgeBase, record: ConversationRe
                 conversation.started_at = min(t.created_at for t in turns)
         if turns or created:
             conversation.save()
+        turns_stored_send_on_commit(knowledge_base_id=knowledge_base.pk, turn_ids=[t.pk for t in turns])
     return ConversationIngestResult(
         conversation=conversation, created=created, turns_created=[t.pk for t in turns], turns_existing=len(stored)
     )

@@ -21,6 +21,7 @@ from django.utils import timezone
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import Conversation, Document, KnowledgeBase, RetrievedPassage, Turn
 from knowledge.selectors import passages_retrieve, retriever_for
+from knowledge.signals import turns_stored_send_on_commit
 from rag.conversation import ChatMessage, history_within_budget, messages_hash
 from rag.generation import ContextPassage, GeneratorError, make_generator
 from rag.queue_priority import RANDOM_TIER, turn_queue_position
@@ -154,6 +155,7 @@ def turn_served_store(
             )
             for p in composed.retrieved
         )
+        turns_stored_send_on_commit(knowledge_base_id=knowledge_base.pk, turn_ids=[turn.pk])
     return turn
 
 
@@ -272,6 +274,7 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
         _conversations_touch(conversations.values())
         ingested_passages_store(knowledge_base=knowledge_base, passages_by_turn=zip(turns, (r.passages for r in new_records)))
         result.created = {turn.external_id: turn.pk for turn in turns}
+        turns_stored_send_on_commit(knowledge_base_id=knowledge_base.pk, turn_ids=[turn.pk for turn in turns])
     return result
 
 

@@ -49,6 +49,9 @@
       preload: null,
       searchSeq: 0,
       lastPassage: null,
+      // Suggestions the page pre-selects (curation.suggestion_selectors.TurnSuggestions.as_state).
+      suggestions: state.suggestions || { passages: {}, answer: null },
+      pendingWarned: false,
     };
 
     function $(selector) { return root.querySelector(selector); }
@@ -113,9 +116,61 @@
           corrected_query: correctedQuery ? correctedQuery.value : "",
           skipped: false,
           skip_reason: "",
+          suggestions: suggestionIds(),
         },
         info: info,
       };
+    }
+
+    // --- suggestions: pre-selected, accepted with one key (a), changed like any judgment ---
+
+    function suggestionIds() {
+      var ids = {};
+      Object.keys(self.suggestions.passages).forEach(function (id) { ids[id] = self.suggestions.passages[id].id; });
+      return { passages: ids, answer: self.suggestions.answer ? self.suggestions.answer.id : null };
+    }
+
+    // [{container, suggestion}] for every item with a suggestion: the passages, then the answer.
+    function suggestedItems() {
+      var items = [];
+      root.querySelectorAll('.wb-passage[data-kind="retrieved"]').forEach(function (article) {
+        var suggestion = self.suggestions.passages[article.dataset.passageId];
+        if (suggestion) items.push({ container: article, suggestion: suggestion });
+      });
+      if (self.suggestions.answer) items.push({ container: form.querySelector(".wb-rating").parentNode, suggestion: self.suggestions.answer });
+      return items;
+    }
+
+    function refreshSuggestions() {
+      var pending = 0;
+      suggestedItems().forEach(function (item) {
+        var checked = item.container.querySelector("input[type=radio]:checked");
+        var stateOf = !checked ? "pending" : checked.value === item.suggestion.value ? "accepted" : "changed";
+        if (stateOf === "pending") pending += 1;
+        item.container.querySelectorAll(".wb-opt").forEach(function (option) {
+          var radio = option.querySelector("input[type=radio]");
+          option.classList.toggle("wb-suggested", radio.value === item.suggestion.value);
+        });
+        var box = item.container.querySelector(".wb-suggestion");
+        if (box) {
+          box.dataset.state = stateOf;
+          box.querySelector(".wb-suggestion-state").textContent =
+            stateOf === "pending" ? "— a accepts" : stateOf === "accepted" ? "— accepted" : "— you chose otherwise";
+        }
+      });
+      return pending;
+    }
+
+    function acceptSuggestions() {
+      var accepted = 0;
+      suggestedItems().forEach(function (item) {
+        if (item.container.querySelector("input[type=radio]:checked")) return; // judged already: the curator's word stands
+        checkRadio(item.container, item.suggestion.value);
+        accepted += 1;
+      });
+      if (!accepted) { setStatus("No open suggestion on this turn."); return; }
+      edited();
+      setStatus("Accepted " + accepted + (accepted === 1 ? " suggestion." : " suggestions."));
     }
 
     function checkRadio(container, value) {
@@ -169,6 +224,7 @@
       form.elements.comment.value = payload.comment || "";
       if (form.elements.rewrite_wrong) form.elements.rewrite_wrong.checked = !!payload.rewrite_wrong;
       if (form.elements.corrected_query) form.elements.corrected_query.value = payload.corrected_query || "";
+      refreshSuggestions();
     }
 
     // --- drafts: localStorage at once, the server after a pause ---------------------------
@@ -195,6 +251,7 @@
 
     function edited() {
       if (self.submitted) return;
+      refreshSuggestions();
       self.edits += 1;
       self.pending = true;
       mirrorLocally(collectPayload());
@@ -310,6 +367,14 @@
     }
 
     function submitCurrent() {
+      var pending = refreshSuggestions();
+      if (pending && !self.pendingWarned) {
+        // An unaccepted suggestion is not a judgment: say so once rather than drop it silently.
+        self.pendingWarned = true;
+        showAlert(pending + (pending === 1 ? " suggestion is" : " suggestions are") +
+          " not accepted yet: a accepts them, 1/2/3 or c/p/w judges one; ⏎ again submits without them.");
+        return;
+      }
       submit(collectPayload().payload);
     }
 
@@ -514,6 +579,7 @@
         case "c": rateAnswer("correct"); break;
         case "p": rateAnswer("partly"); break;
         case "w": rateAnswer("wrong"); break;
+        case "a": acceptSuggestions(); break;
         case "g": form.elements.gold_answer.focus(); break;
         case "r":
           if (!form.elements.corrected_query) return;
