@@ -2,7 +2,8 @@
 external RAG apps (idempotent by external id), and user feedback.
 
 Every turn is stored with its place in the curation queue (rag.queue_priority), so the queue
-reads one index in order and a turn needs no second write.
+reads one index in order and a turn needs no second write; training's re-scoring places open
+turns again with the current models through turns_queue_places_write.
 """
 
 import functools
