@@ -299,6 +299,14 @@ class Turn(models.Model):
     # they sit on the turn so the queue (curation.services.queue) reads one partial index.
     queue_tier = models.PositiveSmallIntegerField(default=2)
     queue_order = models.FloatField(default=0.0)
+    # Why the turn is there, when re-scoring placed it (rag.queue_priority REASON_*: "candidate",
+    # "margin", "agents"; blank: placed at ingest or in the random tier) with the figure behind
+    # it (the RBO, the margin, the agreement), so the queue page shows it without a query; and
+    # the versions it was re-scored with ("<live>|<candidate>"), so a re-scoring run skips the
+    # turns already placed by the same models (training.services.queue_rescoring).
+    queue_reason = models.CharField(max_length=16, blank=True, default="")
+    queue_reason_value = models.FloatField(null=True, blank=True)
+    queue_scored_with = models.CharField(max_length=401, blank=True, default="")
     # Submitted (non-skip) labels, kept in step by the label services; `needs_labels` is
     # label_count < the KB's labels_per_turn, so the queue reads one partial index.
     label_count = models.PositiveSmallIntegerField(default=0)

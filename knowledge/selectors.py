@@ -151,6 +151,54 @@ def passages_retrieve(
     return [_retrieved_chunk(row, rank=rank) for rank, row in enumerate(rows, start=1)]
 
 
+def chunk_rankings_many(
+    *, space: EmbeddingSpace, queries: list[str], k: int, query_model_reference: str | None = None
+) -> list[list[tuple[int, float]]]:
+    """For each query, the (document id, score) of its k nearest chunks in the space, best first:
+    passages_retrieve's ranking without the texts, for a batch of queries at once.
+
+    The queries are encoded in one batch and ranked in one statement (a LATERAL top-k per query,
+    with the same distance expression as passages_retrieve, so a large space walks its HNSW
+    index and a small one is scanned exactly); ties go to the lower chunk id, so the same
+    models give the same rankings every time. For background work (re-scoring the queue), not
+    for a request.
+    """
+    if not queries:
+        return []
+    if not 1 <= k <= settings.RAGLOOP_MAX_K:
+        raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
+    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
+    vectors = [as_vector_literal(vector) for vector in embedder.encode_queries([q if q.strip() else "-" for q in queries])]
+    dims = int(space.dimensions)
+    if space.hnsw_index_built:
+        # The index expression, ordered by it alone so the index walk can answer.
+        distance, order = f"e.embedding::vector({dims}) <=> q.vector::vector({dims})", "distance"
+    else:
+        distance, order = "e.embedding <=> q.vector::vector", "distance, e.chunk_id"
+    sql = f"""
+        SELECT q.position, c.document_id, 1 - nearest.distance
+        FROM unnest(%s::text[]) WITH ORDINALITY AS q(vector, position)
+        CROSS JOIN LATERAL (
+            SELECT e.chunk_id, {distance} AS distance
+            FROM curation_chunkembedding e
+            WHERE e.space_id = {int(space.pk)}
+            ORDER BY {order}
+            LIMIT %s
+        ) AS nearest
+        JOIN curation_chunk c ON c.id = nearest.chunk_id
+        ORDER BY q.position, nearest.distance, nearest.chunk_id
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        if space.hnsw_index_built:
+            cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(settings.RAGLOOP_HNSW_EF_SEARCH, 2 * k))])
+        cursor.execute(sql, [vectors, k])
+        rows = cursor.fetchall()
+    rankings: list[list[tuple[int, float]]] = [[] for _ in queries]
+    for position, document_id, score in rows:
+        rankings[position - 1].append((document_id, float(score)))
+    return rankings
+
+
 def _query_vector(*, space: EmbeddingSpace, query: str, query_model_reference: str | None) -> str:
     """The query as a vector literal, encoded by the query-only version's encoder or the space's model."""
     embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))

@@ -9,7 +9,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from training.services import evaluation_jobs, loop, runs
+from training.services import evaluation_jobs, loop, queue_rescoring, runs
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ def loop_policies_check_task(knowledge_base_id: int | None = None) -> None:
 @shared_task
 def loop_tick_task() -> None:
     loop.loop_tick()
+
+
+@shared_task
+def turn_queue_rescore_task(knowledge_base_id: int | None = None) -> None:
+    """Re-score one knowledge base's curation queue (a promotion), or queue it for every one (beat)."""
+    if knowledge_base_id is None:
+        queue_rescoring.turn_queues_rescore_all()
+    else:
+        queue_rescoring.turn_queue_rescore(knowledge_base_id=knowledge_base_id)
 
 
 @shared_task

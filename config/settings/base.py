@@ -170,6 +170,8 @@ CELERY_TASK_ROUTES = {
     # Training and evaluation load models: one at a time, on the (GPU) training worker.
     "training.tasks.training_run_execute_task": {"queue": "training"},
     "training.tasks.evaluation_job_execute_task": {"queue": "training"},
+    # Re-scoring the queue encodes queries: with the other encoder work, off the request path.
+    "training.tasks.turn_queue_rescore_task": {"queue": "embedding"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
@@ -198,6 +200,19 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("RAGLOOP_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "pgserver": {"level": "WARNING"}},
+}
+
+# --- The curation queue's re-scoring (docs/curation.md, training.services.queue_rescoring) --
+# How often beat re-scores the open turns of every knowledge base with the live retriever and
+# the newest candidate (also after every retriever promotion or rollback); a turn already scored
+# by the same versions is skipped, so a quiet knowledge base costs one query per run.
+RAGLOOP_QUEUE_RESCORE_SECONDS = env_int("RAGLOOP_QUEUE_RESCORE_SECONDS", 600)
+# Turns encoded and ranked per statement, and the most one run places (the next run goes on).
+RAGLOOP_QUEUE_RESCORE_BATCH = env_int("RAGLOOP_QUEUE_RESCORE_BATCH", 64)
+RAGLOOP_QUEUE_RESCORE_MAX_TURNS = env_int("RAGLOOP_QUEUE_RESCORE_MAX_TURNS", 5000)
+CELERY_BEAT_SCHEDULE["rescore-curation-queue"] = {
+    "task": "training.tasks.turn_queue_rescore_task",
+    "schedule": float(RAGLOOP_QUEUE_RESCORE_SECONDS),
 }
 
 # --- Notifications (docs/notifications.md) ------------------------------------------------

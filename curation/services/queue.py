@@ -3,8 +3,9 @@ handed the same turn (unless the knowledge base asks for overlap); the knowledge
 settings (overlap, hold time).
 
 A turn's place (tier and order) is stored on the turn when it is stored or its feedback
-changes (rag.queue_priority, called by knowledge.services.turns), so the queue reads one
-partial index in order.
+changes (rag.queue_priority, called by knowledge.services.turns) and again when the models
+change (training.services.queue_rescoring, which also stores why: Turn.queue_reason), so the
+queue reads one partial index in order. The tiers and keys are in rag.queue_priority.
 """
 
 from datetime import timedelta

@@ -43,6 +43,30 @@ QUEUE_TIERS = {
     1: ("low confidence", "tier-confidence"),
     2: ("sample", "tier-sample"),
 }
+# Why re-scoring put a turn where it is (Turn.queue_reason, rag.queue_priority) -> badge text
+# with the stored figure, CSS class and the badge's tooltip.
+QUEUE_REASONS = {
+    "candidate": ("candidate disagrees (RBO {:.2f})", "tier-candidate",
+                  "The live retriever and the newest candidate rank different documents for this query "
+                  "(rank-biased overlap of their top 10; 1 = the same ranking)."),
+    "margin": ("low margin now ({:.3f})", "tier-confidence",
+               "The live retriever's two best documents score this close: it cannot tell them apart."),
+    "agents": ("agents disagree ({:.2f})", "tier-candidate", "The agents' suggestions for this turn disagree (1 = they agree)."),
+}
+
+
+def queue_badge(turn: Turn) -> tuple[str, str, str]:
+    """(text, CSS class, tooltip) of a queue row's priority badge, from the turn's own columns."""
+    if turn.queue_tier != 0 and turn.queue_reason in QUEUE_REASONS:
+        text, css_class, title = QUEUE_REASONS[turn.queue_reason]
+        value = turn.queue_reason_value
+        return (text.format(value) if value is not None else text.split(" (")[0]), css_class, title
+    name, css_class = QUEUE_TIERS.get(turn.queue_tier, QUEUE_TIERS[2])
+    if turn.queue_tier == 1:  # placed at ingest and not re-scored yet: the order is the margin
+        return name, css_class, f"The top two passages scored {turn.queue_order:.3f} apart when the turn was stored."
+    if turn.queue_tier == 0:
+        return name, css_class, "The user gave this answer negative feedback."
+    return name, css_class, "A random sample of the other turns, the same order for everyone."
 # (value, label, shortcut key): the order of the buttons on the page.
 RELEVANCE_CHOICES = [
     (Relevance.RELEVANT, "Relevant", "1"),
@@ -172,7 +196,7 @@ def queue(request, knowledge_base: KnowledgeBase):
     grouped = queue_filter.group == "conversation"
     page = _queue_page(turns, number=request.GET.get("page"), curator=request.user, grouped=grouped)
     for turn in page:
-        turn.tier_name, turn.tier_class = QUEUE_TIERS.get(turn.queue_tier, QUEUE_TIERS[2])
+        turn.tier_name, turn.tier_class, turn.tier_title = queue_badge(turn)
         if turn.conversation_id is not None:
             # turn_count is kept by the services that add turns; never show "6/5" if it lags.
             turn.conversation_total = max(turn.conversation_turn_count or 0, turn.position + 1)

@@ -2,7 +2,8 @@
 external RAG apps (idempotent by external id), and user feedback.
 
 Every turn is stored with its place in the curation queue (rag.queue_priority), so the queue
-reads one index in order and a turn needs no second write.
+reads one index in order and a turn needs no second write; training's re-scoring places open
+turns again with the current models through turns_queue_places_write.
 """
 
 import functools
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
@@ -24,7 +25,7 @@ from knowledge.selectors import passages_retrieve, retriever_for
 from knowledge.signals import turns_stored_send_on_commit
 from rag.conversation import ChatMessage, history_within_budget, messages_hash
 from rag.generation import ContextPassage, GeneratorError, make_generator
-from rag.queue_priority import RANDOM_TIER, turn_queue_position
+from rag.queue_priority import RANDOM_TIER, QueuePosition, turn_queue_position
 
 MAX_TURNS_PER_BATCH = 1000
 MAX_REWRITTEN_QUERY_CHARS = 4000
@@ -352,5 +353,49 @@ def turn_queue_refresh(*, turn: Turn) -> Turn:
         previous = Turn.objects.filter(pk=turn.pk).values_list("queue_tier", "queue_order").first()
         if previous and previous[0] == RANDOM_TIER:
             turn.queue_order = previous[1]
-    Turn.objects.filter(pk=turn.pk).update(queue_tier=turn.queue_tier, queue_order=turn.queue_order)
+    # The reason and the versions of an earlier re-scoring no longer hold: the next re-scoring
+    # run places the turn again (training.services.queue_rescoring).
+    turn.queue_reason, turn.queue_reason_value, turn.queue_scored_with = "", None, ""
+    Turn.objects.filter(pk=turn.pk).update(
+        queue_tier=turn.queue_tier, queue_order=turn.queue_order, queue_reason="", queue_reason_value=None, queue_scored_with=""
+    )
     return turn
+
+
+def turns_queue_places_write(*, knowledge_base_id: int, places: dict[int, QueuePosition], scored_with: str) -> int:
+    """Store the places a re-scoring computed (turn id -> QueuePosition) and the versions it used,
+    in one statement; returns how many turns moved (tier, order or reason changed).
+
+    A turn that got negative feedback meanwhile keeps its tier-0 place (its feedback decides,
+    not the models), and a row already holding these values is not written again, so running
+    the same re-scoring twice changes nothing and leaves no dead rows behind.
+    """
+    if not places:
+        return 0
+    ids = list(places)
+    positions = [places[pk] for pk in ids]
+    with connection.cursor() as cursor:
+        # `before` is the same row as it was (a self-join sees the old values): a turn moved when
+        # its tier, order or reason changed; one whose only change is the versions' stamp did not.
+        cursor.execute(
+            """
+            WITH written AS (
+                UPDATE curation_turn t
+                SET queue_tier = p.tier, queue_order = p.queue_order, queue_reason = p.reason,
+                    queue_reason_value = p.value, queue_scored_with = %s
+                FROM unnest(%s::bigint[], %s::smallint[], %s::float8[], %s::text[], %s::float8[])
+                         AS p(id, tier, queue_order, reason, value),
+                     curation_turn before
+                WHERE t.id = p.id AND before.id = p.id AND t.knowledge_base_id = %s
+                  AND t.feedback IS DISTINCT FROM -1
+                  AND (t.queue_tier, t.queue_order, t.queue_reason, t.queue_reason_value, t.queue_scored_with)
+                      IS DISTINCT FROM (p.tier, p.queue_order, p.reason, p.value, %s)
+                RETURNING (before.queue_tier, before.queue_order, before.queue_reason)
+                          IS DISTINCT FROM (p.tier, p.queue_order, p.reason) AS moved
+            )
+            SELECT count(*) FILTER (WHERE moved) FROM written
+            """,
+            [scored_with, ids, [p.tier for p in positions], [p.order for p in positions], [p.reason for p in positions],
+             [p.value for p in positions], knowledge_base_id, scored_with],
+        )
+        return int(cursor.fetchone()[0])

@@ -34,6 +34,7 @@ from rag.training.artifacts import (
 )
 from training.models import Component, ModelVersion, PromotionEvent, WebhookEndpoint
 from training.services.notifications import notify
+from training.services.queue_rescoring import turn_queue_rescore_soon
 
 
 def artifacts_root() -> Path:
@@ -227,6 +228,9 @@ def model_version_promote(
             "automatic": automatic,
             "reason": reason,
         })
+        if version.component == Component.RETRIEVER:
+            # A new live retriever ranks the open turns differently: place them again.
+            turn_queue_rescore_soon(knowledge_base_id=version.knowledge_base_id)
         return promotion
 
 
@@ -273,6 +277,8 @@ def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, act
             "actor": _actor_name(actor),
             "reason": reason,
         })
+        if component == Component.RETRIEVER:
+            turn_queue_rescore_soon(knowledge_base_id=knowledge_base.pk)
         return rollback
 
 
