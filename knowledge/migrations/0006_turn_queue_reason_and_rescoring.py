@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('knowledge', '0004_conversations'),
+        ('knowledge', '0005_api_token_scopes'),
     ]
 
     operations = [
