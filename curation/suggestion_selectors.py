@@ -16,8 +16,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from curation.models import (
-    PassageJudgment,
     Label,
+    PassageJudgment,
     RetrieverCalibration,
     Suggestion,
     SuggestionAgentAgreement,

@@ -27,8 +27,8 @@ from django.utils import timezone
 from knowledge.errors import Conflict, InvalidInput, NotFound
 from knowledge.models import Conversation, KnowledgeBase, Turn
 from knowledge.selectors import conversation_messages
-from knowledge.signals import turns_stored_send_on_commit
 from knowledge.services.turns import PassageRecord, answer_compose, ingested_passages_store, turn_served_store
+from knowledge.signals import turns_stored_send_on_commit
 from rag.conversation import ChatMessage, ConversationError, messages_hash, messages_parse, split_conversation
 from rag.queue_priority import turn_queue_position
 

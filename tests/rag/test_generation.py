@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from rag.conversation import ChatMessage, condense_heuristic, condense_prompt
 from rag.generation import (
     NO_ANSWER_TEXT,
     SYSTEM_PROMPT,
@@ -25,7 +26,6 @@ from rag.generation import (
     prompt_text,
     prompt_token_ids,
 )
-from rag.conversation import ChatMessage, condense_heuristic, condense_prompt
 from tests.rag.conftest import JsonReplyHandler, reference_mean_log_prob, tiny_tokenizer
 
 PASSAGES = [

@@ -293,3 +293,20 @@ def test_the_queue_page_says_why_each_turn_is_where_it_is_at_the_same_query_coun
         cursor.execute("SET LOCAL enable_seqscan = off")
     plan = listing.values_list("pk", flat=True)[5000:5050].explain()
     assert "turn_queue_all" in plan and "Sort" not in plan, plan  # the same index-only walk as before
+
+
+def test_agents_agreement_is_the_share_of_passages_two_agents_judged_alike(kb):
+    from curation.models import Suggestion
+
+    _ingest(kb, names={"statins": QUERIES["statins"], "vitd": QUERIES["vitd"]})
+    statins, vitd = (Turn.objects.get(knowledge_base=kb, external_id=name) for name in ("statins", "vitd"))
+    first, second = statins.passages.order_by("rank")
+    for passage, retriever, judge in [(first, "relevant", "relevant"), (second, "not_relevant", "relevant")]:
+        Suggestion.objects.create(turn=statins, retrieved_passage=passage, agent="retriever:base", value=retriever)
+        Suggestion.objects.create(turn=statins, retrieved_passage=passage, agent="llm-judge:m", value=judge)
+    Suggestion.objects.create(turn=vitd, retrieved_passage=vitd.passages.first(), agent="retriever:base", value="relevant")
+    Suggestion.objects.create(turn=statins, agent="llm-judge:m", value="correct")  # the answer's rating: not a passage
+
+    agreements = queue_rescoring.agent_agreements(turn_ids=[statins.pk, vitd.pk])
+
+    assert agreements == {statins.pk: 0.5}  # one agent alone on vitd's passage: no agreement to speak of

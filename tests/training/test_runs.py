@@ -31,7 +31,7 @@ from training.services.runs import (
 )
 from training.services.versions import model_version_promote, model_version_register
 
-from .conftest import CONVERSATION, CORRECTED_QUERY, SYSTEM_MESSAGE, QUESTIONS, conversation_turns, label_questions
+from .conftest import CONVERSATION, CORRECTED_QUERY, QUESTIONS, SYSTEM_MESSAGE, conversation_turns, label_questions
 
 FAST_RETRIEVER = {"epochs": 1, "batch_size": 2, "heldout_share": 0.0, "device": "cpu", "top_k": 4, "mined_negatives": 2}
 

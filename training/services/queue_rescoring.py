@@ -19,11 +19,13 @@ until a model changes (a new document in the corpus alone does not re-score it).
 RAGLOOP_QUEUE_RESCORE_MAX_TURNS turns per run; the next run goes on with the rest.
 """
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 
+from curation.models import Suggestion
 from knowledge.errors import ServiceError
 from knowledge.models import KnowledgeBase, Turn
 from knowledge.selectors import RetrieverChoice, chunk_rankings_many, retriever_for
@@ -68,15 +70,23 @@ def scored_with_key(live: RetrieverChoice, candidate: RetrieverChoice | None) ->
 
 
 def agent_agreements(*, turn_ids: list[int]) -> dict[int, float]:
-    """Hook for agents' suggestions: how much the agents that judged each turn agree, in [0, 1]
-    (turn id -> agreement; a turn left out has no suggestions).
-
-    There are no agent suggestions yet (no curation.Suggestion model), so this returns nothing
-    and the "agents" band of rag.queue_priority stays empty. When they exist, compute each turn's
-    agreement here in one query for the batch (e.g. the mean pairwise agreement of their passage
-    verdicts, rag.agreement) and nothing else changes: turn_queue_rescore already places it.
-    """
-    return {}
+    """How much the agents that judged each turn agree, in [0, 1] (turn id -> agreement): the
+    share of the turn's passages, among those two or more agents judged, on which every agent
+    gave the same relevance. A turn with no passage judged by two agents is left out. One
+    query for the batch."""
+    verdicts: dict[tuple[int, int], set[str]] = defaultdict(set)
+    agents: dict[tuple[int, int], int] = defaultdict(int)
+    rows = Suggestion.objects.filter(turn_id__in=turn_ids, retrieved_passage__isnull=False).values_list(
+        "turn_id", "retrieved_passage_id", "value"
+    )
+    for turn_id, passage_id, value in rows:
+        verdicts[(turn_id, passage_id)].add(value)
+        agents[(turn_id, passage_id)] += 1
+    agreeing: dict[int, list[bool]] = defaultdict(list)
+    for key, count in agents.items():
+        if count >= 2:
+            agreeing[key[0]].append(len(verdicts[key]) == 1)
+    return {turn_id: sum(flags) / len(flags) for turn_id, flags in agreeing.items()}
 
 
 def turn_queue_rescore(*, knowledge_base_id: int, max_turns: int | None = None) -> RescoringOutcome:

@@ -4,8 +4,8 @@ prints the token once. Whatever its scopes, a token can do no more than its user
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from knowledge.models import KnowledgeBase
 from knowledge.errors import InvalidInput
+from knowledge.models import KnowledgeBase
 from knowledge.services.tokens import DEFAULT_SCOPES, SCOPES, api_token_create
 
 
