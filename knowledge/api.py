@@ -29,6 +29,7 @@ from knowledge.selectors import (
     conversation_turns,
     conversations_list,
     knowledge_base_get,
+    live_version_names_of,
     passages_retrieve,
     retriever_for,
 )
@@ -497,10 +498,11 @@ def knowledge_base_list(request):
             "description": kb.description,
             "documents": kb.documents.count(),
             "chunks": kb.chunks.count(),
-            "live_retriever_version": kb.live_space.retriever_version if kb.live_space else None,
-            "generator": kb.generator_version,
+            "live_retriever_version": live["retriever"],
+            "generator": live["generator"],
         }
         for kb in visible
+        for live in [live_version_names_of(knowledge_base=kb)]
     ]
 
 

@@ -97,11 +97,23 @@ def _live_now(knowledge_base: KnowledgeBase) -> KnowledgeBase:
 
 
 def live_version_names(*, knowledge_base: KnowledgeBase) -> dict[str, str]:
-    """{"retriever": name, "generator": name} of what serves now, without loading any model."""
-    knowledge_base = _live_now(knowledge_base)
-    base_space = knowledge_base.live_space.retriever_version if knowledge_base.live_space else "none"
+    """{"retriever": name, "generator": name} of what serves now, without loading any model.
+
+    Reads the knowledge base afresh: a promotion since the caller loaded it changed its live
+    pointers."""
+    return live_version_names_of(knowledge_base=_live_now(knowledge_base))
+
+
+def live_version_names_of(*, knowledge_base: KnowledgeBase) -> dict[str, str]:
+    """What is live, from a knowledge base row the caller has loaded (with `live_space`).
+
+    The one definition every page, API endpoint and command shows: the live retriever version
+    promotion wrote (a query-only version serves from its parent's space, so the space's own
+    name would say "base"), else the space serving; the live generator version, else the
+    configured generator."""
+    space_name = knowledge_base.live_space.retriever_version if knowledge_base.live_space_id else "none"
     return {
-        "retriever": knowledge_base.live_retriever_version or base_space,
+        "retriever": knowledge_base.live_retriever_version or space_name,
         "generator": knowledge_base.live_generator_version or knowledge_base.generator_version,
     }
 

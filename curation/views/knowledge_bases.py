@@ -12,7 +12,7 @@ from curation.permissions import knowledge_bases_for, user_can_curate, user_is_a
 from curation.views.access import fragment, knowledge_base_page
 from knowledge.errors import ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
-from knowledge.selectors import live_version_names
+from knowledge.selectors import live_version_names, live_version_names_of
 from knowledge.services.turns import turn_ask
 
 
@@ -33,7 +33,8 @@ def home(request):
         .annotate(document_count=Count("documents", distinct=True))
         .order_by("slug")
     )
-    return render(request, "curation/home.html", {"knowledge_bases": knowledge_bases})
+    rows = [(kb, live_version_names_of(knowledge_base=kb)) for kb in knowledge_bases]
+    return render(request, "curation/home.html", {"rows": rows})
 
 
 @require_GET

@@ -5,6 +5,7 @@ import json
 from django.core.management.base import BaseCommand
 
 from knowledge.models import KnowledgeBase
+from knowledge.selectors import live_version_names_of
 
 
 def _moment(value) -> str | None:
@@ -21,14 +22,15 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         rows = []
         for kb in KnowledgeBase.objects.select_related("live_space"):
+            live = live_version_names_of(knowledge_base=kb)
             row = {
                 "slug": kb.slug,
                 "name": kb.name,
                 "documents": kb.documents.count(),
                 "chunks": kb.chunks.count(),
                 "turns": kb.turns.count(),
-                "live_retriever_version": kb.live_space.retriever_version if kb.live_space else None,
-                "generator": kb.generator_version,
+                "live_retriever_version": live["retriever"],
+                "generator": live["generator"],
             }
             if options["spaces"]:
                 row["spaces"] = [
