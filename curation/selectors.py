@@ -392,9 +392,20 @@ class CuratorLabelCount:
 
 @dataclass(frozen=True)
 class KnowledgeBaseDashboard:
+    """Curation progress; docs/curation.md defines each count.
+
+    turns = complete + partly_labelled + unlabelled, always: the three partition the turns by
+    how many submitted (not skipped) labels they have against the knowledge base's
+    labels_per_turn. `labelled` (partly + complete) and `pending` (unlabelled + partly) are
+    the sums the queue works with.
+    """
+
     turns: int
-    labelled: int  # at least one submitted label
-    pending: int  # fewer labels than the knowledge base asks for (needs_labels)
+    complete: int  # as many submitted labels as the knowledge base asks for (not needs_labels)
+    partly_labelled: int  # at least one submitted label, fewer than asked for
+    unlabelled: int  # no submitted label (skips are not labels)
+    labelled: int  # at least one submitted label: partly_labelled + complete
+    pending: int  # fewer labels than the knowledge base asks for (needs_labels): unlabelled + partly_labelled
     disputed: int
     adjudicated: int
     retriever_ready: int  # final judgment with a relevant passage
@@ -415,6 +426,9 @@ def knowledge_base_dashboard(*, knowledge_base: KnowledgeBase, today: date | Non
     # would shadow the field.
     counts = Turn.objects.filter(knowledge_base=knowledge_base).aggregate(
         n_turns=Count("pk"),
+        n_complete=Count("pk", filter=Q(needs_labels=False)),
+        n_partly_labelled=Count("pk", filter=Q(needs_labels=True, label_count__gte=1)),
+        n_unlabelled=Count("pk", filter=Q(needs_labels=True, label_count=0)),
         n_labelled=Count("pk", filter=Q(label_count__gte=1)),
         n_pending=Count("pk", filter=Q(needs_labels=True)),
         n_disputed=Count("pk", filter=Q(disputed=True)),
@@ -444,6 +458,34 @@ def knowledge_base_dashboard(*, knowledge_base: KnowledgeBase, today: date | Non
         labels_per_day=[(first_day + timedelta(days=i), per_day.get(first_day + timedelta(days=i), 0)) for i in range(DASHBOARD_DAYS)],
         curators=curators,
     )
+
+
+@dataclass(frozen=True)
+class CuratorProgress:
+    """Where a curator stands in a knowledge base; docs/curation.md defines each count."""
+
+    done_today: int  # turns this curator first labelled today (edits and skips not counted)
+    done: int  # turns this curator has labelled here, ever (skips not counted)
+    waiting: int  # turns that still need labels, that this curator has neither labelled nor skipped, besides the one on screen
+
+
+def curator_progress(
+    *, knowledge_base: KnowledgeBase, curator, on_screen: Turn | None = None, today: date | None = None
+) -> CuratorProgress:
+    """The personal figures the judging and queue pages show.
+
+    The judging page passes the turn it shows: "waiting" counts the turns after it, so the
+    figure on the last turn is 0, not a 1 that reads as lagging behind.
+    """
+    today = today or timezone.localdate()
+    mine = Label.objects.filter(turn__knowledge_base=knowledge_base, curator=curator)
+    done = mine.aggregate(done=Count("pk", filter=Q(skipped=False)), today=Count("pk", filter=Q(skipped=False, created_at__date=today)))
+    waiting = Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True).exclude(
+        Exists(Label.objects.filter(turn=OuterRef("pk"), curator=curator))
+    )
+    if on_screen is not None:
+        waiting = waiting.exclude(pk=on_screen.pk)
+    return CuratorProgress(done_today=done["today"], done=done["done"], waiting=waiting.count())
 
 
 # --- the conversation around a turn ----------------------------------------------------

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.models import AnswerRating, Label, Relevance, TurnHold
-from curation.selectors import guidelines_html, knowledge_base_conversation, turn_conversation
+from curation.selectors import curator_progress, guidelines_html, knowledge_base_conversation, turn_conversation
 from curation.services.labels import (
     LabelInput,
     label_draft_save,
@@ -221,9 +221,7 @@ def queue(request, knowledge_base: KnowledgeBase):
         "group_choices": GROUP_CHOICES,
         "filter_query": params.urlencode(),
         "errors": errors,
-        "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
-        .exclude(labels__curator=request.user)
-        .count(),
+        "progress": curator_progress(knowledge_base=knowledge_base, curator=request.user),
     }
     template = "curation/workbench/_queue_table.html" if _is_fragment_request(request) else "curation/workbench/queue.html"
     response = render(request, template, context, status=400 if errors else 200)
@@ -299,9 +297,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "answer_choices": ANSWER_CHOICES,
         "guidelines_html": guidelines_html(knowledge_base.guidelines),
         "conversation": turn_conversation(turn=turn, curator=request.user),
-        "open_count": Turn.objects.filter(knowledge_base=knowledge_base, needs_labels=True)
-        .exclude(labels__curator=request.user)
-        .count(),
+        "progress": curator_progress(knowledge_base=knowledge_base, curator=request.user, on_screen=turn),
     }
     return render(request, "curation/workbench/judge.html", context)
 

@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from curation.models import Adjudication, Label, Membership, TurnHold
 from curation.selectors import (
+    CuratorProgress,
+    curator_progress,
     guidelines_html,
     knowledge_base_agreement,
     knowledge_base_dashboard,
@@ -258,6 +260,10 @@ def test_dashboard_figures_on_a_small_dataset(curated, knowledge_base):
     assert figures.turns == 8
     assert figures.labelled == 6  # B C D E G H
     assert figures.pending == 4  # A B F H
+    assert (figures.complete, figures.partly_labelled, figures.unlabelled) == (4, 2, 2)  # C D E G; B H; A F
+    assert figures.complete + figures.partly_labelled + figures.unlabelled == figures.turns
+    assert figures.labelled == figures.partly_labelled + figures.complete
+    assert figures.pending == figures.partly_labelled + figures.unlabelled
     assert figures.disputed == 1  # D
     assert figures.adjudicated == 1  # E
     assert figures.retriever_ready == 3  # B C E
@@ -265,6 +271,26 @@ def test_dashboard_figures_on_a_small_dataset(curated, knowledge_base):
     assert figures.labels_per_day[-1] == (timezone.localdate(), 10)  # B1 C2 D2 E2 G2 H1
     assert sum(n for _, n in figures.labels_per_day) == 10
     assert [(c.username, c.submitted, c.skipped) for c in figures.curators] == [("alice", 6, 1), ("bob", 4, 0)]
+
+
+def test_curator_progress_counts_what_each_curator_did_and_what_is_left_for_them(curated, knowledge_base, curators):
+    alice, bob, carol = curators
+    # alice labelled B C D E G H and skipped F: of the pending A B F H only A is left for her.
+    assert curator_progress(knowledge_base=knowledge_base, curator=alice) == CuratorProgress(done_today=6, done=6, waiting=1)
+    assert curator_progress(knowledge_base=knowledge_base, curator=bob) == CuratorProgress(done_today=4, done=4, waiting=4)
+    # On the judging page the turn on screen is not "waiting": the last one reads 0.
+    assert curator_progress(knowledge_base=knowledge_base, curator=bob, on_screen=curated["B"]).waiting == 3
+    assert curator_progress(knowledge_base=knowledge_base, curator=alice, on_screen=curated["A"]).waiting == 0
+    tomorrow = timezone.localdate() + timedelta(days=1)
+    assert curator_progress(knowledge_base=knowledge_base, curator=alice, today=tomorrow).done_today == 0
+    assert curator_progress(knowledge_base=knowledge_base, curator=carol) == CuratorProgress(done_today=0, done=0, waiting=4)
+
+
+def test_the_judging_page_shows_the_curators_progress(curated, knowledge_base, curators, client):
+    _, bob, _ = curators
+    client.force_login(bob)
+    page = client.get(f"/kbs/{knowledge_base.slug}/turns/{curated['B'].pk}/judge/").content.decode()
+    assert "4 done today · 4 here · 3 more waiting" in page
 
 
 def test_final_judgments_follow_the_documented_rules_and_match_the_dashboard(curated, knowledge_base):
