@@ -1,5 +1,6 @@
 """Helpers shared by the management commands: service errors become CLI errors, progress bars."""
 
+import getpass
 import sys
 import time
 from contextlib import contextmanager
@@ -16,6 +17,22 @@ def service_errors_as_command_errors():
         yield
     except ServiceError as error:
         raise CommandError(str(error), returncode=2) from error
+
+
+def actor_argument_add(parser) -> None:
+    """`--actor NAME`: who runs the command, for the logs (default: the operating-system user)."""
+    parser.add_argument("--actor", default="", help="who is acting, for the logs (default: the operating-system user)")
+
+
+def cli_actor_name(actor: str = "") -> str:
+    """"cli:<name>": how a command's actor reads in promotion logs and notifications."""
+    name = (actor or "").strip()
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a bare container)
+            name = "unknown"
+    return f"cli:{name}"
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:

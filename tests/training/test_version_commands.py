@@ -150,3 +150,19 @@ def test_evaluation_set_pins_shows_and_unpins(capsys, knowledge_base, snapshot):
     fails("evaluation_set", "test-kb", "--pin", "999999", match="not found")
     assert json.loads(run(capsys, "evaluation_set", "test-kb", "--unpin", "--json"))["snapshot"] is None
     fails("evaluation_set", "test-kb", "--unpin", match="no pinned evaluation set")
+
+
+def test_promote_and_rollback_from_the_cli_record_their_actor(capsys, knowledge_base, admin_client, monkeypatch):
+    import getpass
+
+    retriever_version(knowledge_base, "retriever-v1")
+    run(capsys, "promote", "test-kb", "retriever-v1", "--actor", "ops-oncall", "--reason", "better nDCG")
+    monkeypatch.setattr(getpass, "getuser", lambda: "deploy")
+    run(capsys, "rollback", "test-kb", "--component", "retriever")  # no --actor: the operating-system user
+    events = PromotionEvent.objects.filter(knowledge_base=knowledge_base).order_by("pk")
+    assert [(e.action, e.actor_id, e.actor_name) for e in events] == [
+        ("promote", None, "cli:ops-oncall"),
+        ("rollback", None, "cli:deploy"),
+    ]
+    page = admin_client.get("/kbs/test-kb/models/").content.decode()
+    assert "cli:ops-oncall" in page and "cli:deploy" in page

@@ -224,7 +224,7 @@ def model_version_promote(
             "component": version.component,
             "version": version.name,
             "previous": previous.name if previous else None,
-            "actor": _actor_name(actor),
+            "actor": _actor_name(actor) or actor_name or None,
             "automatic": automatic,
             "reason": reason,
         })
@@ -234,8 +234,12 @@ def model_version_promote(
         return promotion
 
 
-def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, actor=None, reason: str = "") -> PromotionEvent:
-    """Put back the version that was live before the current one (or the base model)."""
+def model_version_rollback(
+    *, knowledge_base: KnowledgeBase, component: str, actor=None, reason: str = "", actor_name: str = ""
+) -> PromotionEvent:
+    """Put back the version that was live before the current one (or the base model).
+
+    `actor_name` says who acted when no person did ("cli:alice")."""
     if component not in Component.values:
         raise InvalidInput(f"Component must be one of {', '.join(Component.values)}.")
     with transaction.atomic():
@@ -268,13 +272,14 @@ def model_version_rollback(*, knowledge_base: KnowledgeBase, component: str, act
             from_version=current,
             to_version=previous,
             actor=actor,
+            actor_name=actor_name or (actor.get_username() if actor else ""),
             reason=reason,
         )
         notify(knowledge_base=knowledge_base, event=WebhookEndpoint.Event.VERSION_ROLLED_BACK, payload={
             "component": component,
             "version": current.name,
             "restored": previous.name if previous else None,
-            "actor": _actor_name(actor),
+            "actor": _actor_name(actor) or actor_name or None,
             "reason": reason,
         })
         if component == Component.RETRIEVER:

@@ -5,7 +5,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from knowledge.management.cli import service_errors_as_command_errors
+from knowledge.management.cli import actor_argument_add, cli_actor_name, service_errors_as_command_errors
 from knowledge.selectors import knowledge_base_get
 from training.services.versions import model_version_rollback
 
@@ -18,10 +18,16 @@ class Command(BaseCommand):
         parser.add_argument("--component", required=True, help="retriever or generator")
         parser.add_argument("--reason", default="", help="why, for the promotion log")
         parser.add_argument("--json", action="store_true")
+        actor_argument_add(parser)
 
     def handle(self, *args, kb, component, reason, **options):
         with service_errors_as_command_errors():
-            event = model_version_rollback(knowledge_base=knowledge_base_get(slug=kb), component=component, reason=reason)
+            event = model_version_rollback(
+                knowledge_base=knowledge_base_get(slug=kb),
+                component=component,
+                reason=reason,
+                actor_name=cli_actor_name(options["actor"]),
+            )
         retired = event.from_version.name
         live = event.to_version.name if event.to_version else None
         if options["json"]:
