@@ -135,11 +135,42 @@ def runs_active(runs: list[TrainingRun]) -> bool:
     return any(run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING) for run in runs)
 
 
+@dataclass(frozen=True)
+class HeadlineFigure:
+    name: str
+    value: float | None
+    delta: float | None  # against the baseline of the version's latest evaluation
+
+
+def _metric_delta(evaluation, name: str) -> float | None:
+    if evaluation is None:
+        return None
+    candidate, baseline = evaluation.candidate_metrics.get(name), evaluation.baseline_metrics.get(name)
+    if candidate is None or baseline is None:
+        return None
+    return candidate - baseline
+
+
 def models_overview(*, knowledge_base: KnowledgeBase) -> ModelsOverview:
     """Versions per component (each with its headline figures), recent runs, the promotion log."""
     versions = model_versions_list(knowledge_base=knowledge_base)
+    latest_evaluation = {}
+    for evaluation in Evaluation.objects.filter(candidate__in=versions).order_by("candidate_id", "-created_at", "-pk"):
+        latest_evaluation.setdefault(evaluation.candidate_id, evaluation)
     for version in versions:
-        version.headline = [(name, version.metrics.get(name)) for name in LIST_METRICS[version.component]]
+        # The delta is the version's latest evaluation against the version live at the time,
+        # on the same held-out examples: metrics of two versions evaluated on different
+        # snapshots are not comparable, so no delta is made up from them.
+        evaluation = latest_evaluation.get(version.pk)
+        version.compared_with = evaluation.baseline_name if evaluation else None
+        version.headline = [
+            HeadlineFigure(
+                name=name,
+                value=version.metrics.get(name),
+                delta=_metric_delta(evaluation, name),
+            )
+            for name in LIST_METRICS[version.component]
+        ]
     components = [
         ComponentVersions(
             component=component,

@@ -314,3 +314,18 @@ def test_an_admin_cancels_a_queued_run_from_the_runs_table(client, admin_user, k
     again = client.post(f"/kbs/test-kb/training-runs/{run.pk}/cancel/", HTTP_HX_REQUEST="true")
     assert again.status_code == 409 and b"already cancelled" in again.content
     assert client.post("/kbs/test-kb/training-runs/999999/cancel/").status_code == 404
+
+
+def test_models_list_shows_each_versions_delta_from_its_own_evaluation(admin_client, knowledge_base):
+    snapshot = make_heldout(knowledge_base, 2)
+    v1 = retriever_version(knowledge_base, "retriever-v1", snapshot=snapshot, metrics={"ndcg@10": 0.75, "mrr@10": 0.6})
+    make_evaluation(v1, snapshot, [0.25, 0.25])  # ndcg@10 0.75 against base's 0.5; mrr@10 0.6 against 0.5
+    retriever_version(knowledge_base, "retriever-v2", metrics={"ndcg@10": 0.8})  # never evaluated: no delta
+    html = admin_client.get("/kbs/test-kb/models/").content.decode()
+    v1_row = html[html.index('href="/kbs/test-kb/models/retriever-v1/"'):]
+    v1_row = v1_row[: v1_row.index("</tr>")]
+    assert '<td class="num" data-metric="ndcg@10">0.750' in v1_row and '<span class="delta up"' in v1_row and "+0.250" in v1_row
+    assert "+0.100" in v1_row and "<td>base</td>" in v1_row  # mrr@10, and what the deltas are against
+    v2_row = html[html.index('href="/kbs/test-kb/models/retriever-v2/"'):]
+    v2_row = v2_row[: v2_row.index("</tr>")]
+    assert "0.800" in v2_row and 'class="delta' not in v2_row and "<td>—</td>" in v2_row
