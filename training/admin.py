@@ -1,13 +1,30 @@
 """The Django admin's view of webhook endpoints, messages and their attempts (for looking into a
 delivery by hand; adding endpoints goes through the knowledge base's webhooks page, which
 validates the URL and makes the secret), of retraining policies (editable, checked as the loop
-page checks them) and of loop cycles (read-only)."""
+page checks them), and read-only views of loop cycles, snapshots, runs, versions, evaluations and
+the promotion log (knowledge.admin_read_only says why)."""
 
 from django import forms
 from django.contrib import admin
 
+from knowledge.admin_read_only import read_only_admin_register
 from knowledge.errors import ServiceError
-from training.models import LoopCycle, RetrainingPolicy, WebhookAttempt, WebhookEndpoint, WebhookMessage
+from training.models import (
+    DatasetSnapshot,
+    Evaluation,
+    EvaluationJob,
+    EvaluationQueryResult,
+    EvaluationSet,
+    LoopCycle,
+    ModelVersion,
+    PromotionEvent,
+    RetrainingPolicy,
+    SnapshotExample,
+    TrainingRun,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from training.services.loop import POLICY_FIELDS, retraining_policy_set
 from training.services.loop.policies import retraining_policy_validate
 
@@ -120,3 +137,9 @@ class LoopCycleAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+read_only_admin_register(
+    DatasetSnapshot, EvaluationSet, SnapshotExample, ModelVersion, TrainingRun, Evaluation, EvaluationQueryResult,
+    PromotionEvent, EvaluationJob,
+)  # fmt: skip

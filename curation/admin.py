@@ -1,0 +1,23 @@
+"""The Django admin's view of memberships, invitations, labels, adjudications and suggestions:
+read-only (knowledge.admin_read_only says why)."""
+
+from curation.models import (
+    Adjudication,
+    Invitation,
+    Label,
+    LabelDraft,
+    LabelRevision,
+    Membership,
+    PassageJudgment,
+    RetrieverCalibration,
+    Suggestion,
+    SuggestionAgentAgreement,
+    SuggestionAttempt,
+    TurnHold,
+)
+from knowledge.admin_read_only import read_only_admin_register
+
+read_only_admin_register(
+    Membership, Invitation, TurnHold, Label, PassageJudgment, LabelRevision, LabelDraft, Adjudication, Suggestion,
+    SuggestionAttempt, RetrieverCalibration, SuggestionAgentAgreement,
+)  # fmt: skip
