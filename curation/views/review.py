@@ -5,10 +5,13 @@ members, and invitations (whose accept page is the one page open to anonymous vi
 Pages of a knowledge base answer 404 to non-members and 403 to members who are not admins.
 """
 
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model, login
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -19,10 +22,12 @@ from curation.selectors import (
     adjudicated_turns,
     dispute_comparison,
     disputed_turns,
+    failure_tag_counts,
     guidelines_html,
     invitations_recent,
     knowledge_base_agreement,
     knowledge_base_dashboard,
+    knowledge_base_failure_tags,
 )
 from curation.services.accounts import (
     invitation_accept,
@@ -95,15 +100,53 @@ def _label_chart(labels_per_day) -> dict:
     }
 
 
+TAG_CHART_WIDTH = 420
+TAG_CHART_LABEL = 190
+TAG_ROW = 22
+
+
+def _failure_tag_chart(counts) -> dict:
+    """Bar geometry of the turns-per-failure-tag chart: one horizontal bar per tag, the tag's
+    name left of it and its count right of it (inline SVG; no chart library)."""
+    most = max((row.turns for row in counts), default=0)
+    room = TAG_CHART_WIDTH - TAG_CHART_LABEL - 40
+    rows = []
+    for i, row in enumerate(counts):
+        width = round(room * row.turns / most) if most else 0
+        rows.append({
+            "y": i * TAG_ROW,
+            "text_y": i * TAG_ROW + 15,
+            "width": max(width, 2) if row.turns else 0,
+            "count_x": TAG_CHART_LABEL + (max(width, 2) if row.turns else 0) + 6,
+            "tag": row,
+        })  # fmt: skip
+    return {
+        "rows": rows,
+        "width": TAG_CHART_WIDTH,
+        "height": max(len(rows), 1) * TAG_ROW,
+        "bar_x": TAG_CHART_LABEL,
+        "label_x": TAG_CHART_LABEL - 6,
+        "bar_height": TAG_ROW - 6,
+        "total": sum(row.turns for row in counts),
+    }
+
+
 @require_GET
 @knowledge_base_page
 def dashboard(request, knowledge_base: KnowledgeBase):
     figures = knowledge_base_dashboard(knowledge_base=knowledge_base)
+    # Failure tags over the last DASHBOARD_DAYS days, or all time (?tags=all).
+    all_time = request.GET.get("tags") == "all"
+    since = None if all_time else timezone.localdate() - timedelta(days=DASHBOARD_DAYS - 1)
+    tag_counts = failure_tag_counts(knowledge_base=knowledge_base, since=since)
     return render(request, "curation/review/dashboard.html", {
         "kb": knowledge_base,
         "figures": figures,
         "chart": _label_chart(figures.labels_per_day),
         "days": DASHBOARD_DAYS,
+        "tag_counts": tag_counts,
+        "tag_chart": _failure_tag_chart(tag_counts),
+        "tags_all_time": all_time,
         "is_admin": user_is_admin(request.user),
     })
 
@@ -179,6 +222,17 @@ def disputes(request, knowledge_base: KnowledgeBase):
     })
 
 
+def _adjudication_tags(knowledge_base, chosen, comparison) -> list[dict]:
+    """The adjudication form's tag checkboxes: the tags offered, and a retired one that a
+    curator or the adjudication put on (it may stay)."""
+    carried = {tag.slug for label in comparison.labels for tag in label.failure_tags.all()} | set(chosen)
+    return [
+        {"slug": tag.slug, "name": tag.name, "retired": tag.retired, "checked": tag.slug in chosen}
+        for tag in knowledge_base_failure_tags(knowledge_base=knowledge_base, include_retired=True)
+        if not tag.retired or tag.slug in carried
+    ]
+
+
 def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", status=200):
     comparison = dispute_comparison(turn=turn)
     submitted = submitted or {}
@@ -197,6 +251,9 @@ def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", st
         "selected_rating": submitted.get("answer_rating", comparison.final_rating),
         "gold_answer": submitted.get("gold_answer", comparison.final_gold_answer),
         "note": submitted.get("note", comparison.final_note),
+        "failure_tags": _adjudication_tags(
+            knowledge_base, submitted.get("failure_tags", comparison.final_failure_tags), comparison
+        ),
         "error": error,
     }
     return render(request, "curation/review/dispute_detail.html", context, status=status)
@@ -217,6 +274,7 @@ def dispute_detail(request, knowledge_base: KnowledgeBase, turn_id: int):
         "answer_rating": request.POST.get("answer_rating", ""),
         "gold_answer": _clean(request.POST.get("gold_answer", "")),
         "note": _clean(request.POST.get("note", "")),
+        "failure_tags": request.POST.getlist("failure_tags"),
     }
     try:
         adjudication_record(
@@ -226,6 +284,7 @@ def dispute_detail(request, knowledge_base: KnowledgeBase, turn_id: int):
             answer_rating=submitted["answer_rating"],
             gold_answer=submitted["gold_answer"],
             note=submitted["note"],
+            failure_tags=submitted["failure_tags"],
         )
     except ServiceError as error:
         return _dispute_page(request, knowledge_base, turn, submitted=submitted, error=str(error), status=error.status_code)
