@@ -164,3 +164,40 @@ def test_the_generator_pairs_repeat_an_answer_not_grounded_and_not_a_retrieval_m
     answers = [answer for _, answer in captured_lora["pairs"]]
     copies = {name: sum(f"gold {name}" in answer for answer in answers) for name, _ in TAGGED}
     assert copies == {"missed": 1, "ungrounded": repeats or 2, "plain": 1}
+
+
+def test_lsr_repeats_a_retrieval_miss_after_scoring_it_once(embedded_knowledge_base, tagged_turns, monkeypatch, tmp_path):
+    import rag.generation
+    import rag.training.retriever as retriever_training
+    from training.services.runs.shared import Reporter
+    from training.services.runs.trainers import retriever as retriever_trainers
+
+    run = training_run_start(knowledge_base=embedded_knowledge_base, component="retriever", mode="lsr",
+                             parameters={"base_model": "/models/tiny", "heldout_share": 0.0, "top_k": 2})
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
+    scored = []
+
+    class LanguageModel:
+        def __init__(self, **kwargs):
+            pass
+
+        def answer_log_likelihood(self, *, query, passage, answer, history=()):
+            scored.append(query)
+            return -1.0
+
+    class Captured(Exception):
+        pass
+
+    def train_lsr(**kwargs):
+        raise Captured(kwargs["examples"], kwargs["lm_log_likelihoods"])
+
+    monkeypatch.setattr(rag.generation, "HFGenerator", LanguageModel)
+    monkeypatch.setattr(retriever_training, "train_lsr", train_lsr)
+    with pytest.raises(Captured) as captured:
+        retriever_trainers.train_lsr(run=run, folder=tmp_path / "lsr", reporter=Reporter(run.pk))
+
+    examples, lm_scores = captured.value.args
+    assert sorted(example.answer for example in examples) == ["gold missed", "gold missed", "gold plain", "gold ungrounded"]
+    assert len(lm_scores) == 4 and all(len(scores) == 2 for scores in lm_scores)
+    assert sorted(set(scored)) == ["question missed?", "question plain?", "question ungrounded?"]
+    assert len(scored) == 3 * 2  # each query's chunks scored once, before the repeat
