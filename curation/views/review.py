@@ -37,6 +37,13 @@ from curation.services.accounts import (
     membership_remove,
 )
 from curation.services.adjudication import adjudication_record
+from curation.services.failure_tags import (
+    failure_tag_create,
+    failure_tag_for,
+    failure_tag_rename,
+    failure_tag_restore,
+    failure_tag_retire,
+)
 from curation.services.guidelines import knowledge_base_guidelines_set
 from curation.services.queue import knowledge_base_curation_settings_set
 from curation.suggestion_selectors import suggestion_review
@@ -333,6 +340,10 @@ def guidelines_preview(request, knowledge_base: KnowledgeBase):
 # --- curation settings and members -------------------------------------------------------
 
 
+def _failure_tags_context(knowledge_base: KnowledgeBase) -> dict:
+    return {"failure_tags": knowledge_base_failure_tags(knowledge_base=knowledge_base, include_retired=True)}
+
+
 def _members_context(knowledge_base: KnowledgeBase) -> dict:
     members = (
         Membership.objects.filter(knowledge_base=knowledge_base).select_related("user").order_by("user__username")
@@ -349,7 +360,7 @@ def _members_context(knowledge_base: KnowledgeBase) -> dict:
 @require_http_methods(["GET", "POST"])
 @knowledge_base_admin_page
 def settings_page(request, knowledge_base: KnowledgeBase):
-    context = {"kb": knowledge_base, **_members_context(knowledge_base)}
+    context = {"kb": knowledge_base, **_members_context(knowledge_base), **_failure_tags_context(knowledge_base)}
     if request.method == "GET":
         return render(request, "curation/review/settings.html", context)
     try:
@@ -391,6 +402,39 @@ def member_remove(request, knowledge_base: KnowledgeBase, user_id: int):
     user = get_object_or_404(get_user_model(), pk=user_id)
     membership_remove(knowledge_base=knowledge_base, user=user)
     return _members_response(request, knowledge_base)
+
+
+FAILURE_TAG_ACTIONS = {"rename", "retire", "restore"}
+
+
+@require_POST
+@knowledge_base_admin_page
+def failure_tag_change(request, knowledge_base: KnowledgeBase):
+    """Add a failure tag (`action=add`, `name`, optional `slug`), or rename, retire or restore
+    the one named by `slug`; back to the settings page, or it again with the error."""
+    action = request.POST.get("action", "")
+    try:
+        if action == "add":
+            failure_tag_create(
+                knowledge_base=knowledge_base, name=request.POST.get("name", ""), slug=request.POST.get("slug", "")
+            )
+        elif action in FAILURE_TAG_ACTIONS:
+            tag = failure_tag_for(knowledge_base=knowledge_base, slug=request.POST.get("slug", ""))
+            if action == "rename":
+                failure_tag_rename(tag=tag, name=request.POST.get("name", ""))
+            elif action == "retire":
+                failure_tag_retire(tag=tag)
+            else:
+                failure_tag_restore(tag=tag)
+        else:
+            raise InvalidInput(f"Unknown action {action[:20]!r}: add, rename, retire or restore.")
+    except ServiceError as error:
+        context = {
+            "kb": knowledge_base, **_members_context(knowledge_base), **_failure_tags_context(knowledge_base),
+            "tag_error": str(error),
+        }  # fmt: skip
+        return render(request, "curation/review/settings.html", context, status=error.status_code)
+    return redirect(reverse("review_settings", args=[knowledge_base.slug]) + "#failure-tags")
 
 
 # --- invitations -------------------------------------------------------------------------
@@ -466,6 +510,7 @@ urlpatterns = [
     path("kbs/<slug:slug>/guidelines/preview/", guidelines_preview, name="review_guidelines_preview"),
     path("kbs/<slug:slug>/settings/", settings_page, name="review_settings"),
     path("kbs/<slug:slug>/settings/members/", member_add, name="review_member_add"),
+    path("kbs/<slug:slug>/settings/failure-tags/", failure_tag_change, name="review_failure_tag_change"),
     path("kbs/<slug:slug>/settings/members/<int:user_id>/remove/", member_remove, name="review_member_remove"),
     path("invitations/new/", invitation_new, name="invitation_new"),
     path("invitations/<str:key>/accept/", invitation_accept_page, name="invitation_accept"),

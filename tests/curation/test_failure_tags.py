@@ -358,3 +358,28 @@ def test_tags_are_submitted_through_the_page_and_another_knowledge_base_cannot_u
     response = client.post(url, json.dumps(body), content_type="application/json")
     assert response.status_code == 200
     assert _tags(Label.objects.get(pk=response.json()["label_id"])) == ["answer-not-grounded"]
+
+
+def test_admins_keep_the_tags_on_the_settings_page_and_curators_may_not(client, knowledge_base, alice, admin_user):
+    url = "/kbs/test-kb/settings/failure-tags/"
+    client.force_login(alice)
+    assert client.post(url, {"action": "add", "name": "Sneaky"}).status_code == 403
+    assert not FailureTag.objects.filter(slug="sneaky").exists()
+
+    client.force_login(admin_user)
+    page = client.get("/kbs/test-kb/settings/").content.decode()
+    assert '<tr data-tag="retrieval-miss"><td><code>retrieval-miss</code></td>' in page
+    assert client.post(url, {"action": "add", "name": "Wrong language"}).status_code == 302
+    assert client.post(url, {"action": "rename", "slug": "wrong-language", "name": "Foreign language"}).status_code == 302
+    assert client.post(url, {"action": "retire", "slug": "out-of-scope"}).status_code == 302
+    tags = {t.slug: t for t in FailureTag.objects.filter(knowledge_base=knowledge_base)}
+    assert tags["wrong-language"].name == "Foreign language" and tags["wrong-language"].position == 6
+    assert tags["out-of-scope"].retired
+    assert client.post(url, {"action": "restore", "slug": "out-of-scope"}).status_code == 302
+    assert not FailureTag.objects.get(knowledge_base=knowledge_base, slug="out-of-scope").retired
+
+    refused = client.post(url, {"action": "add", "name": "Wrong language"})
+    assert refused.status_code == 422 and "already has a failure tag" in refused.content.decode()
+    assert client.post(url, {"action": "retire", "slug": "nope"}).status_code == 422
+    assert client.post(url, {"action": "drop", "slug": "retrieval-miss"}).status_code == 422
+    assert FailureTag.objects.filter(knowledge_base=knowledge_base).count() == 7
