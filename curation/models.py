@@ -1,5 +1,6 @@
 """Curation: curators' membership of knowledge bases, invitations, queue holds, labels with
-their passage judgments, drafts and append-only history, and admins' adjudications."""
+their passage judgments and failure tags, drafts and append-only history, and admins'
+adjudications."""
 
 from django.conf import settings
 from django.db import models
@@ -63,6 +64,47 @@ class AnswerRating(models.TextChoices):
     WRONG = "wrong"
 
 
+# The failure tags every knowledge base starts with (slug, name), in picker order. Slugs never
+# change (training reads them, exports carry them); admins may rename, retire or add tags.
+RETRIEVAL_MISS = "retrieval-miss"
+WRONG_PASSAGE_FIRST = "wrong-passage-first"
+ANSWER_NOT_GROUNDED = "answer-not-grounded"
+ANSWER_INCOMPLETE = "answer-incomplete"
+STALE_DOCUMENT = "stale-document"
+OUT_OF_SCOPE = "out-of-scope"
+DEFAULT_FAILURE_TAGS = [
+    (RETRIEVAL_MISS, "Retrieval miss"),
+    (WRONG_PASSAGE_FIRST, "Wrong passage ranked first"),
+    (ANSWER_NOT_GROUNDED, "Answer not grounded"),
+    (ANSWER_INCOMPLETE, "Answer incomplete"),
+    (STALE_DOCUMENT, "Stale document"),
+    (OUT_OF_SCOPE, "Out of scope"),
+]
+
+
+class FailureTag(models.Model):
+    """A kind of failure a curator can put on a turn ("retrieval miss"), one set per knowledge
+    base. A retired tag is no longer offered but stays on the labels that carry it."""
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="failure_tags")
+    slug = models.SlugField(max_length=50)
+    name = models.CharField(max_length=100)
+    position = models.PositiveSmallIntegerField(default=0)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["knowledge_base", "slug"], name="failure_tag_unique_slug")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_at is not None
+
+
 class Label(models.Model):
     """One curator's judgment of one turn. Every change is kept in LabelRevision."""
 
@@ -86,6 +128,8 @@ class Label(models.Model):
         "Suggestion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     answer_suggestion_matched = models.BooleanField(null=True, blank=True)
+    # Tags of the knowledge base's own set (checked by label_submit).
+    failure_tags = models.ManyToManyField(FailureTag, blank=True, related_name="labels")
     # Incremented on every submit; a draft records the version it started from.
     version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -162,6 +206,8 @@ class Adjudication(models.Model):
     gold_answer = models.TextField(blank=True)
     # {"<retrieved passage id>": "relevant" | "partly" | "not_relevant"}
     passage_relevance = models.JSONField(default=dict)
+    # The admin's final word on the turn's failure tags; wins over the curators' as the rest does.
+    failure_tags = models.ManyToManyField(FailureTag, blank=True, related_name="adjudications")
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -24,6 +24,7 @@ from django.utils import timezone
 from curation.models import (
     Adjudication,
     AnswerRating,
+    FailureTag,
     Invitation,
     Label,
     PassageJudgment,
@@ -53,6 +54,9 @@ class FinalJudgment:
     # The self-contained query a curator wrote for a follow-up whose rewrite was wrong (the
     # most recently updated label's, as for gold answers); blank when none did.
     corrected_query: str = ""
+    # Slugs of the failure tags: the adjudication's when an admin decided, else every tag any
+    # of the labels carries (tags are never compared, so they never make a turn disputed).
+    failure_tags: tuple[str, ...] = ()
 
     @property
     def is_final(self) -> bool:
@@ -74,7 +78,7 @@ class FinalJudgment:
 
 
 def turn_final_judgments(*, turns: QuerySet[Turn]) -> dict[int, FinalJudgment]:
-    """The final judgment of each of the turns, by turn id, in three queries.
+    """The final judgment of each of the turns, by turn id, in five queries.
 
     The rules, in order:
     1. An adjudication decides: its passage relevances, answer rating and gold answer, as the
@@ -92,10 +96,10 @@ def turn_final_judgments(*, turns: QuerySet[Turn]) -> dict[int, FinalJudgment]:
     `knowledge_base_dashboard` counts the training-ready turns with the same rules in SQL
     (`_final_judgment_readiness`); tests keep the two in step.
     """
-    turn_list = list(turns.select_related("adjudication"))
+    turn_list = list(turns.select_related("adjudication").prefetch_related("adjudication__failure_tags"))
     labels = (
         Label.objects.filter(turn__in=turns.values("pk"), skipped=False)
-        .prefetch_related("passage_judgments")
+        .prefetch_related("passage_judgments", "failure_tags")
         .order_by("updated_at", "pk")
     )
     labels_by_turn: dict[int, list[Label]] = defaultdict(list)
@@ -123,6 +127,11 @@ def _corrected_query(labels: list[Label]) -> str:
     return corrections[-1] if corrections else ""
 
 
+def _labels_failure_tags(labels: list[Label]) -> tuple[str, ...]:
+    tags = {tag.slug: tag for label in labels for tag in label.failure_tags.all()}
+    return tuple(slug for slug, _ in sorted(tags.items(), key=lambda item: (item[1].position, item[1].pk)))
+
+
 def _final_judgment(turn: Turn, labels: list[Label]) -> FinalJudgment:
     adjudication = getattr(turn, "adjudication", None)
     if adjudication is not None:
@@ -134,6 +143,7 @@ def _final_judgment(turn: Turn, labels: list[Label]) -> FinalJudgment:
             answer_rating=adjudication.answer_rating,
             gold_answer=adjudication.gold_answer,
             corrected_query=_corrected_query(labels),
+            failure_tags=tuple(tag.slug for tag in adjudication.failure_tags.all()),
         )
     if not labels:
         return FinalJudgment(turn_id=turn.pk, source="none")
@@ -158,6 +168,7 @@ def _final_judgment(turn: Turn, labels: list[Label]) -> FinalJudgment:
         answer_rating=ratings.pop() if len(ratings) == 1 else "",
         gold_answer=golds[-1] if golds else "",
         corrected_query=_corrected_query(labels),
+        failure_tags=_labels_failure_tags(labels),
     )
 
 
@@ -325,6 +336,7 @@ class DisputeComparison:
     final_rating: str
     final_gold_answer: str
     final_note: str
+    final_failure_tags: tuple[str, ...] = ()  # the adjudication's, else every tag a curator put on
 
 
 def _agreed_value(values: list[str | None]) -> str:
@@ -334,14 +346,14 @@ def _agreed_value(values: list[str | None]) -> str:
 
 def dispute_comparison(*, turn: Turn) -> DisputeComparison:
     """The curators' labels of a turn side by side, with the adjudication form's starting
-    values: the existing adjudication, else what the curators agree on (four queries)."""
+    values: the existing adjudication, else what the curators agree on (six queries)."""
     labels = list(
         Label.objects.filter(turn=turn, skipped=False)
         .select_related("curator")
-        .prefetch_related("passage_judgments")
+        .prefetch_related("passage_judgments", "failure_tags")
         .order_by("curator__username")
     )
-    adjudication = Adjudication.objects.filter(turn=turn).first()
+    adjudication = Adjudication.objects.filter(turn=turn).prefetch_related("failure_tags").first()
     judged = [
         {j.retrieved_passage_id: j.relevance for j in label.passage_judgments.all() if j.retrieved_passage_id}
         for label in labels
@@ -375,6 +387,9 @@ def dispute_comparison(*, turn: Turn) -> DisputeComparison:
         final_rating=adjudication.answer_rating if adjudication else _agreed_value(ratings),
         final_gold_answer=adjudication.gold_answer if adjudication else (latest_gold.gold_answer if latest_gold else ""),
         final_note=adjudication.note if adjudication else "",
+        final_failure_tags=(
+            tuple(tag.slug for tag in adjudication.failure_tags.all()) if adjudication else _labels_failure_tags(labels)
+        ),
     )
 
 
@@ -486,6 +501,42 @@ def curator_progress(
     if on_screen is not None:
         waiting = waiting.exclude(pk=on_screen.pk)
     return CuratorProgress(done_today=done["today"], done=done["done"], waiting=waiting.count())
+
+
+@dataclass(frozen=True)
+class FailureTagCount:
+    slug: str
+    name: str
+    retired: bool
+    turns: int
+
+
+def failure_tag_counts(*, knowledge_base: KnowledgeBase, since: date | None = None) -> list[FailureTagCount]:
+    """Per failure tag of the knowledge base, how many turns a curator's submitted label tags
+    with it (a turn tagged by two curators counts once), in picker order, in one query.
+
+    `since`: only labels last submitted on or after that day (server time zone); None: all.
+    A retired tag is listed only while some label in the period still carries it.
+    """
+    in_period = Q(labels__skipped=False, labels__turn__knowledge_base=knowledge_base)
+    if since is not None:
+        in_period &= Q(labels__updated_at__date__gte=since)
+    rows = FailureTag.objects.filter(knowledge_base=knowledge_base).annotate(
+        n_turns=Count("labels__turn", filter=in_period, distinct=True)
+    )
+    return [
+        FailureTagCount(slug=tag.slug, name=tag.name, retired=tag.retired, turns=tag.n_turns)
+        for tag in rows
+        if not tag.retired or tag.n_turns
+    ]
+
+
+def knowledge_base_failure_tags(*, knowledge_base: KnowledgeBase, include_retired: bool = False) -> list[FailureTag]:
+    """The knowledge base's failure tags in picker order (the ones offered, unless include_retired)."""
+    tags = FailureTag.objects.filter(knowledge_base=knowledge_base)
+    if not include_retired:
+        tags = tags.filter(retired_at__isnull=True)
+    return list(tags)
 
 
 # --- the conversation around a turn ----------------------------------------------------

@@ -26,7 +26,7 @@ import hashlib
 import random
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +85,9 @@ class DatasetExample:
     `relevant` are the passages curators marked relevant (retrieved or attached from a corpus
     search); `irrelevant` are retrieved passages they marked not relevant, the hard negatives;
     `retrieved` is the retriever's top k in rank order, judged or not. `rationale` is the
-    curator's short quote of the passage that supports the answer.
+    curator's short quote of the passage that supports the answer. `failure_tags` are the
+    slugs of the failures curators tagged the turn with ("retrieval-miss", ...); trainers
+    repeat tagged examples (`example_repeats`).
     """
 
     example_id: str
@@ -97,14 +99,34 @@ class DatasetExample:
     rationale: str = ""
     question: str = ""
     history: list[ChatMessage] = field(default_factory=list)
+    failure_tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "history", chat_history(self.history))
+        object.__setattr__(self, "failure_tags", tuple(self.failure_tags))
 
     @property
     def user_question(self) -> str:
         """The question the user asked: what a generator answers, after `history`."""
         return self.question or self.query
+
+
+def example_repeats(example: DatasetExample, *, weighted_tags: Iterable[str], repeats: int) -> int:
+    """How many times a trainer shows the example: `repeats` when a curator tagged it with one
+    of `weighted_tags` (the failures this component can fix), else once."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    return repeats if set(example.failure_tags) & set(weighted_tags) else 1
+
+
+def examples_repeated(examples: Iterable[DatasetExample], *, weighted_tags: Iterable[str], repeats: int) -> list[DatasetExample]:
+    """The examples in order, each tagged one `repeats` times in a row (see example_repeats)."""
+    weighted = frozenset(weighted_tags)
+    return [
+        example
+        for example in examples
+        for _ in range(example_repeats(example, weighted_tags=weighted, repeats=repeats))
+    ]
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ class SnapshotExample(models.Model):
     irrelevant = models.JSONField(default=list)
     retrieved = models.JSONField(default=list)
     label_ids = models.JSONField(default=list)
+    # Slugs of the turn's failure tags in its final judgment ("retrieval-miss", ...): the
+    # trainers repeat such examples (training.services.runs.inputs, docs/failure-tags.md).
+    failure_tags = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["pk"]

@@ -3,7 +3,8 @@ curators' labels (see curation.selectors.turn_final_judgments) and ends the disp
 
 from django.db import transaction
 
-from curation.models import Adjudication, AnswerRating, Label, Relevance
+from curation.models import Adjudication, AnswerRating, FailureTag, Label, Relevance
+from curation.services.failure_tags import failure_tags_resolve
 from curation.services.labels import MAX_TEXT, turn_label_state_refresh
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
@@ -63,13 +64,16 @@ def adjudication_record(
     answer_rating: str = "",
     gold_answer: str = "",
     note: str = "",
+    failure_tags: list[str] | None = None,
 ) -> Adjudication:
     """Record (or replace) the admin's final judgment of the turn; the turn is then no longer
     disputed. The caller checks that `admin` is an admin.
 
     `passage_relevance` maps the turn's retrieved passage ids to a relevance ("" = not judged).
-    Every point the curators disagree on must be decided. InvalidInput names the first
-    problem, and then nothing is written.
+    Every point the curators disagree on must be decided. `failure_tags` are slugs of the
+    knowledge base's tags, the final word on them (a retired one only if a curator or the
+    earlier adjudication put it on). InvalidInput names the first problem, and then nothing
+    is written.
     """
     passages = _passage_relevance(turn, passage_relevance or {})
     answer_rating = _text("answer_rating", answer_rating or "")
@@ -82,6 +86,14 @@ def adjudication_record(
     open_points = _undecided_disagreements(turn, passages, answer_rating)
     if open_points:
         raise InvalidInput(f"The curators disagree on {', '.join(open_points)}: decide it.")
+    carried = frozenset(
+        FailureTag.objects.filter(labels__turn=turn).values_list("slug", flat=True).union(
+            FailureTag.objects.filter(adjudications__turn=turn).values_list("slug", flat=True)
+        )
+    )
+    tags = failure_tags_resolve(
+        knowledge_base=turn.knowledge_base, slugs=list(failure_tags or []), allowed_retired=carried
+    )
     with transaction.atomic():
         # Lock the turn as label_submit does: its dispute flag is recomputed below.
         locked = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
@@ -95,6 +107,7 @@ def adjudication_record(
                 "note": note,
             },
         )
+        adjudication.failure_tags.set(tags)
         turn_label_state_refresh(turn=Turn.objects.select_related("knowledge_base").get(pk=turn.pk))
         labels_finalised_send_on_commit(locked.knowledge_base_id)
     return adjudication

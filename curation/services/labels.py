@@ -8,6 +8,7 @@ A label's state travels as a *payload*, the same dict the workbench autosaves:
      "gold_answer": "", "rationale": "", "has_personal_data": false, "comment": "",
      "rewrite_wrong": false, "corrected_query": "",
      "skipped": false, "skip_reason": "",
+     "failure_tags": ["retrieval-miss", ...],
      "suggestions": {"passages": {"<retrieved passage id>": <suggestion id>}, "answer": <suggestion id> | null}}
 
 `suggestions` (optional) names the suggestions the judging page pre-selected: for every judged
@@ -15,6 +16,10 @@ passage (and the answer rating) that had one, the submit records the suggestion 
 PassageJudgment (or Label) and whether the curator's final choice equals it
 (`suggestion_matched`, `answer_suggestion_matched`). A suggestion of another turn, or of
 another passage, is refused (InvalidInput). It is not part of the label's history.
+
+`failure_tags` are slugs of the knowledge base's failure tags (curation.services.failure_tags):
+a slug that is not one of this knowledge base's tags is refused (InvalidInput, naming it), and
+so is a retired tag the label did not carry already. A skip carries no tags.
 
 `rewrite_wrong` and `corrected_query` are the rewrite verdict: only for a turn whose follow-up
 question retrieval saw rewritten (`Turn.rewritten_query`), the curator says the rewrite missed
@@ -28,6 +33,7 @@ from django.db import transaction
 
 from curation.models import (
     AnswerRating,
+    FailureTag,
     Label,
     LabelDraft,
     LabelRevision,
@@ -36,6 +42,7 @@ from curation.models import (
     Suggestion,
     TurnHold,
 )
+from curation.services.failure_tags import failure_tags_resolve
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import Chunk, Turn
@@ -59,6 +66,7 @@ class LabelInput:
     # The suggestions the page pre-selected: retrieved passage id -> suggestion id, and the answer's.
     suggestions: dict[int, int] = field(default_factory=dict)
     answer_suggestion: int | None = None
+    failure_tags: tuple[str, ...] = ()  # slugs of the knowledge base's failure tags
 
     @classmethod
     def from_payload(cls, payload: dict) -> "LabelInput":
@@ -110,6 +118,11 @@ class LabelInput:
                 raise InvalidInput(f"attached: {relevance!r} is not one of {', '.join(Relevance.values)}.")
             attached[item["chunk_id"]] = relevance
         suggestions, answer_suggestion = _suggestions_from(payload.get("suggestions"))
+        failure_tags = payload.get("failure_tags") or []
+        if not isinstance(failure_tags, list) or not all(isinstance(slug, str) and slug for slug in failure_tags):
+            raise InvalidInput("failure_tags must be a list of failure tag slugs.")
+        if len(failure_tags) > 50:
+            raise InvalidInput("failure_tags: at most 50 tags.")
         rating = text("answer_rating")
         if rating and rating not in AnswerRating.values:
             raise InvalidInput(f"answer_rating: {rating!r} is not one of {', '.join(AnswerRating.values)}.")
@@ -127,6 +140,7 @@ class LabelInput:
             skip_reason=text("skip_reason"),
             suggestions=suggestions,
             answer_suggestion=answer_suggestion,
+            failure_tags=tuple(dict.fromkeys(failure_tags)),
         )
 
 
@@ -187,6 +201,7 @@ def label_payload(label: Label) -> dict:
         "corrected_query": label.corrected_query,
         "skipped": label.skipped,
         "skip_reason": label.skip_reason,
+        "failure_tags": [tag.slug for tag in label.failure_tags.all()],  # FailureTag.Meta.ordering: picker order
     }
 
 
@@ -239,6 +254,11 @@ def label_submit(
     """
     chunks = _validate_against_turn(turn, data)
     shown = {} if data.skipped else _suggestions_shown(turn, data)
+    # A retired tag the label already carries may stay on it; none is put on anew.
+    carried = frozenset(FailureTag.objects.filter(labels__turn=turn, labels__curator=curator).values_list("slug", flat=True))
+    failure_tags = [] if data.skipped else failure_tags_resolve(
+        knowledge_base=turn.knowledge_base, slugs=list(data.failure_tags), allowed_retired=carried, any_retired=imported
+    )
     with transaction.atomic():
         # Lock the turn: its label counts and dispute flag are recomputed below.
         turn = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
@@ -267,6 +287,7 @@ def label_submit(
         label.answer_suggestion = answer_suggestion
         label.answer_suggestion_matched = (answer_suggestion.value == label.answer_rating) if answer_suggestion else None
         label.save()
+        label.failure_tags.set(failure_tags)
         label.passage_judgments.all().delete()
         if not data.skipped:
             PassageJudgment.objects.bulk_create(
@@ -348,4 +369,4 @@ def label_for_editing(*, turn: Turn, curator) -> tuple[dict, int, str]:
         return label_payload(label), version, "label"
     return {"passages": {}, "attached": [], "answer_rating": "", "gold_answer": turn.answer, "rationale": "",
             "has_personal_data": False, "comment": "", "rewrite_wrong": False, "corrected_query": "",
-            "skipped": False, "skip_reason": ""}, 0, "new"
+            "skipped": False, "skip_reason": "", "failure_tags": []}, 0, "new"

@@ -5,10 +5,13 @@ members, and invitations (whose accept page is the one page open to anonymous vi
 Pages of a knowledge base answer 404 to non-members and 403 to members who are not admins.
 """
 
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model, login
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -19,10 +22,12 @@ from curation.selectors import (
     adjudicated_turns,
     dispute_comparison,
     disputed_turns,
+    failure_tag_counts,
     guidelines_html,
     invitations_recent,
     knowledge_base_agreement,
     knowledge_base_dashboard,
+    knowledge_base_failure_tags,
 )
 from curation.services.accounts import (
     invitation_accept,
@@ -32,6 +37,13 @@ from curation.services.accounts import (
     membership_remove,
 )
 from curation.services.adjudication import adjudication_record
+from curation.services.failure_tags import (
+    failure_tag_create,
+    failure_tag_for,
+    failure_tag_rename,
+    failure_tag_restore,
+    failure_tag_retire,
+)
 from curation.services.guidelines import knowledge_base_guidelines_set
 from curation.services.queue import knowledge_base_curation_settings_set
 from curation.suggestion_selectors import suggestion_review
@@ -95,15 +107,53 @@ def _label_chart(labels_per_day) -> dict:
     }
 
 
+TAG_CHART_WIDTH = 420
+TAG_CHART_LABEL = 190
+TAG_ROW = 22
+
+
+def _failure_tag_chart(counts) -> dict:
+    """Bar geometry of the turns-per-failure-tag chart: one horizontal bar per tag, the tag's
+    name left of it and its count right of it (inline SVG; no chart library)."""
+    most = max((row.turns for row in counts), default=0)
+    room = TAG_CHART_WIDTH - TAG_CHART_LABEL - 40
+    rows = []
+    for i, row in enumerate(counts):
+        width = round(room * row.turns / most) if most else 0
+        rows.append({
+            "y": i * TAG_ROW,
+            "text_y": i * TAG_ROW + 15,
+            "width": max(width, 2) if row.turns else 0,
+            "count_x": TAG_CHART_LABEL + (max(width, 2) if row.turns else 0) + 6,
+            "tag": row,
+        })  # fmt: skip
+    return {
+        "rows": rows,
+        "width": TAG_CHART_WIDTH,
+        "height": max(len(rows), 1) * TAG_ROW,
+        "bar_x": TAG_CHART_LABEL,
+        "label_x": TAG_CHART_LABEL - 6,
+        "bar_height": TAG_ROW - 6,
+        "total": sum(row.turns for row in counts),
+    }
+
+
 @require_GET
 @knowledge_base_page
 def dashboard(request, knowledge_base: KnowledgeBase):
     figures = knowledge_base_dashboard(knowledge_base=knowledge_base)
+    # Failure tags over the last DASHBOARD_DAYS days, or all time (?tags=all).
+    all_time = request.GET.get("tags") == "all"
+    since = None if all_time else timezone.localdate() - timedelta(days=DASHBOARD_DAYS - 1)
+    tag_counts = failure_tag_counts(knowledge_base=knowledge_base, since=since)
     return render(request, "curation/review/dashboard.html", {
         "kb": knowledge_base,
         "figures": figures,
         "chart": _label_chart(figures.labels_per_day),
         "days": DASHBOARD_DAYS,
+        "tag_counts": tag_counts,
+        "tag_chart": _failure_tag_chart(tag_counts),
+        "tags_all_time": all_time,
         "is_admin": user_is_admin(request.user),
     })
 
@@ -179,6 +229,17 @@ def disputes(request, knowledge_base: KnowledgeBase):
     })
 
 
+def _adjudication_tags(knowledge_base, chosen, comparison) -> list[dict]:
+    """The adjudication form's tag checkboxes: the tags offered, and a retired one that a
+    curator or the adjudication put on (it may stay)."""
+    carried = {tag.slug for label in comparison.labels for tag in label.failure_tags.all()} | set(chosen)
+    return [
+        {"slug": tag.slug, "name": tag.name, "retired": tag.retired, "checked": tag.slug in chosen}
+        for tag in knowledge_base_failure_tags(knowledge_base=knowledge_base, include_retired=True)
+        if not tag.retired or tag.slug in carried
+    ]
+
+
 def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", status=200):
     comparison = dispute_comparison(turn=turn)
     submitted = submitted or {}
@@ -197,6 +258,9 @@ def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", st
         "selected_rating": submitted.get("answer_rating", comparison.final_rating),
         "gold_answer": submitted.get("gold_answer", comparison.final_gold_answer),
         "note": submitted.get("note", comparison.final_note),
+        "failure_tags": _adjudication_tags(
+            knowledge_base, submitted.get("failure_tags", comparison.final_failure_tags), comparison
+        ),
         "error": error,
     }
     return render(request, "curation/review/dispute_detail.html", context, status=status)
@@ -217,6 +281,7 @@ def dispute_detail(request, knowledge_base: KnowledgeBase, turn_id: int):
         "answer_rating": request.POST.get("answer_rating", ""),
         "gold_answer": _clean(request.POST.get("gold_answer", "")),
         "note": _clean(request.POST.get("note", "")),
+        "failure_tags": request.POST.getlist("failure_tags"),
     }
     try:
         adjudication_record(
@@ -226,6 +291,7 @@ def dispute_detail(request, knowledge_base: KnowledgeBase, turn_id: int):
             answer_rating=submitted["answer_rating"],
             gold_answer=submitted["gold_answer"],
             note=submitted["note"],
+            failure_tags=submitted["failure_tags"],
         )
     except ServiceError as error:
         return _dispute_page(request, knowledge_base, turn, submitted=submitted, error=str(error), status=error.status_code)
@@ -274,6 +340,10 @@ def guidelines_preview(request, knowledge_base: KnowledgeBase):
 # --- curation settings and members -------------------------------------------------------
 
 
+def _failure_tags_context(knowledge_base: KnowledgeBase) -> dict:
+    return {"failure_tags": knowledge_base_failure_tags(knowledge_base=knowledge_base, include_retired=True)}
+
+
 def _members_context(knowledge_base: KnowledgeBase) -> dict:
     members = (
         Membership.objects.filter(knowledge_base=knowledge_base).select_related("user").order_by("user__username")
@@ -290,7 +360,7 @@ def _members_context(knowledge_base: KnowledgeBase) -> dict:
 @require_http_methods(["GET", "POST"])
 @knowledge_base_admin_page
 def settings_page(request, knowledge_base: KnowledgeBase):
-    context = {"kb": knowledge_base, **_members_context(knowledge_base)}
+    context = {"kb": knowledge_base, **_members_context(knowledge_base), **_failure_tags_context(knowledge_base)}
     if request.method == "GET":
         return render(request, "curation/review/settings.html", context)
     try:
@@ -332,6 +402,39 @@ def member_remove(request, knowledge_base: KnowledgeBase, user_id: int):
     user = get_object_or_404(get_user_model(), pk=user_id)
     membership_remove(knowledge_base=knowledge_base, user=user)
     return _members_response(request, knowledge_base)
+
+
+FAILURE_TAG_ACTIONS = {"rename", "retire", "restore"}
+
+
+@require_POST
+@knowledge_base_admin_page
+def failure_tag_change(request, knowledge_base: KnowledgeBase):
+    """Add a failure tag (`action=add`, `name`, optional `slug`), or rename, retire or restore
+    the one named by `slug`; back to the settings page, or it again with the error."""
+    action = request.POST.get("action", "")
+    try:
+        if action == "add":
+            failure_tag_create(
+                knowledge_base=knowledge_base, name=request.POST.get("name", ""), slug=request.POST.get("slug", "")
+            )
+        elif action in FAILURE_TAG_ACTIONS:
+            tag = failure_tag_for(knowledge_base=knowledge_base, slug=request.POST.get("slug", ""))
+            if action == "rename":
+                failure_tag_rename(tag=tag, name=request.POST.get("name", ""))
+            elif action == "retire":
+                failure_tag_retire(tag=tag)
+            else:
+                failure_tag_restore(tag=tag)
+        else:
+            raise InvalidInput(f"Unknown action {action[:20]!r}: add, rename, retire or restore.")
+    except ServiceError as error:
+        context = {
+            "kb": knowledge_base, **_members_context(knowledge_base), **_failure_tags_context(knowledge_base),
+            "tag_error": str(error),
+        }  # fmt: skip
+        return render(request, "curation/review/settings.html", context, status=error.status_code)
+    return redirect(reverse("review_settings", args=[knowledge_base.slug]) + "#failure-tags")
 
 
 # --- invitations -------------------------------------------------------------------------
@@ -407,6 +510,7 @@ urlpatterns = [
     path("kbs/<slug:slug>/guidelines/preview/", guidelines_preview, name="review_guidelines_preview"),
     path("kbs/<slug:slug>/settings/", settings_page, name="review_settings"),
     path("kbs/<slug:slug>/settings/members/", member_add, name="review_member_add"),
+    path("kbs/<slug:slug>/settings/failure-tags/", failure_tag_change, name="review_failure_tag_change"),
     path("kbs/<slug:slug>/settings/members/<int:user_id>/remove/", member_remove, name="review_member_remove"),
     path("invitations/new/", invitation_new, name="invitation_new"),
     path("invitations/<str:key>/accept/", invitation_accept_page, name="invitation_accept"),

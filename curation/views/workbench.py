@@ -15,7 +15,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.models import AnswerRating, Label, Relevance, TurnHold
-from curation.selectors import curator_progress, guidelines_html, knowledge_base_conversation, turn_conversation
+from curation.selectors import (
+    curator_progress,
+    guidelines_html,
+    knowledge_base_conversation,
+    knowledge_base_failure_tags,
+    turn_conversation,
+)
 from curation.services.labels import (
     LabelInput,
     label_draft_save,
@@ -81,6 +87,22 @@ ANSWER_CHOICES = [
 FEEDBACK_CHOICES = [("any", "Any"), ("negative", "Negative"), ("positive", "Positive"), ("none", "None")]
 STATUS_CHOICES = [("all", "All"), ("unlabelled", "Unlabelled"), ("labelled_by_me", "Labelled by me"), ("disputed", "Disputed")]
 GROUP_CHOICES = [("none", "Turn by turn"), ("conversation", "By conversation")]
+# The tag picker (t) toggles tags with these keys, in picker order.
+FAILURE_TAG_KEYS = "1234567890"
+
+
+def failure_tag_choices(*, knowledge_base: KnowledgeBase, chosen) -> list[dict]:
+    """The tag picker's rows: the tags offered, plus a retired one the label still carries."""
+    chosen = set(chosen or [])
+    tags = [
+        tag for tag in knowledge_base_failure_tags(knowledge_base=knowledge_base, include_retired=True)
+        if not tag.retired or tag.slug in chosen
+    ]
+    return [
+        {"slug": tag.slug, "name": tag.name, "retired": tag.retired, "checked": tag.slug in chosen,
+         "key": FAILURE_TAG_KEYS[i] if i < len(FAILURE_TAG_KEYS) else ""}
+        for i, tag in enumerate(tags)
+    ]  # fmt: skip
 # Guidelines are Markdown written by admins; rendered HTML keeps text formatting and links only
 # (no images: a self-hosted tool should not fetch from elsewhere).
 
@@ -295,6 +317,7 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "state": state,
         "relevance_choices": RELEVANCE_CHOICES,
         "answer_choices": ANSWER_CHOICES,
+        "failure_tags": failure_tag_choices(knowledge_base=knowledge_base, chosen=payload.get("failure_tags")),
         "guidelines_html": guidelines_html(knowledge_base.guidelines),
         "conversation": turn_conversation(turn=turn, curator=request.user),
         "progress": curator_progress(knowledge_base=knowledge_base, curator=request.user, on_screen=turn),

@@ -50,6 +50,9 @@ class RetrievalTrainingExample:
     query: str
     positives: list[str]
     hard_negatives: list[str] = field(default_factory=list)
+    # How many times each of its (query, positive) pairs is trained on per epoch: more than 1
+    # for a failure the retriever should learn from first (rag.datasets.example_repeats).
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -302,7 +305,10 @@ def contrastive_pairs(
     """One pair per (query, positive), and every query's known positives (for masking).
 
     A query's negatives are all its curator hard negatives, then its mined ones, without
-    repeats; several labels of one query (by different curators) pool their judgments.
+    repeats; several labels of one query (by different curators) pool their judgments. A pair
+    of an example with `repeats` n comes n times, one after another (the largest n of the
+    examples that give it); the shuffle spreads them over the epoch's batches, and a copy in
+    the same batch as another copy is no false negative (candidates are de-duplicated).
     """
     known_positives: dict[str, set[str]] = {}
     curator_negatives: dict[str, list[str]] = {}
@@ -310,6 +316,7 @@ def contrastive_pairs(
         known_positives.setdefault(example.query, set()).update(example.positives)
         curator_negatives.setdefault(example.query, []).extend(example.hard_negatives)
     pairs: dict[tuple[str, str], ContrastivePair] = {}
+    repeats: dict[tuple[str, str], int] = {}
     for example in examples:
         # A passage marked relevant for this query is never its negative, even if another
         # curator's label or the miner put it there: a disputed passage is left out.
@@ -321,7 +328,8 @@ def contrastive_pairs(
         for positive in example.positives:
             # Two curators agreeing on a passage make one pair, not a double-weighted one.
             pairs.setdefault((example.query, positive), ContrastivePair(example.query, positive, negatives))
-    return list(pairs.values()), known_positives
+            repeats[example.query, positive] = max(repeats.get((example.query, positive), 1), example.repeats)
+    return [pair for key, pair in pairs.items() for _ in range(repeats[key])], known_positives
 
 
 def multiple_negatives_ranking_loss(

@@ -52,6 +52,7 @@
       // Suggestions the page pre-selects (curation.suggestion_selectors.TurnSuggestions.as_state).
       suggestions: state.suggestions || { passages: {}, answer: null },
       pendingWarned: false,
+      tagsOpen: false, // the failure tag picker (t): digits toggle tags while it is open
     };
 
     function $(selector) { return root.querySelector(selector); }
@@ -116,10 +117,54 @@
           corrected_query: correctedQuery ? correctedQuery.value : "",
           skipped: false,
           skip_reason: "",
+          failure_tags: checkedTags(),
           suggestions: suggestionIds(),
         },
         info: info,
       };
+    }
+
+    // --- failure tags: t opens the picker, a digit toggles a tag, Esc closes -------------
+
+    function tagBoxes() { return Array.prototype.slice.call(form.querySelectorAll("input[name=failure_tags]")); }
+    function checkedTags() { return tagBoxes().filter(function (box) { return box.checked; }).map(function (box) { return box.value; }); }
+
+    function openTags() {
+      var picker = $("#wb-tags");
+      if (!picker) return;
+      self.tagsOpen = true;
+      picker.classList.add("wb-tags-open");
+      picker.setAttribute("aria-expanded", "true");
+      picker.focus({ preventScroll: true });
+      picker.scrollIntoView({ block: "nearest" });
+      setStatus(tagBoxes().length ? "Failure tags: a digit toggles a tag, Esc closes." : "This knowledge base has no failure tags.");
+    }
+
+    function closeTags(keepFocus) {
+      var picker = $("#wb-tags");
+      self.tagsOpen = false;
+      if (!picker) return;
+      picker.classList.remove("wb-tags-open");
+      picker.setAttribute("aria-expanded", "false");
+      if (!keepFocus) focusPassage(self.lastPassage);
+    }
+
+    function toggleTag(key) {
+      var label = form.querySelector('.wb-tag[data-key="' + key + '"]');
+      if (!label) return false;
+      var box = label.querySelector("input");
+      box.checked = !box.checked;
+      edited();
+      setStatus((box.checked ? "Tagged: " : "Untagged: ") + label.textContent.replace(/^\s*\S+\s+/, "").trim());
+      return true;
+    }
+
+    // Keys while the picker is open; true when the key was the picker's.
+    function onTagsKey(event) {
+      if (event.key === "Escape" || event.key === "t" || event.key === "Enter") { closeTags(); return true; }
+      if (/^[0-9]$/.test(event.key)) { toggleTag(event.key); return true; }
+      closeTags(); // any other key leaves the picker and does what it does elsewhere
+      return false;
     }
 
     // --- suggestions: pre-selected, accepted with one key (a), changed like any judgment ---
@@ -224,6 +269,8 @@
       form.elements.comment.value = payload.comment || "";
       if (form.elements.rewrite_wrong) form.elements.rewrite_wrong.checked = !!payload.rewrite_wrong;
       if (form.elements.corrected_query) form.elements.corrected_query.value = payload.corrected_query || "";
+      var tags = payload.failure_tags || [];
+      tagBoxes().forEach(function (box) { box.checked = tags.indexOf(box.value) !== -1; });
       refreshSuggestions();
     }
 
@@ -540,6 +587,11 @@
       if (event.defaultPrevented || event.isComposing) return;
       var target = event.target;
       var overlay = $("#wb-shortcuts");
+      if (self.tagsOpen && !isTextField(target) && !event.ctrlKey && !event.metaKey && !event.altKey) {
+        if (onTagsKey(event)) { event.preventDefault(); return; }
+      } else if (self.tagsOpen) {
+        closeTags(true); // the curator went to a text field: the picker closes, the focus stays
+      }
       if (event.key === "Escape") {
         if (!overlay.hidden) toggleShortcuts(false);
         else if (!$("#wb-skip").hidden) closeSkip();
@@ -580,6 +632,7 @@
         case "p": rateAnswer("partly"); break;
         case "w": rateAnswer("wrong"); break;
         case "a": acceptSuggestions(); break;
+        case "t": openTags(); break;
         case "g": form.elements.gold_answer.focus(); break;
         case "r":
           if (!form.elements.corrected_query) return;

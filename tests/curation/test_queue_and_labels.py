@@ -127,6 +127,7 @@ def test_labels_are_edited_with_an_append_only_history(knowledge_base, curators)
         "passages": {str(first.pk): "relevant", str(second.pk): "not_relevant"}, "attached": [],
         "answer_rating": "correct", "gold_answer": "fixed", "rationale": "", "has_personal_data": False,
         "comment": "", "rewrite_wrong": False, "corrected_query": "", "skipped": False, "skip_reason": "",
+        "failure_tags": [],
     }
     turn.refresh_from_db()
     assert (turn.label_count, turn.needs_labels) == (1, False)

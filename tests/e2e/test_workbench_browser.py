@@ -257,6 +257,40 @@ def test_a_draft_survives_a_reload_and_a_lost_connection_and_a_newer_label_is_no
     page.context.close()
 
 
+def test_a_turn_is_tagged_with_t_and_a_digit_and_the_tags_go_in_with_the_label(
+    browser, live_server, django_user_model, knowledge_base
+):
+    alice = _curator(django_user_model, "alice", knowledge_base)
+    turn = _turn(knowledge_base, "t")
+    first = turn.passages.order_by("rank").first()
+    page = _new_page(browser, live_server, "alice")
+    page.goto(f"{live_server.url}/kbs/test-kb/turns/{turn.pk}/judge/")
+    _shown_turn(page)
+    page.keyboard.press("t")  # the picker: digits now toggle tags, not relevance
+    page.wait_for_selector("#wb-tags.wb-tags-open")
+    page.keyboard.press("1")  # retrieval miss
+    page.keyboard.press("4")  # answer incomplete
+    page.keyboard.press("4")  # ... untoggled
+    page.keyboard.press("2")  # wrong passage ranked first
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#wb-tags.wb-tags-open")
+    assert page.is_checked('input[name="failure_tags"][value="retrieval-miss"]')
+    assert not page.is_checked('input[name="failure_tags"][value="answer-incomplete"]')
+    page.wait_for_selector("#wb-status:has-text('Draft saved')")
+    assert LabelDraft.objects.get(curator=alice).payload["failure_tags"] == ["retrieval-miss", "wrong-passage-first"]
+    page.reload()  # the draft keeps them
+    _shown_turn(page)
+    assert page.is_checked('input[name="failure_tags"][value="wrong-passage-first"]')
+    page.keyboard.press("1")  # the picker is closed: 1 judges the passage again
+    page.keyboard.press("w")
+    page.keyboard.press("Enter")
+    wait_until(lambda: Label.objects.filter(curator=alice).exists(), timeout=5, message="the label to be submitted")
+    label = Label.objects.get(curator=alice)
+    assert [tag.slug for tag in label.failure_tags.all()] == ["retrieval-miss", "wrong-passage-first"]
+    assert PassageJudgment.objects.get(label=label, retrieved_passage=first).relevance == "relevant"
+    page.context.close()
+
+
 def test_user_written_text_renders_as_text_and_runs_no_script(browser, live_server, django_user_model, knowledge_base):
     _curator(django_user_model, "alice", knowledge_base)
     turn = _turn(knowledge_base, "x", query=XSS, passage_text=XSS, feedback=-1)

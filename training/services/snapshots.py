@@ -102,6 +102,7 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
                 irrelevant=irrelevant,
                 retrieved=retrieved,
                 label_ids=label_ids_by_turn.get(turn_id, []),
+                failure_tags=list(judgment.failure_tags),
             )
         )
     if not examples:
@@ -155,6 +156,7 @@ def snapshot_dataset_examples(*, snapshot: DatasetSnapshot, split: str | None = 
             rationale=row.rationale,
             question=row.question,
             history=row.history,
+            failure_tags=tuple(row.failure_tags),
         )
         for row in rows
     ]

@@ -82,6 +82,9 @@ def label_record(label: Label) -> dict:
             rewrite_wrong=label.rewrite_wrong,
             corrected_query=label.corrected_query,
         )
+    failure_tags = [tag.slug for tag in label.failure_tags.all()]
+    if failure_tags:  # as for the rewrite verdict: untagged lines stay as older installations read them
+        record["failure_tags"] = failure_tags
     return record
 
 
@@ -96,7 +99,8 @@ def labels_export(*, knowledge_base: KnowledgeBase, curator=None, chunk_size: in
             Prefetch(
                 "passage_judgments",
                 queryset=PassageJudgment.objects.select_related("retrieved_passage__document", "document"),
-            )
+            ),
+            "failure_tags",
         )
         .order_by("turn_id", "curator__username")
     )

@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from curation.models import Label, Membership
+from curation.models import FailureTag, Label, Membership
 from curation.permissions import CURATOR_GROUP
 from curation.services.label_io.records import LabelFileError, LabelRecord
 from curation.services.labels import LabelInput, label_payload, label_submit
@@ -209,6 +209,7 @@ def labels_import(
         _check_consistency(resolved)
         if not resolved:
             return result
+        tag_order = _check_failure_tags(knowledge_base=knowledge_base, resolved=resolved)
 
         external_ids = list(dict.fromkeys(record.turn_external_id for record, _ in resolved))
         existing = {t.external_id: t for t in Turn.objects.filter(knowledge_base=knowledge_base, external_id__in=external_ids)}
@@ -294,7 +295,7 @@ def labels_import(
             (label.turn_id, label.curator_id): label
             for label in Label.objects.filter(
                 turn_id__in=turn_ids.values(), curator__in=curators.values()
-            ).prefetch_related("passage_judgments")
+            ).prefetch_related("passage_judgments", "failure_tags")
         }
         turns = Turn.objects.select_related("knowledge_base").in_bulk(turn_ids.values())
         for record, passages in resolved:
@@ -312,6 +313,12 @@ def labels_import(
                 # An older file (no rewrite fields) keeps the stored verdict too.
                 rewrite_wrong=_given(record.rewrite_wrong, label.rewrite_wrong if label else False),
                 corrected_query=_given(record.corrected_query, label.corrected_query if label else ""),
+                failure_tags=tuple(
+                    sorted(
+                        _given(record.failure_tags, [t.slug for t in label.failure_tags.all()] if label else []),
+                        key=tag_order.__getitem__,
+                    )
+                ),
             )
             if label is not None and label_payload(label) == _payload(data):
                 result.labels_unchanged += 1
@@ -324,6 +331,25 @@ def labels_import(
         if result.labels_created or result.labels_updated:
             labels_finalised_send_on_commit(knowledge_base.pk)
     return result
+
+
+def _check_failure_tags(*, knowledge_base: KnowledgeBase, resolved) -> dict[str, tuple[int, int]]:
+    """Every failure tag slug of the input must be one of the knowledge base's tags (retired
+    ones too: an export of old labels carries them); refused before anything is written.
+    Returns slug -> picker order of the knowledge base's tags."""
+    order = {
+        slug: (position, pk)
+        for slug, position, pk in FailureTag.objects.filter(knowledge_base=knowledge_base).values_list("slug", "position", "pk")
+    }
+    for record, _ in resolved:
+        for slug in record.failure_tags or ():
+            if slug not in order:
+                raise LabelFileError(
+                    f'"failure_tags": {slug!r} is not a failure tag of {knowledge_base.slug!r} '
+                    f"(known: {', '.join(sorted(order, key=order.__getitem__))}); an admin can add it first",
+                    origin=record.origin,
+                )
+    return order
 
 
 def _given(value, stored):
@@ -353,4 +379,5 @@ def _payload(data: LabelInput) -> dict:
         "corrected_query": data.corrected_query,
         "skipped": False,
         "skip_reason": "",
+        "failure_tags": list(data.failure_tags),
     }

@@ -26,8 +26,9 @@ RELEVANCE_LISTS = {"relevant": Relevance.RELEVANT, "partly": Relevance.PARTLY, "
 REWRITE_FIELDS = ("rewritten_query", "rewrite_wrong", "corrected_query")
 RECORD_FIELDS = {
     "query_id", "query", "curator", *RELEVANCE_LISTS, "answer_rating", "gold_answer", "rationale", *REWRITE_FIELDS,
-    "turn_id",
+    "failure_tags", "turn_id",
 }
+MAX_FAILURE_TAGS = 50
 ITEM_FIELDS = {"document", "text", "title"}
 
 
@@ -65,6 +66,8 @@ class LabelRecord:
     rewritten_query: str | None = None
     rewrite_wrong: bool | None = None
     corrected_query: str | None = None
+    # Slugs of the knowledge base's failure tags; None: the line does not say (kept as stored).
+    failure_tags: tuple[str, ...] | None = None
 
     @property
     def turn_external_id(self) -> str:
@@ -219,7 +222,23 @@ def label_record_parse(record: dict, *, origin: str) -> LabelRecord:
         rewritten_query=rewritten_query,
         rewrite_wrong=rewrite_wrong,
         corrected_query=corrected_query,
+        failure_tags=_failure_tags(record, origin=origin),
     )
+
+
+def _failure_tags(record: dict, *, origin: str) -> tuple[str, ...] | None:
+    """The line's failure tag slugs (checked against the knowledge base on import)."""
+    tags = record.get("failure_tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, list):
+        raise LabelFileError(f'"failure_tags" must be a list of tag slugs, got {_json_type(tags)}', origin=origin)
+    if len(tags) > MAX_FAILURE_TAGS:
+        raise LabelFileError(f'"failure_tags" lists more than {MAX_FAILURE_TAGS} tags', origin=origin)
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip() or "\x00" in tag or len(tag) > 50:
+            raise LabelFileError(f'"failure_tags": {tag!r} is not a tag slug', origin=origin)
+    return tuple(dict.fromkeys(tags))
 
 
 def _rewrite_verdict(record: dict, *, origin: str) -> tuple[str | None, bool | None, str | None]:

@@ -1,7 +1,10 @@
-"""Training inputs built from a run's snapshot: its train examples, the live retriever and its
-top-k chunks, mined hard negatives, and passages judged as whole documents turned into chunks."""
+"""Training inputs built from a run's snapshot: its train examples (those tagged with a failure
+the component can fix repeated), the live retriever and its top-k chunks, mined hard negatives,
+and passages judged as whole documents turned into chunks."""
 
-from training.models import SnapshotExample, TrainingRun
+from curation.models import ANSWER_INCOMPLETE, ANSWER_NOT_GROUNDED, RETRIEVAL_MISS, WRONG_PASSAGE_FIRST
+from rag.datasets import example_repeats, examples_repeated
+from training.models import Component, SnapshotExample, TrainingRun
 from training.services.runs.shared import Reporter
 from training.services.snapshots import snapshot_dataset_examples
 
@@ -10,8 +13,36 @@ def text_key(text: str) -> str:
     return " ".join(text.split())
 
 
+# The failure tags whose examples weigh more in each component's training (docs/failure-tags.md):
+# the retriever should learn first from turns where it missed the passage or ranked a wrong
+# one first, the generator from answers that were not grounded in, or left out part of, the
+# passages. Other tags (stale document, out of scope) are no model's fault: they weigh 1.
+WEIGHTED_FAILURE_TAGS = {
+    Component.RETRIEVER: frozenset({RETRIEVAL_MISS, WRONG_PASSAGE_FIRST}),
+    Component.GENERATOR: frozenset({ANSWER_NOT_GROUNDED, ANSWER_INCOMPLETE}),
+}
+DEFAULT_FAILURE_TAG_REPEATS = 2  # also the run parameter's default (parameters.py)
+
+
 def train_examples(run: TrainingRun):
     return snapshot_dataset_examples(snapshot=run.snapshot, split=SnapshotExample.Split.TRAIN)
+
+
+def failure_tag_repeats(run: TrainingRun) -> int:
+    # A run queued before the parameter existed takes the default.
+    return run.parameters.get("failure_tag_repeats", DEFAULT_FAILURE_TAG_REPEATS)
+
+
+def example_weight(run: TrainingRun, example) -> int:
+    """How many times the run trains on the example (its component's failure tags repeat it)."""
+    return example_repeats(
+        example, weighted_tags=WEIGHTED_FAILURE_TAGS[run.component], repeats=failure_tag_repeats(run)
+    )
+
+
+def weighted(run: TrainingRun, examples) -> list:
+    """`examples` with each one the run's component should learn more from repeated."""
+    return examples_repeated(examples, weighted_tags=WEIGHTED_FAILURE_TAGS[run.component], repeats=failure_tag_repeats(run))
 
 
 def live_retriever(run: TrainingRun):
@@ -65,7 +96,7 @@ def mine_negatives(*, examples, live, top_k: int, limit: int, reporter: Reporter
     return mined
 
 
-def examples_in_chunks(*, examples, live, reporter: Reporter):
+def examples_in_chunks(*, examples, live, reporter: Reporter, weight=None):
     """Contrastive examples whose passages are chunks, the unit the index holds and ranks.
 
     A passage judged without a chunk (an imported document-level judgment such as a BEIR
@@ -75,6 +106,8 @@ def examples_in_chunks(*, examples, live, reporter: Reporter):
     documents longer than the encoder's window, truncated, against chunk-sized negatives (on
     SciFact, query-only training reached dev nDCG@10 0.837 on best chunks, 0.824 on whole
     abstracts). A passage whose document is not in the knowledge base keeps its text.
+
+    `weight(example)`, when given, is each example's `repeats` (see `example_weight`).
     """
     from knowledge.selectors import best_chunk_per_document
     from rag.training import retriever as retriever_training
@@ -95,6 +128,7 @@ def examples_in_chunks(*, examples, live, reporter: Reporter):
                 query=example.query,
                 positives=[_chunk_text(p, best) for p in example.relevant],
                 hard_negatives=[_chunk_text(p, best) for p in example.irrelevant],
+                repeats=weight(example) if weight is not None else 1,
             )
         )
         if judged_whole:

@@ -83,10 +83,13 @@ PARAMETERS: dict[str, _Parameter] = {
     "poll_seconds": _Parameter(float, 0, 3600),
     "timeout_seconds": _Parameter(float, 0, 7 * 24 * 3600, low_exclusive=True),
     "max_passages": _Parameter(int, 1, 50),
+    # How many times an example tagged with a failure this component can fix is trained on
+    # (docs/failure-tags.md); 1 turns the weighting off.
+    "failure_tag_repeats": _Parameter(int, 1, 20),
 }
 
 
-_COMMON = {"seed": 0, "heldout_share": 0.2}
+_COMMON = {"seed": 0, "heldout_share": 0.2, "failure_tag_repeats": 2}
 _RETRIEVER = {**_COMMON, "epochs": 1, "batch_size": 16, "learning_rate": 2e-5, "warmup_ratio": 0.1}
 _LORA = {
     **_COMMON, "epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "warmup_ratio": 0.0,

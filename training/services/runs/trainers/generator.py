@@ -65,7 +65,8 @@ def train_lora_radit(*, run: TrainingRun, folder: Path, reporter: Reporter) -> T
 
     top_k = run.parameters["top_k"]
     examples = []
-    for example in inputs.train_examples(run):
+    # Examples tagged "answer not grounded" or "answer incomplete" are repeated (inputs.weighted).
+    for example in inputs.weighted(run, inputs.train_examples(run)):
         if not example.gold_answer.strip():
             continue
         # The chunks retrieved when the turn was served (frozen in the snapshot), plus any
@@ -98,7 +99,7 @@ def train_lora_raft(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Tr
         .values_list("pk", "text", "document__external_id", "document__title")[:5000]
     ]
     records = export_raft(
-        inputs.train_examples(run),
+        inputs.weighted(run, inputs.train_examples(run)),
         distractors=parameters["distractors"],
         oracle_probability=parameters["oracle_probability"],
         seed=parameters["seed"],
@@ -141,7 +142,7 @@ def train_openai(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Train
 
     parameters = run.parameters
     export = export_openai(
-        inputs.train_examples(run),
+        inputs.weighted(run, inputs.train_examples(run)),
         max_passages=parameters["max_passages"],
         # A run queued before the parameter existed shows what serving shows.
         max_history_words=parameters.get("max_history_words", settings.RAGLOOP_CHAT_HISTORY_TOKENS),

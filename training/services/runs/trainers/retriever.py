@@ -52,7 +52,9 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
     mined = inputs.mine_negatives(
         examples=examples, live=live, top_k=parameters["top_k"], limit=parameters["mined_negatives"], reporter=reporter
     )
-    training_examples = inputs.examples_in_chunks(examples=examples, live=live, reporter=reporter)
+    training_examples = inputs.examples_in_chunks(
+        examples=examples, live=live, reporter=reporter, weight=lambda example: inputs.example_weight(run, example)
+    )
     reporter.phase(
         f"training {'the query encoder' if query_only else 'the encoder'} from {live.space.retriever_version} "
         f"on {len(training_examples)} queries",
@@ -123,6 +125,11 @@ def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
     ]
     del language_model  # free its memory before the retriever trains
     _free_accelerator_memory()
+    # Examples tagged with a retrieval failure count more: repeated after scoring, so the LM
+    # scores each query once.
+    weights = [inputs.example_weight(run, example) for example in examples]
+    lsr_examples = [lsr_example for lsr_example, n in zip(lsr_examples, weights) for _ in range(n)]
+    lm_scores = [scores for scores, n in zip(lm_scores, weights) for _ in range(n)]
     reporter.phase(f"training the retriever on {len(lsr_examples)} queries (KL to the LM's preferences)", low=0.35, high=0.95)
     result = retriever_training.train_lsr(
         base_model_path=base_model,
