@@ -3,6 +3,7 @@ read-only (knowledge.admin_read_only says why)."""
 
 from curation.models import (
     Adjudication,
+    FailureTag,
     Invitation,
     Label,
     LabelDraft,
@@ -10,6 +11,7 @@ from curation.models import (
     Membership,
     PassageJudgment,
     RetrieverCalibration,
+    SyntheticQuestionJob,
     Suggestion,
     SuggestionAgentAgreement,
     SuggestionAttempt,
@@ -18,6 +20,6 @@ from curation.models import (
 from knowledge.admin_read_only import read_only_admin_register
 
 read_only_admin_register(
-    Membership, Invitation, TurnHold, Label, PassageJudgment, LabelRevision, LabelDraft, Adjudication, Suggestion,
-    SuggestionAttempt, RetrieverCalibration, SuggestionAgentAgreement,
+    FailureTag, Membership, Invitation, TurnHold, Label, PassageJudgment, LabelRevision, LabelDraft, Adjudication, Suggestion,
+    SuggestionAttempt, RetrieverCalibration, SuggestionAgentAgreement, SyntheticQuestionJob,
 )  # fmt: skip

@@ -306,3 +306,50 @@ class SuggestionAgentAgreement(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["knowledge_base", "agent", "target"], name="agent_agreement_unique")
         ]
+
+
+class SyntheticQuestionJob(models.Model):
+    """Writing synthetic questions for chunks of a knowledge base with an LLM, keeping those the
+    live retriever answers with their source chunk (curation.services.synthetic_questions);
+    the Celery task only moves this row."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="synthetic_question_jobs")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    # What was asked: how many chunks (drawn with `seed`), questions per chunk, the filter's k.
+    chunks_requested = models.PositiveIntegerField()
+    per_chunk = models.PositiveSmallIntegerField(default=1)
+    top_k = models.PositiveSmallIntegerField(default=10)
+    seed = models.PositiveIntegerField(default=0)
+    model = models.CharField(max_length=200, blank=True)
+    retriever_version = models.CharField(max_length=200, blank=True)
+    # Chunks handled so far (a redelivered task resumes after them), and what came of them:
+    # questions the LLM wrote, kept as turns, dropped by the filter; chunks whose request failed.
+    chunks_done = models.PositiveIntegerField(default=0)
+    chunks_total = models.PositiveIntegerField(default=0)
+    generated = models.PositiveIntegerField(default=0)
+    kept = models.PositiveIntegerField(default=0)
+    dropped = models.PositiveIntegerField(default=0)
+    chunks_failed = models.PositiveIntegerField(default=0)
+    last_chunk_error = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
+
+    @property
+    def progress(self) -> float:
+        return self.chunks_done / self.chunks_total if self.chunks_total else 0.0

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from curation.services import queue, suggestions
+from curation.services import queue, suggestions, synthetic_questions
 from knowledge.models import KnowledgeBase
 
 
@@ -21,3 +21,8 @@ def suggestion_agents_measure_task(knowledge_base_id: int) -> None:
     knowledge_base = KnowledgeBase.objects.filter(pk=knowledge_base_id).first()
     if knowledge_base is not None:  # deleted meanwhile: nothing to measure
         suggestions.suggestion_agents_measure(knowledge_base=knowledge_base)
+
+
+@shared_task
+def synthetic_question_job_execute_task(job_id: int) -> None:
+    synthetic_questions.synthetic_question_job_execute(job_id=job_id)

@@ -259,6 +259,9 @@ class Turn(models.Model):
     class Source(models.TextChoices):
         SERVED = "served"
         INGESTED = "ingested"
+        # A question an LLM wrote for a chunk (curation.services.synthetic_questions), shown to
+        # curators to confirm; training snapshots leave its labels out unless asked.
+        SYNTHETIC = "synthetic"
 
     class Feedback(models.IntegerChoices):
         THUMBS_DOWN = -1

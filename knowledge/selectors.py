@@ -283,3 +283,19 @@ def conversations_list(*, knowledge_base: KnowledgeBase, end_user: str | None = 
 
 def conversation_turns(*, conversation: Conversation) -> QuerySet[Turn]:
     return conversation.turns.order_by("position").prefetch_related("passages")
+
+
+def space_chunks_sample(*, space: EmbeddingSpace, limit: int, seed: int = 0) -> list[tuple[int, str]]:
+    """(chunk id, text) of up to `limit` chunks that have a vector in `space`, by chunk id.
+
+    More chunks than `limit`: a sample drawn with `seed`, the same for the same chunks and seed.
+    """
+    import random
+
+    from knowledge.models import Chunk, ChunkEmbedding
+
+    chunk_ids = list(ChunkEmbedding.objects.filter(space=space).order_by("chunk_id").values_list("chunk_id", flat=True))
+    if len(chunk_ids) > limit:
+        chunk_ids = sorted(random.Random(seed).sample(chunk_ids, limit))
+    texts = dict(Chunk.objects.filter(pk__in=chunk_ids).values_list("pk", "text"))
+    return [(chunk_id, texts[chunk_id]) for chunk_id in chunk_ids if chunk_id in texts]

@@ -257,6 +257,10 @@ def _json_object(reply: str) -> dict:
     return value
 
 
+# Public name for other modules that read JSON out of a chat reply (rag.synthetic_questions).
+json_object_in_reply = _json_object
+
+
 def _normalised(value: str) -> str:
     return " ".join(value.strip().lower().replace("_", " ").replace("-", " ").split())
 

@@ -263,7 +263,13 @@ class FakeJudgeServer:
     relevant, the answer `FakeJudgeServer.rating`; /fenced/v1: the same in a ```json fence
     after a sentence; /malformed/v1: prose, no JSON; /down/v1: HTTP 500. Every request body is
     kept in `requests`.
+
+    /questions/v1 writes synthetic questions (rag.synthetic_questions): for the passage of the
+    prompt, "Is it true that <its first sentence>?", then one no passage answers (MARS_QUESTION),
+    then numbered repeats, as many as the prompt asks for.
     """
+
+    MARS_QUESTION = "How tall is the highest volcano on Mars?"
 
     requests: list[dict] = []
     rating = "correct"
@@ -279,6 +285,16 @@ class FakeJudgeServer:
                           "reason": f"passage {n} reason"} for n in numbers],
             "answer": {"rating": cls.rating, "confidence": 0.8, "reason": "the answer matches passage 1"},
         }  # fmt: skip
+
+    @classmethod
+    def questions(cls, user_prompt: str) -> list[str]:
+        import re
+
+        passage = user_prompt.split("Passage:\n", 1)[1].split("\n\nWrite ", 1)[0]
+        count = int(re.search(r"Write (\d+) different", user_prompt).group(1))
+        first_sentence = re.split(r"(?<=[.!?])\s", passage, maxsplit=1)[0].rstrip(".")
+        written = [f"Is it true that {first_sentence[0].lower()}{first_sentence[1:]}?", cls.MARS_QUESTION]
+        return (written + [f"Question {n}?" for n in range(3, count + 1)])[:count]
 
     @classmethod
     def serve(cls):
@@ -299,6 +315,8 @@ class FakeJudgeServer:
                     content = "I think the first passage is quite good and the answer is fine."
                 elif self.path.startswith("/fenced/"):
                     content = "Here is my judgment:\n```json\n" + json.dumps(cls.judgment(user)) + "\n```"
+                elif self.path.startswith("/questions/"):
+                    content = json.dumps({"questions": cls.questions(user)})
                 else:
                     content = json.dumps(cls.judgment(user))
                 self.reply(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})

@@ -88,6 +88,7 @@ class RetrainingPolicyAdminForm(forms.ModelForm):
         fields = [
             "knowledge_base", "component", "name", "enabled", "mode", "parameters", "schedule", "timezone",
             "min_new_labels", "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote",
+            "include_synthetic",
         ]  # fmt: skip
 
     def clean(self):

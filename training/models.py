@@ -34,6 +34,10 @@ class DatasetSnapshot(models.Model):
     label_ids = models.JSONField(default=list)
     adjudication_ids = models.JSONField(default=list)
     curator_ids = models.JSONField(default=list)
+    # Whether labels of synthetic turns (questions an LLM wrote for a chunk) were taken, and how
+    # many of the examples come from such turns (always 0 without include_synthetic).
+    include_synthetic = models.BooleanField(default=False)
+    synthetic_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -296,6 +300,9 @@ class RetrainingPolicy(models.Model):
     gate_guards = models.JSONField(default=dict, blank=True)
     gate_min_queries = models.PositiveIntegerField(default=20)
     auto_promote = models.BooleanField(default=False)
+    # Whether the cycle's snapshot takes the labels of synthetic turns (LLM-written questions;
+    # knowledge.models.Turn.Source.SYNTHETIC) too: off, only questions people asked count.
+    include_synthetic = models.BooleanField(default=False)
     # The last schedule time a cycle was started for (the next is computed after it).
     schedule_fired_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

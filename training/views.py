@@ -272,6 +272,7 @@ def _policy_form_values(post) -> dict:
         "gate_metric": post.get("gate_metric", "").strip(),
         "gate_guards": mapping("gate_guards", "Guards"),
         "auto_promote": post.get("auto_promote") == "on",
+        "include_synthetic": post.get("include_synthetic") == "on",
     }
     for name, kind in (("gate_margin", float), ("gate_min_queries", int)):
         value = number(name, kind)
@@ -286,6 +287,7 @@ def _policy_form_initial(knowledge_base, component: str, policy) -> dict:
             "name": f"{knowledge_base.slug}-{component}", "enabled": True, "mode": DEFAULT_MODE[component], "parameters": "",
             "schedule": "", "timezone": "UTC", "min_new_labels": None, "gate_metric": HEADLINE_METRIC[component],
             "gate_margin": 0.01, "gate_min_queries": 20, "gate_guards": "", "auto_promote": False,
+            "include_synthetic": False,
         }  # fmt: skip
     form = {field: getattr(policy, field) for field in POLICY_FIELDS}
     form["parameters"] = json.dumps(policy.parameters) if policy.parameters else ""

@@ -148,6 +148,9 @@ RAGLOOP_SUGGESTION_TRUST_MIN_ITEMS = env_int("RAGLOOP_SUGGESTION_TRUST_MIN_ITEMS
 # Off: no LLM judge anywhere. The model: this, else the knowledge base's generator model.
 RAGLOOP_LLM_JUDGE = env_bool("RAGLOOP_LLM_JUDGE", True)
 RAGLOOP_LLM_JUDGE_MODEL = os.environ.get("RAGLOOP_LLM_JUDGE_MODEL", "")
+# Synthetic questions (docs/cold-start.md) ask the same OpenAI-compatible endpoint; the model:
+# this, else the LLM judge's, else the knowledge base's generator model, else OPENAI_MODEL.
+RAGLOOP_SYNTHETIC_QUESTIONS_MODEL = os.environ.get("RAGLOOP_SYNTHETIC_QUESTIONS_MODEL", "")
 
 # --- The continuous loop ------------------------------------------------------------------
 # How often beat's loop tick checks retraining policies (schedules and label counts) and moves
@@ -172,6 +175,8 @@ CELERY_TASK_ROUTES = {
     "training.tasks.evaluation_job_execute_task": {"queue": "training"},
     # Re-scoring the queue encodes queries: with the other encoder work, off the request path.
     "training.tasks.turn_queue_rescore_task": {"queue": "embedding"},
+    # Each question is retrieved with the live encoder: encoder work too.
+    "curation.tasks.synthetic_question_job_execute_task": {"queue": "embedding"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {

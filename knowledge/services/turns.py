@@ -160,6 +160,51 @@ def turn_served_store(
     return turn
 
 
+def turn_synthetic_store(
+    *,
+    knowledge_base: KnowledgeBase,
+    external_id: str,
+    query: str,
+    retrieved: Sequence,
+    retriever_version: str,
+    source_chunk_id: int,
+    metadata: dict,
+) -> tuple[Turn, bool]:
+    """Store a synthetic question (an LLM wrote it for `source_chunk_id`) as a turn with the
+    passages the live retriever returned for it; (turn, created). The same `external_id` again
+    returns the stored turn, so a redelivered job writes nothing twice.
+
+    No answer is generated: curators judge its passages, and the source chunk's rank is in the
+    metadata, so the judging page can point at it.
+    """
+    existing = Turn.objects.filter(knowledge_base=knowledge_base, external_id=external_id).first()
+    if existing is not None:
+        return existing, False
+    queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in retrieved])
+    source_rank = next((p.rank for p in retrieved if p.chunk_id == source_chunk_id), None)
+    with transaction.atomic():
+        turn = Turn.objects.create(
+            queue_tier=queue_tier,
+            queue_order=queue_order,
+            knowledge_base=knowledge_base,
+            source=Turn.Source.SYNTHETIC,
+            external_id=external_id,
+            query=query,
+            retriever_version=retriever_version,
+            metadata={**metadata, "synthetic": {**metadata.get("synthetic", {}), "source_chunk_id": source_chunk_id,
+                                                "source_rank": source_rank}},
+        )  # fmt: skip
+        RetrievedPassage.objects.bulk_create(
+            RetrievedPassage(
+                turn=turn, rank=p.rank, score=p.score, chunk_id=p.chunk_id, document_id=p.document_id,
+                source_id=p.document_external_id, title=p.title, text=p.text,
+            )  # fmt: skip
+            for p in retrieved
+        )
+        turns_stored_send_on_commit(knowledge_base_id=knowledge_base.pk, turn_ids=[turn.pk])
+    return turn, True
+
+
 def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
     """Answer a question on its own (no conversation) and store the turn."""
     composed = answer_compose(knowledge_base=knowledge_base, question=query, k=k)

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from rag.corpus_pairs import CorpusPair
+
 RETRIEVER_DESCRIPTION = "retriever.json"
 QUERY_ENCODER_DIR = "query_encoder"
 ENCODER_DIR = "encoder"
@@ -370,6 +372,7 @@ def train_contrastive(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    extra_parameters: dict[str, Any] | None = None,
 ) -> RetrieverTrainingResult:
     """Fine-tune a retriever with MultipleNegativesRankingLoss on curated (query, positive) pairs.
 
@@ -385,6 +388,8 @@ def train_contrastive(
     CachedMultipleNegativesRankingLoss): the encoder runs on at most that many texts at a
     time, so a large batch, with all its in-batch negatives, fits in the memory of a small
     one. The gradients are the same as without it, at the price of a second forward pass.
+
+    extra_parameters are recorded with the others (where the examples came from, e.g.).
     """
     import torch
 
@@ -463,6 +468,7 @@ def train_contrastive(
         "pairs": len(pairs),
         "mined_negative_queries": len(mined_negatives or {}),
         "mini_batch_size": mini_batch_size,
+        **(extra_parameters or {}),
     }
     return _save_retriever(
         output_path=output_path,
@@ -471,6 +477,60 @@ def train_contrastive(
         base_model_path=base_model_path,
         parameters=parameters,
         curve=curve,
+    )
+
+
+def corpus_pairs_lineage(chunk_count: int) -> str:
+    """How a corpus-pairs version's lineage reads where a labelled one names its snapshot."""
+    return f"corpus_pairs, {chunk_count} chunks, no labels"
+
+
+def train_corpus_pairs(
+    *,
+    base_model_path: str | Path,
+    pairs: Sequence[CorpusPair],
+    chunk_count: int,
+    output_path: str | Path,
+    query_only: bool = True,
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 2e-5,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    mini_batch_size: int | None = None,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> RetrieverTrainingResult:
+    """Contrastive training on (opening span, continuation) pairs of chunks (rag.corpus_pairs),
+    with in-batch negatives only: no label and no mined negative is involved.
+
+    `chunk_count` is how many chunks the pairs were drawn from (some are skipped as too short);
+    it is recorded with the lineage.
+    """
+    examples = [RetrievalTrainingExample(query=pair.query, positives=[pair.positive]) for pair in pairs]
+    if not examples:
+        raise ValueError("corpus-pairs training needs at least one chunk long enough to split")
+    return train_contrastive(
+        base_model_path=base_model_path,
+        examples=examples,
+        output_path=output_path,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=warmup_ratio,
+        seed=seed,
+        query_only=query_only,
+        mini_batch_size=mini_batch_size,
+        device=device,
+        progress=progress,
+        should_stop=should_stop,
+        extra_parameters={
+            "data": "corpus_pairs",
+            "chunks": chunk_count,
+            "labels": 0,
+            "lineage": corpus_pairs_lineage(chunk_count),
+        },
     )
 
 

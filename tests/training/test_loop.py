@@ -116,6 +116,8 @@ def run_cycle(cycle_id, queued):
         ({"auto_promote": "yes"}, "true or false"),
         ({"colour": "red"}, "Unknown policy field"),
         ({"name": " "}, "needs a name"),
+        ({"mode": "corpus_pairs"}, "'corpus_pairs' trains once from the corpus, before any label exists"),
+        ({"include_synthetic": "yes"}, "include_synthetic must be true or false"),
     ],
 )
 def test_a_bad_policy_is_refused_with_a_message_and_nothing_is_written(embedded_knowledge_base, changes, message):
@@ -200,6 +202,25 @@ def test_no_cycle_starts_while_another_session_holds_the_components_lock(embedde
     assert loop.loop_cycle_run_now(policy=policy).trigger == "manual"
     with pytest.raises(Conflict, match="still running"):
         loop.loop_cycle_run_now(policy=policy)
+
+
+def test_a_policy_takes_synthetic_questions_into_its_snapshots_only_when_its_flag_is_on(
+    embedded_knowledge_base, curator, queued
+):
+    from tests.training.test_cold_start import confirm, synthetic_turn
+
+    label_questions(embedded_knowledge_base, curator)
+    confirm(synthetic_turn(embedded_knowledge_base, "What enzyme is blocked by statins?", "d-statins"), curator, "d-statins")
+    policy = policy_for(embedded_knowledge_base, min_new_labels=None)
+    assert policy.include_synthetic is False
+    cycle = loop.loop_cycle_advance(cycle_id=loop.loop_cycle_run_now(policy=policy).pk)
+    assert (cycle.snapshot.include_synthetic, cycle.snapshot.synthetic_count) == (False, 0)
+    LoopCycle.objects.update(status="failed")
+    TrainingRun.objects.update(status="cancelled")
+
+    policy = policy_for(embedded_knowledge_base, min_new_labels=None, include_synthetic=True)
+    cycle = loop.loop_cycle_advance(cycle_id=loop.loop_cycle_run_now(policy=policy).pk)
+    assert (cycle.snapshot.include_synthetic, cycle.snapshot.synthetic_count) == (True, 1)
 
 
 # --- cycles and the gate ------------------------------------------------------------------

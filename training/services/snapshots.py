@@ -39,12 +39,21 @@ def _passage(*, text: str, document_id: str = "", chunk_id: int | None = None, t
     return {"text": text, "document_id": document_id, "chunk_id": chunk_id, "title": title}
 
 
-def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: float = 0.2) -> DatasetSnapshot:
+def dataset_snapshot_create(
+    *, knowledge_base, created_by=None, heldout_share: float = 0.2, include_synthetic: bool = False
+) -> DatasetSnapshot:
+    """Freeze the final judgments; labels of synthetic turns only when `include_synthetic`.
+
+    Synthetic examples always go to the train split: held-out figures measure questions
+    people asked, whatever was trained on.
+    """
     if not 0.0 <= heldout_share <= 1.0:
         raise InvalidInput(f"heldout_share must be between 0 and 1, got {heldout_share}.")
     turns = Turn.objects.filter(knowledge_base=knowledge_base).filter(label_count__gte=1) | Turn.objects.filter(
         knowledge_base=knowledge_base, adjudication__isnull=False
     )
+    if not include_synthetic:
+        turns = turns.exclude(source=Turn.Source.SYNTHETIC)
     judgments = {pk: j for pk, j in turn_final_judgments(turns=turns.distinct()).items() if j.is_final}
     if not judgments:
         raise InvalidInput(f"Knowledge base {knowledge_base.slug!r} has no curated turns to snapshot yet.")
@@ -58,6 +67,7 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
     attached_chunks = {c.pk: c for c in Chunk.objects.filter(pk__in=attached_ids).select_related("document")}
 
     examples = []
+    synthetic_ids: set[int] = set()
     for turn_id, judgment in sorted(judgments.items()):
         turn = turn_rows[turn_id]
         retrieved, relevant, irrelevant = [], [], []
@@ -87,11 +97,14 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
             continue  # nothing to learn from: no positive passage and no answer
         example_id = f"turn-{turn_id}"
         query = judgment.corrected_query.strip() or turn.retrieval_query
+        synthetic = turn.source == Turn.Source.SYNTHETIC
+        if synthetic:
+            synthetic_ids.add(turn_id)
         examples.append(
             SnapshotExample(
                 turn_id=turn_id,
                 example_id=example_id,
-                split=split_for(split_key(query), heldout_share=heldout_share),
+                split=SnapshotExample.Split.TRAIN if synthetic else split_for(split_key(query), heldout_share=heldout_share),
                 query=query,
                 question=turn.query if turn.query != query else "",
                 history=[{"role": m["role"], "content": m["content"]} for m in turn.history],
@@ -121,6 +134,8 @@ def dataset_snapshot_create(*, knowledge_base, created_by=None, heldout_share: f
                 turn_rows[e.turn_id].adjudication.pk for e in examples if hasattr(turn_rows[e.turn_id], "adjudication")
             ),
             curator_ids=sorted({label.curator_id for label in labels}),
+            include_synthetic=include_synthetic,
+            synthetic_count=sum(e.turn_id in synthetic_ids for e in examples),
         )
         for example in examples:
             example.snapshot = snapshot

@@ -38,6 +38,7 @@ def _policy_summary(status) -> dict:
             "min_queries": policy.gate_min_queries,
         },  # fmt: skip
         "auto_promote": policy.auto_promote,
+        "include_synthetic": policy.include_synthetic,
         "running_cycle": status.running_cycle.pk if status.running_cycle else None,
     }
 
@@ -96,7 +97,7 @@ class Command(BaseCommand):
         change.add_argument("--gate-margin", type=float)
         change.add_argument("--guard", action="append", default=None, metavar="METRIC=TOLERANCE", help="replaces all guards")
         change.add_argument("--gate-min-queries", type=int)
-        for flag in ("enabled", "auto-promote"):
+        for flag in ("enabled", "auto-promote", "include-synthetic"):
             group = change.add_mutually_exclusive_group()
             group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", default=None)
             group.add_argument(f"--no-{flag}", dest=flag.replace("-", "_"), action="store_false")
@@ -140,6 +141,7 @@ class Command(BaseCommand):
             ("name", "name"), ("mode", "mode"), ("schedule", "schedule"), ("timezone", "timezone"),
             ("gate_metric", "gate_metric"), ("gate_margin", "gate_margin"), ("gate_min_queries", "gate_min_queries"),
             ("enabled", "enabled"), ("auto_promote", "auto_promote"), ("min_new_labels", "min_new_labels"),
+            ("include_synthetic", "include_synthetic"),
         ]:  # fmt: skip
             if options.get(option) is not None:
                 changes[field] = options[option]

@@ -1,5 +1,5 @@
 """`manage.py train <kb> --component retriever|generator --mode ... [--param key=value ...]
-[--snapshot ID] [--wait [--timeout S]] [--json]`: queue a training run, optionally follow it."""
+[--snapshot ID] [--include-synthetic] [--wait [--timeout S]] [--json]`: queue a training run, optionally follow it."""
 
 import json
 import sys
@@ -102,11 +102,15 @@ class Command(BaseCommand):
             help="a training parameter (epochs=3, learning_rate=2e-5, base_model=/models/x ...); repeatable",
         )  # fmt: skip
         parser.add_argument("--snapshot", type=int, default=None, help="train on this dataset snapshot (default: a new one)")
+        parser.add_argument(
+            "--include-synthetic", action="store_true",
+            help="the new snapshot also takes labels of synthetic (LLM-written) questions; default: only people's",
+        )  # fmt: skip
         parser.add_argument("--wait", action="store_true", help="follow the run until it finishes, showing progress")
         parser.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after this many seconds")
         parser.add_argument("--json", action="store_true")
 
-    def handle(self, *args, kb, component, mode, param, snapshot, wait, timeout, **options):
+    def handle(self, *args, kb, component, mode, param, snapshot, include_synthetic, wait, timeout, **options):
         parameters = dict(parse_parameter(text) for text in param)
         with service_errors_as_command_errors():
             knowledge_base = knowledge_base_get(slug=kb)
@@ -116,11 +120,14 @@ class Command(BaseCommand):
                 if snapshot_row is None:
                     raise NotFound(f"Snapshot {snapshot} not found in {kb!r}.")
             run = training_run_start(
-                knowledge_base=knowledge_base, component=component, mode=mode, parameters=parameters, snapshot=snapshot_row
-            )
+                knowledge_base=knowledge_base, component=component, mode=mode, parameters=parameters, snapshot=snapshot_row,
+                include_synthetic=include_synthetic,
+            )  # fmt: skip
         if not options["json"]:
             self.stdout.write(
-                f"queued training run #{run.pk}: {component} {mode} on snapshot {run.snapshot_id} of {kb}"
+                f"queued training run #{run.pk}: {component} {mode} on "
+                + (f"snapshot {run.snapshot_id}" if run.snapshot_id else "the chunks (no labels)")
+                + f" of {kb}"
             )
         if wait:
             run = wait_for_training_run(run.pk, timeout=timeout)

@@ -162,6 +162,7 @@ def _step_snapshot(cycle: LoopCycle) -> None:
                 mode=policy.mode,
                 parameters=policy.parameters,
                 snapshot=cycle.snapshot,
+                include_synthetic=policy.include_synthetic,
             )
     except Conflict as busy:  # a person's run of the component: wait for it, the tick retries
         if "waiting for another run" not in cycle.log:

@@ -14,7 +14,7 @@ from knowledge.models import KnowledgeBase, Turn
 from training.models import Component, DatasetSnapshot, EvaluationSet, LoopCycle, RetrainingPolicy, TrainingRun
 from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
 from training.services.loop.schedule import cron_parse, next_fire_time, time_zone_get
-from training.services.runs.parameters import validated_parameters
+from training.services.runs.parameters import LABEL_FREE_MODES, validated_parameters
 
 METRICS = {Component.RETRIEVER: RETRIEVER_METRICS, Component.GENERATOR: GENERATOR_METRICS}
 DEFAULT_MODE = {Component.RETRIEVER: "contrastive", Component.GENERATOR: "lora_raft"}
@@ -23,7 +23,7 @@ NAME_MAX_LENGTH = 100
 # What `retraining_policy_set` accepts, besides knowledge_base and component.
 POLICY_FIELDS = (
     "name", "enabled", "mode", "parameters", "schedule", "timezone", "min_new_labels",
-    "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote",
+    "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote", "include_synthetic",
 )  # fmt: skip
 
 
@@ -47,6 +47,14 @@ def _validated(knowledge_base: KnowledgeBase, component: str, values: dict) -> d
     if not isinstance(enabled, bool) or not isinstance(auto_promote, bool):
         raise InvalidInput("enabled and auto_promote must be true or false.")
     mode = values.get("mode") or DEFAULT_MODE[component]
+    if mode in LABEL_FREE_MODES:
+        raise InvalidInput(
+            f"Mode {mode!r} trains once from the corpus, before any label exists: a retraining policy, "
+            f"which retrains as labels come in, cannot use it. Start it by hand (manage.py train --mode {mode})."
+        )
+    include_synthetic = values.get("include_synthetic", False)
+    if not isinstance(include_synthetic, bool):
+        raise InvalidInput("include_synthetic must be true or false.")
     parameters = values.get("parameters") or {}
     # The run's own checks, so a policy never stores what `train` would refuse.
     validated_parameters(knowledge_base=knowledge_base, component=component, mode=mode, parameters=parameters, snapshot=None)
@@ -84,6 +92,7 @@ def _validated(knowledge_base: KnowledgeBase, component: str, values: dict) -> d
         "gate_guards": {metric: float(tolerance) for metric, tolerance in sorted(guards.items())},
         "gate_min_queries": _number("gate_min_queries", values.get("gate_min_queries", 20), kind=int, low=1, high=10_000_000),
         "auto_promote": auto_promote,
+        "include_synthetic": include_synthetic,
     }
 
 

@@ -56,6 +56,7 @@ from training.services.runs.lifecycle import (
 )
 from training.services.runs.parameters import (
     GENERATOR_MODES,
+    LABEL_FREE_MODES,
     MODE_PARAMETERS,
     MODES,
     PARAMETERS,
@@ -64,6 +65,7 @@ from training.services.runs.parameters import (
 
 __all__ = [
     "GENERATOR_MODES",
+    "LABEL_FREE_MODES",
     "MODES",
     "MODE_PARAMETERS",
     "PARAMETERS",

@@ -26,13 +26,14 @@ from training.services.runs.lifecycle import (
     remote_job_reattach,
     training_run_failed_notify,
 )
+from training.services.runs.parameters import LABEL_FREE_MODES
 from training.services.runs.shared import Reporter, Trained, log_line
 from training.services.runs.trainers.generator import (
     train_lora_radit,
     train_lora_raft,
     train_openai,
 )
-from training.services.runs.trainers.retriever import train_contrastive, train_lsr
+from training.services.runs.trainers.retriever import train_contrastive, train_corpus_pairs, train_lsr
 from training.services.versions import (
     artifacts_root,
     model_version_next_name,
@@ -51,6 +52,7 @@ TRAINERS: dict[str, Callable[..., Trained]] = {
     "contrastive": train_contrastive,
     "contrastive_query_only": train_contrastive,
     "lsr": train_lsr,
+    "corpus_pairs": train_corpus_pairs,
     "lora_radit": train_lora_radit,
     "lora_raft": train_lora_raft,
     "openai": train_openai,
@@ -145,7 +147,7 @@ def _train_and_register(run_id: int) -> Outcome:
     folder = run_output_folder(run)
     owns_folder = False  # a failed or cancelled run removes only what it wrote itself
     try:
-        if run.snapshot is None:
+        if run.snapshot is None and run.mode not in LABEL_FREE_MODES:
             raise InvalidInput("The run's dataset snapshot was deleted.")
         resuming = bool(run.remote_state.get("job_id"))  # the folder is this run's own earlier execution's
         if folder.exists() and any(folder.iterdir()) and not resuming:

@@ -17,7 +17,12 @@ from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import KnowledgeBase
 from training.models import DatasetSnapshot, TrainingRun, WebhookEndpoint
 from training.services.notifications import notify
-from training.services.runs.parameters import check_trainable, validated_parameters
+from training.services.runs.parameters import (
+    LABEL_FREE_MODES,
+    check_corpus_trainable,
+    check_trainable,
+    validated_parameters,
+)
 from training.services.runs.shared import log_line
 from training.services.snapshots import dataset_snapshot_create
 
@@ -47,12 +52,14 @@ def training_run_start(
     mode: str,
     parameters: dict | None = None,
     snapshot: DatasetSnapshot | None = None,
+    include_synthetic: bool = False,
     created_by=None,
 ) -> TrainingRun:
     """Queue a training run; its task is sent to the `training` queue after commit.
 
     Without `snapshot`, the knowledge base's current labels are snapshotted first (in the same
-    transaction, so a refused run leaves no snapshot behind).
+    transaction, so a refused run leaves no snapshot behind), with the labels of synthetic
+    turns only if `include_synthetic`. A label-free mode (corpus_pairs) takes no snapshot.
     """
     if snapshot is not None and snapshot.knowledge_base_id != knowledge_base.pk:
         raise InvalidInput(f"Snapshot {snapshot.pk} belongs to another knowledge base than {knowledge_base.slug!r}.")
@@ -70,12 +77,23 @@ def training_run_start(
                 f"Training run #{active.pk} ({active.mode}) of the {component} of {knowledge_base.slug!r} is "
                 f"{active.status}; wait for it to finish or cancel it."
             )
-        if snapshot is None:
-            snapshot = dataset_snapshot_create(
-                knowledge_base=knowledge_base, created_by=created_by, heldout_share=effective["heldout_share"]
+        if mode in LABEL_FREE_MODES:
+            check_corpus_trainable(knowledge_base=knowledge_base)
+            queued = f"queued {component} training ({mode}) on the chunks of the live space; no labels"
+        else:
+            if snapshot is None:
+                snapshot = dataset_snapshot_create(
+                    knowledge_base=knowledge_base, created_by=created_by, heldout_share=effective["heldout_share"],
+                    include_synthetic=include_synthetic,
+                )  # fmt: skip
+            effective["heldout_share"] = snapshot.heldout_share
+            check_trainable(snapshot=snapshot, mode=mode)
+            queued = (
+                f"queued {component} training ({mode}) on snapshot {snapshot.pk} "
+                f"({snapshot.train_count} train / {snapshot.heldout_count} held-out examples"
+                + (f", {snapshot.synthetic_count} synthetic" if snapshot.synthetic_count else "")
+                + ")"
             )
-        effective["heldout_share"] = snapshot.heldout_share
-        check_trainable(snapshot=snapshot, mode=mode)
         run = TrainingRun.objects.create(
             knowledge_base=knowledge_base,
             component=component,
@@ -83,10 +101,7 @@ def training_run_start(
             snapshot=snapshot,
             parameters=effective,
             created_by=created_by,
-            log=log_line(
-                f"queued {component} training ({mode}) on snapshot {snapshot.pk} "
-                f"({snapshot.train_count} train / {snapshot.heldout_count} held-out examples)"
-            ),
+            log=log_line(queued),
         )
         transaction.on_commit(lambda: _enqueue_execute(run.pk))
     return run

@@ -10,10 +10,14 @@ from django.conf import settings
 
 from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
+from rag.corpus_pairs import DEFAULT_MAX_QUERY_WORDS, DEFAULT_MIN_POSITIVE_WORDS, DEFAULT_MIN_QUERY_WORDS
 from rag.training.generator import DEFAULT_MAX_HISTORY_TOKENS  # plain constants: no torch is loaded
 from training.models import Component, DatasetSnapshot, SnapshotExample
 
-RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr")
+RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr", "corpus_pairs")
+# Modes that learn from the knowledge base's chunks, not from labels: they take no snapshot, and
+# a retraining policy (which retrains because labels came in) refuses them.
+LABEL_FREE_MODES = ("corpus_pairs",)
 GENERATOR_MODES = ("lora_radit", "lora_raft", "openai")
 MODES = {Component.RETRIEVER: RETRIEVER_MODES, Component.GENERATOR: GENERATOR_MODES}
 
@@ -86,6 +90,11 @@ PARAMETERS: dict[str, _Parameter] = {
     # How many times an example tagged with a failure this component can fix is trained on
     # (docs/failure-tags.md); 1 turns the weighting off.
     "failure_tag_repeats": _Parameter(int, 1, 20),
+    # corpus_pairs: how many chunks of the live space to draw, and the words of each half.
+    "max_chunks": _Parameter(int, 1, 10_000_000),
+    "min_query_words": _Parameter(int, 1, 1000),
+    "max_query_words": _Parameter(int, 1, 1000),
+    "min_positive_words": _Parameter(int, 1, 1000),
 }
 
 
@@ -104,7 +113,15 @@ _CONTRASTIVE = {
     **_RETRIEVER, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
     "device": None,
 }  # fmt: skip
+# corpus_pairs: no heldout_share (no snapshot); query-only by default, so no re-embedding;
+# bigger batches than curated training, as every other pair of the batch is a negative.
+_CORPUS_PAIRS = {
+    "seed": 0, "epochs": 1, "batch_size": 32, "learning_rate": 2e-5, "warmup_ratio": 0.1, "query_only": True,
+    "max_chunks": 5000, "min_query_words": DEFAULT_MIN_QUERY_WORDS, "max_query_words": DEFAULT_MAX_QUERY_WORDS,
+    "min_positive_words": DEFAULT_MIN_POSITIVE_WORDS, "mini_batch_size": None, "device": None,
+}  # fmt: skip
 MODE_PARAMETERS: dict[str, dict[str, Any]] = {
+    "corpus_pairs": _CORPUS_PAIRS,
     "contrastive": _CONTRASTIVE,
     "contrastive_query_only": _CONTRASTIVE,
     "lsr": {
@@ -149,6 +166,13 @@ def validated_parameters(
             raise InvalidInput(f"Parameter {name!r} must be {spec.describe()}, got {value!r}.")
     if mode == "openai" and "base_url" in parameters and not parameters["base_url"].startswith(("http://", "https://")):
         raise InvalidInput(f"Parameter 'base_url' must start with http:// or https://, got {parameters['base_url']!r}.")
+    if mode in LABEL_FREE_MODES and snapshot is not None:
+        raise InvalidInput(f"Mode {mode!r} trains on the knowledge base's chunks, not on labels: it takes no snapshot.")
+    if "min_query_words" in allowed:
+        low = parameters.get("min_query_words", allowed["min_query_words"])
+        high = parameters.get("max_query_words", allowed["max_query_words"])
+        if high < low:
+            raise InvalidInput(f"max_query_words ({high}) must be at least min_query_words ({low}).")
     if snapshot is not None and "heldout_share" in parameters and parameters["heldout_share"] != snapshot.heldout_share:
         raise InvalidInput(
             f"heldout_share applies only to a snapshot the run takes itself; snapshot {snapshot.pk} "
@@ -201,3 +225,16 @@ def check_trainable(*, snapshot: DatasetSnapshot, mode: str) -> None:
             raise InvalidInput(f"Snapshot {snapshot.pk} has no training example with a gold answer and context.")
     elif not with_answer:  # lsr, lora_radit
         raise InvalidInput(f"Snapshot {snapshot.pk} has no training example with a gold answer.")
+
+
+def check_corpus_trainable(*, knowledge_base: KnowledgeBase) -> None:
+    """Refuse a label-free run on a knowledge base whose live space holds no embedded chunk."""
+    from knowledge.models import ChunkEmbedding
+    from knowledge.selectors import retriever_for
+
+    live = retriever_for(knowledge_base=knowledge_base)
+    if not ChunkEmbedding.objects.filter(space=live.space).exists():
+        raise InvalidInput(
+            f"Knowledge base {knowledge_base.slug!r} has no embedded chunks in its live space "
+            f"({live.space.retriever_version}) to draw corpus pairs from; ingest documents first."
+        )

@@ -81,6 +81,55 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
     return Trained(folder, fields, result.parameters, result.training_curve, space_reference)
 
 
+def train_corpus_pairs(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
+    """RA-DIT's corpus data: chunks of the live space split into (opening span, continuation)
+    pairs, trained contrastively with in-batch negatives; no snapshot, no label."""
+    from knowledge.selectors import space_chunks_sample
+    from rag.corpus_pairs import corpus_pairs
+    from rag.training import retriever as retriever_training
+
+    parameters = run.parameters
+    live, base_model = inputs.live_retriever(run)
+    reporter.phase(f"drawing up to {parameters['max_chunks']} chunks of {live.space.retriever_version}", low=0.0, high=0.03)
+    chunks = space_chunks_sample(space=live.space, limit=parameters["max_chunks"], seed=parameters["seed"])
+    pairs = corpus_pairs(
+        ((str(chunk_id), text) for chunk_id, text in chunks),
+        seed=parameters["seed"],
+        min_query_words=parameters["min_query_words"],
+        max_query_words=parameters["max_query_words"],
+        min_positive_words=parameters["min_positive_words"],
+    )
+    if not pairs:
+        raise InvalidInput(
+            f"None of the {len(chunks)} chunks drawn has the {parameters['min_query_words']} + "
+            f"{parameters['min_positive_words']} words a corpus pair needs."
+        )
+    reporter.phase(
+        f"training {'the query encoder' if parameters['query_only'] else 'the encoder'} from "
+        f"{live.space.retriever_version} on {len(pairs)} corpus pairs of {len(chunks)} chunks (no labels)",
+        low=0.03,
+        high=0.95,
+    )
+    result = retriever_training.train_corpus_pairs(
+        base_model_path=base_model,
+        pairs=pairs,
+        chunk_count=len(chunks),
+        output_path=folder,
+        query_only=parameters["query_only"],
+        epochs=parameters["epochs"],
+        batch_size=parameters["batch_size"],
+        learning_rate=parameters["learning_rate"],
+        warmup_ratio=parameters["warmup_ratio"],
+        seed=parameters["seed"],
+        mini_batch_size=parameters.get("mini_batch_size"),
+        device=parameters.get("device"),
+        progress=reporter.progress,
+        should_stop=reporter.should_stop,
+    )
+    fields, space_reference = _retriever_fields(folder=folder, live=live, query_only=parameters["query_only"])
+    return Trained(folder, fields, result.parameters, result.training_curve, space_reference)
+
+
 def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
     from rag.generation import ContextPassage, HFGenerator
     from rag.training import retriever as retriever_training
