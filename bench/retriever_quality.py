@@ -20,6 +20,11 @@ SciFact verdict ("supported" / "contradicted") where the claim has one.
     python bench/retriever_quality.py                      # 600 abstracts, the service's defaults
     python bench/retriever_quality.py --mined-negatives 1  # full mode about twice as fast on a CPU
     python bench/retriever_quality.py --max-docs 0 --keep  # the whole corpus
+    python bench/retriever_quality.py --modes lexical,hybrid,hybrid-score  # retrieval modes only, no training
+
+The serving modes (lexical: BM25 in PostgreSQL; hybrid: base dense and BM25 fused by RRF k=60;
+hybrid-score: weighted min-max score fusion, alpha 0.5) train nothing: they are scored through
+`knowledge.selectors.passages_search` on the same dev queries, with the serving latency per query.
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ SLUG = "scifact-quality"
 CHUNKS_PER_QUERY = 20  # as training.services.evaluation: enough chunks to fill 10 documents
 RANK_CUTOFF = 10
 SERVICE_MODES = ("contrastive", "contrastive_query_only")
-MODES = (*SERVICE_MODES, "lsr")
+# Retrieval modes over the base retriever (docs/retrieval.md): label -> (mode, fusion).
+SERVING_MODES = {"lexical": ("lexical", "rrf"), "hybrid": ("hybrid", "rrf"), "hybrid-score": ("hybrid", "score")}
+MODES = (*SERVICE_MODES, "lsr", *SERVING_MODES)
 # SciFact's evidence labels, as the answer an LM is asked to produce with --lm.
 VERDICT_ANSWERS = {"SUPPORT": "The claim is supported.", "CONTRADICT": "The claim is contradicted."}
 
@@ -137,19 +144,32 @@ def split_queries(qrels: dict, *, dev_share: float, seed: int) -> tuple[list[str
 class Scores:
     mean: dict[str, float]
     per_query: dict[str, float]  # nDCG@10 by query id
+    latencies_ms: list[float] = field(default_factory=list)  # per query, the selector call (encoding included)
+
+    def latency(self) -> str:
+        if not self.latencies_ms:
+            return "-"
+        return f"{np.median(self.latencies_ms):.1f} / {np.percentile(self.latencies_ms, 95):.1f} ms"
 
 
-def evaluate(*, space, query_model_reference: str | None, data: SciFact, query_ids: list[str], label: str) -> Scores:
-    """Document-level figures on the given queries through the real retrieval selector."""
+def evaluate(
+    *, space, query_model_reference: str | None, data: SciFact, query_ids: list[str], label: str, search=None
+) -> Scores:
+    """Document-level figures on the given queries through the real retrieval selector (or
+    `search(text, k)`, a retrieval mode's), timing each query."""
     from knowledge.selectors import passages_retrieve
     from rag.metrics import retrieval_report
 
-    runs = {}
+    if search is None:
+        def search(text: str, k: int):
+            return passages_retrieve(space=space, query=text, k=k, query_model_reference=query_model_reference)
+
+    runs, latencies = {}, []
     started = time.perf_counter()
     for query_id in query_ids:
-        chunks = passages_retrieve(
-            space=space, query=data.queries[query_id]["text"], k=CHUNKS_PER_QUERY, query_model_reference=query_model_reference
-        )
+        asked = time.perf_counter()
+        chunks = search(data.queries[query_id]["text"], CHUNKS_PER_QUERY)
+        latencies.append((time.perf_counter() - asked) * 1000)
         # rag.metrics counts a repeated id once, at its first (best) rank.
         runs[query_id] = [chunk.document_external_id for chunk in chunks]
     report = retrieval_report(
@@ -157,7 +177,9 @@ def evaluate(*, space, query_model_reference: str | None, data: SciFact, query_i
     )
     say(f"  {label}: nDCG@10 {report['mean']['ndcg@10']:.4f} on {report['queries']} queries "
         f"({time.perf_counter() - started:.0f} s)")
-    return Scores(mean=report["mean"], per_query={q: f["ndcg@10"] for q, f in report["per_query"].items()})
+    return Scores(
+        mean=report["mean"], per_query={q: f["ndcg@10"] for q, f in report["per_query"].items()}, latencies_ms=latencies
+    )
 
 
 def paired_delta(candidate: Scores, base: Scores, *, seed: int, resamples: int = 10_000) -> tuple[float, float, float, int, int]:
@@ -224,14 +246,34 @@ def train_with_service(
     return evaluate_both(result, space=space, query_model_reference=version.query_model_reference or None, data=data, split=split)
 
 
-def evaluate_both(result: ModeResult, *, space, query_model_reference: str | None, data: SciFact, split) -> ModeResult:
+def evaluate_both(
+    result: ModeResult, *, space, query_model_reference: str | None, data: SciFact, split, search=None
+) -> ModeResult:
     """Dev figures, and the same figures on the train queries: a mode that does not improve even
     the queries it trained on has an optimisation problem, not a generalisation one."""
     result.scores = evaluate(space=space, query_model_reference=query_model_reference, data=data,
-                             query_ids=split.dev, label=f"{result.mode} dev")
+                             query_ids=split.dev, label=f"{result.mode} dev", search=search)
     result.train_scores = evaluate(space=space, query_model_reference=query_model_reference, data=data,
-                                   query_ids=split.train, label=f"{result.mode} train")
+                                   query_ids=split.train, label=f"{result.mode} train", search=search)
     return result
+
+
+def evaluate_serving_mode(*, knowledge_base, label: str, data: SciFact, split) -> ModeResult:
+    """A retrieval mode over the base retriever, through the selector /retrieve and /ask use."""
+    from django.conf import settings
+
+    from knowledge.selectors import passages_search
+
+    mode, fusion = SERVING_MODES[label]
+    settings.RAGLOOP_HYBRID_FUSION = fusion
+
+    def search(text: str, k: int):
+        return passages_search(knowledge_base=knowledge_base, query=text, k=k, mode=mode).passages
+
+    version = passages_search(knowledge_base=knowledge_base, query="warm-up", k=1, mode=mode).retriever_version
+    say(f"{label}: retrieval mode {mode}, retriever version {version!r}")
+    result = ModeResult(mode=label, path=f"retrieval mode ({version})")
+    return evaluate_both(result, space=None, query_model_reference=None, data=data, split=split, search=search)
 
 
 def curve_summary(curve: list[dict]) -> str:
@@ -469,7 +511,9 @@ def main() -> None:
             label = f"contrastive_query_only, {args.mined_check} mined"
             planned.append((label, "contrastive_query_only", {**parameters, "mined_negatives": args.mined_check}))
         for label, mode, run_parameters in planned:
-            if mode in SERVICE_MODES:
+            if mode in SERVING_MODES:
+                results.append(evaluate_serving_mode(knowledge_base=knowledge_base, label=mode, data=data, split=split))
+            elif mode in SERVICE_MODES:
                 results.append(train_with_service(
                     knowledge_base=knowledge_base, snapshot=snapshot, mode=mode, label=label, parameters=run_parameters,
                     data=data, split=split,
@@ -492,6 +536,7 @@ def main() -> None:
                     {"mode": r.mode, "path": r.path, "dev": r.scores.mean, "train": r.train_scores.mean,
                      "training_seconds": r.training_seconds, "reembedding_seconds": r.reembedding_seconds,
                      "examples": r.examples, "steps": r.steps, "note": r.note, "parameters": r.parameters,
+                     "dev_latency_ms": r.scores.latencies_ms,
                      "curve": r.curve, "dev_ndcg@10_per_query": r.scores.per_query}
                     for r in results
                 ],
@@ -526,6 +571,7 @@ def print_report(*, args, split: Split, documents, base_chunks: int, base_embed_
             f"{result.train_scores.mean['ndcg@10']:.4f}", minutes(result.training_seconds),
             f"{minutes(result.reembedding_seconds)} ({result.reembedded_chunks} chunks)" if result.reembedding_seconds else "-",
             f"{result.examples} / {result.steps}" if result.steps else "-",
+            result.scores.latency(),
         ])
     print(f"\nSciFact train qrels split {len(split.train)} train / {len(split.dev)} dev queries (seed {args.seed}); "
           f"{len(documents)} abstracts, {base_chunks} chunks; base embedding {clock(base_embed_seconds)} "
@@ -538,7 +584,8 @@ def print_report(*, args, split: Split, documents, base_chunks: int, base_embed_
         f"Retrieval at the document level (top {CHUNKS_PER_QUERY} chunks -> {RANK_CUTOFF} documents): "
         f"{len(split.dev)} dev queries, and nDCG@10 on the {len(split.train)} train queries",
         ["mode", "trained via", "dev nDCG@10", "dev recall@10", "dev MRR@10", "dev nDCG@10 change [95% CI] (queries)",
-         "train nDCG@10", "training", "re-embedding", "train pairs or queries / steps"],
+         "train nDCG@10", "training", "re-embedding", "train pairs or queries / steps",
+         "serving latency per dev query (median / p95)"],
         rows,
     ))
     for result in results:

@@ -9,7 +9,7 @@ and its error mapping read in one place, in the order of the OpenAPI document.
 """
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db.models import Count
@@ -24,14 +24,13 @@ from ninja.security import HttpBearer
 from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, StrictInt
 
 from knowledge.errors import Forbidden, InvalidInput, NotFound, ServiceError
-from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, Turn
+from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, RetrievalMode, Turn
 from knowledge.selectors import (
     conversation_turns,
     conversations_list,
     knowledge_base_get,
     live_version_names_of,
-    passages_retrieve,
-    retriever_for,
+    passages_search,
 )
 from knowledge.services.conversations import (
     ConversationMessage,
@@ -216,6 +215,7 @@ class KnowledgeBaseOut(Schema):
     documents: int
     chunks: int
     live_retriever_version: str | None
+    retrieval_mode: str = Field(description="dense, lexical or hybrid: how /ask and /retrieve retrieve by default.")
     generator: str
 
 
@@ -233,9 +233,18 @@ Integer = Annotated[StrictInt, BeforeValidator(_integral_float_as_int)]
 Number = Annotated[float, Strict(), AllowInfNan(False)]
 
 
+# The knowledge base's retrieval mode unless a request names one (docs/retrieval.md).
+Mode = Literal[tuple(RetrievalMode.values)]
+MODE_DESCRIPTION = (
+    "How to retrieve for this request: dense (the live embedding space), lexical (BM25 over the chunk text) or "
+    "hybrid (both, fused by reciprocal rank fusion). Default: the knowledge base's retrieval mode."
+)
+
+
 class AskIn(Schema):
     query: Text = Field(min_length=1, max_length=4000)
     k: Integer = Field(5, ge=1, le=100)
+    mode: Mode | None = Field(None, description=MODE_DESCRIPTION)
     conversation_id: Integer | None = Field(None, description="Continue this conversation (ragloop's id).")
     conversation_external_id: Text | None = Field(
         None, min_length=1, max_length=255, description="Continue the conversation with this id of yours, or start it."
@@ -248,6 +257,7 @@ class RetrieveIn(Schema):
     query: Text = Field(min_length=1, max_length=4000)
     k: Integer = Field(10, ge=1, le=100)
     retriever_version: Text | None = Field(None, max_length=100)
+    mode: Mode | None = Field(None, description=MODE_DESCRIPTION)
 
 
 class PassageOut(Schema):
@@ -260,8 +270,11 @@ class PassageOut(Schema):
 
 
 class RetrieveOut(Schema):
-    retriever_version: str
-    passages: list[PassageOut]
+    retriever_version: str = Field(description='What served, e.g. "base", "bm25" or "base+bm25/rrf60" (hybrid).')
+    mode: str = Field(description="The retrieval mode that served: dense, lexical or hybrid.")
+    passages: list[PassageOut] = Field(
+        description="Best first. score: cosine similarity (dense), BM25 (lexical) or the fused score (hybrid)."
+    )
 
 
 class MessageOut(Schema):
@@ -282,6 +295,7 @@ class TurnOut(Schema):
     history: list[MessageOut]
     answer: str
     retriever_version: str
+    retrieval_mode: str = Field(description="dense, lexical or hybrid for a served turn; blank for a logged one.")
     generator_version: str
     latency_ms: float | None
     feedback: int | None
@@ -444,6 +458,7 @@ def _turn_out(turn: Turn) -> dict:
         "history": turn.history,
         "answer": turn.answer,
         "retriever_version": turn.retriever_version,
+        "retrieval_mode": turn.retrieval_mode,
         "generator_version": turn.generator_version,
         "latency_ms": turn.latency_ms,
         "feedback": turn.feedback,
@@ -499,6 +514,7 @@ def knowledge_base_list(request):
             "documents": kb.documents.count(),
             "chunks": kb.chunks.count(),
             "live_retriever_version": live["retriever"],
+            "retrieval_mode": kb.retrieval_mode,
             "generator": live["generator"],
         }
         for kb in visible
@@ -512,7 +528,8 @@ def ask(request, slug: str, payload: AskIn):
 
     With `conversation_id`, `conversation_external_id` or `start_conversation` the question is
     the next turn of a conversation: a follow-up is rewritten to stand alone before retrieval
-    (`rewritten_query`), and the generator sees the earlier turns."""
+    (`rewritten_query`), and the generator sees the earlier turns. `mode` retrieves dense,
+    lexical or hybrid for this turn, which records it (`retrieval_mode`, `retriever_version`)."""
     knowledge_base = _knowledge_base_for(request, slug, "ask")
     if payload.conversation_id is not None and payload.conversation_external_id is not None:
         raise InvalidInput("Send conversation_id or conversation_external_id, not both.")
@@ -524,22 +541,30 @@ def ask(request, slug: str, payload: AskIn):
             conversation_id=payload.conversation_id,
             conversation_external_id=payload.conversation_external_id,
             end_user=payload.end_user,
+            mode=payload.mode,
         )
     else:
-        turn = turn_ask(knowledge_base=knowledge_base, query=payload.query, k=payload.k)
+        turn = turn_ask(knowledge_base=knowledge_base, query=payload.query, k=payload.k, mode=payload.mode)
     return _turn_out(_turn_loaded(turn.pk))
 
 
 @kbs.post("/{slug}/retrieve", response={200: RetrieveOut, **ERRORS})
 def retrieve(request, slug: str, payload: RetrieveIn):
-    """Passages only; nothing is logged. `retriever_version` picks a ready non-live version."""
+    """Passages only; nothing is logged. `retriever_version` picks a ready non-live version (dense
+    or hybrid); `mode` retrieves dense, lexical or hybrid instead of the knowledge base's mode,
+    so the same query can be compared side by side."""
     knowledge_base = _knowledge_base_for(request, slug, "ask")
-    retriever = retriever_for(knowledge_base=knowledge_base, retriever_version=payload.retriever_version)
-    passages = passages_retrieve(
-        space=retriever.space, query=payload.query, k=payload.k, query_model_reference=retriever.query_model_reference
+    retrieval = passages_search(
+        knowledge_base=knowledge_base,
+        query=payload.query,
+        k=payload.k,
+        mode=payload.mode,
+        retriever_version=payload.retriever_version,
     )
+    passages = retrieval.passages
     return {
-        "retriever_version": retriever.version,
+        "retriever_version": retrieval.retriever_version,
+        "mode": retrieval.mode,
         "passages": [
             {
                 "rank": p.rank,

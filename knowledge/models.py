@@ -8,11 +8,20 @@ index names stayed valid (see migrations/0001_models_from_curation.py).
 
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
-from django.contrib.postgres.search import SearchVector
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from pgvector.django import VectorField
+
+
+class RetrievalMode(models.TextChoices):
+    """How a knowledge base retrieves (docs/retrieval.md): its live embedding space, BM25 over the
+    chunk text in PostgreSQL, or both fused."""
+
+    DENSE = "dense", "Dense (the live embedding space)"
+    LEXICAL = "lexical", "Lexical (BM25 in PostgreSQL)"
+    HYBRID = "hybrid", "Hybrid (dense and lexical, fused)"
 
 
 class KnowledgeBase(models.Model):
@@ -31,6 +40,8 @@ class KnowledgeBase(models.Model):
     )
     # The OpenAI model name, or the path of a local Hugging Face model.
     generator_model = models.CharField(max_length=500, blank=True)
+    # What /ask and /retrieve use unless a request names a mode (knowledge.selectors.passages_search).
+    retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, default=RetrievalMode.DENSE)
     # What serves now. Promotion and rollback (training.services.versions) write these in the
     # transaction that changes the live model version, so serving reads this row alone.
     # Retriever: the live space (the base space until a version is promoted), the live version's
@@ -93,14 +104,23 @@ class Chunk(models.Model):
     order = models.PositiveIntegerField()
     text = models.TextField()
     token_count = models.PositiveIntegerField()
+    # The text's lexemes with their positions, stored (PostgreSQL computes it on every insert and
+    # update, so it can never be stale): lexical retrieval reads term frequencies from it for
+    # BM25 (knowledge.selectors.passages_retrieve_lexical) instead of parsing each matching
+    # chunk again, and the workbench's keyword search filters on it.
+    lexical_vector = models.GeneratedField(
+        expression=SearchVector("text", config="english"), output_field=SearchVectorField(), db_persist=True
+    )
 
     class Meta:
         db_table = "curation_chunk"
         constraints = [models.UniqueConstraint(fields=["document", "order"], name="chunk_order_unique_per_document")]
         indexes = [
-            # Keyword search in the workbench (curation.services.search) queries exactly this
-            # expression, so the planner can use the index.
-            GinIndex(SearchVector("text", config="english"), name="chunk_text_search"),
+            # The inverted index of lexical retrieval and of the workbench's keyword search.
+            GinIndex(fields=["lexical_vector"], name="chunk_text_search"),
+            # BM25's collection statistics (chunk count and mean length per knowledge base) by
+            # an index-only scan instead of reading every chunk's row.
+            models.Index(fields=["knowledge_base"], include=["token_count"], name="chunk_kb_token_count"),
         ]
 
 
@@ -289,6 +309,9 @@ class Turn(models.Model):
     continuation_hash = models.CharField(max_length=64, blank=True)
     answer = models.TextField(blank=True)
     retriever_version = models.CharField(max_length=200, blank=True)
+    # How a served turn retrieved (RetrievalMode; blank for ingested turns and turns served
+    # before modes existed, which were dense). retriever_version names it too ("base+bm25/rrf60").
+    retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, blank=True, default="")
     generator_version = models.CharField(max_length=200, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)

@@ -1,19 +1,20 @@
 """Read operations: knowledge bases, which retriever serves (the live one that promotion wrote
-onto the knowledge base, or a named version), retrieval from an embedding space, and
-conversations."""
+onto the knowledge base, or a named version), retrieval (dense from an embedding space, lexical
+by BM25 over the chunk text, or both fused: docs/retrieval.md), and conversations."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from knowledge.errors import InvalidInput, NotFound
-from knowledge.models import Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, Turn
+from knowledge.models import Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
 from rag.conversation import ChatMessage
 from rag.embedding import load_embedder
+from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,133 @@ def passages_retrieve(
         cursor.execute(sql, [query_vector, k])
         rows = cursor.fetchall()
     return [_retrieved_chunk(row, rank=rank) for rank, row in enumerate(rows, start=1)]
+
+
+# BM25 with the parameters Anserini uses for BEIR ("BM25 flat"): k1 saturates term frequency,
+# b normalises by the chunk's length relative to the knowledge base's mean.
+BM25_K1 = 0.9
+BM25_B = 0.4
+# What a lexical-only turn records as its retriever version.
+LEXICAL_RETRIEVER_VERSION = "bm25"
+
+_BM25_SQL = """
+    WITH q AS (
+        -- The query's lexemes (the chunks' own parser, stemmer and stop words), ORed: plainto
+        -- ANDs them, and its text form quotes every lexeme, none of which holds a space.
+        SELECT replace(plainto_tsquery('english', %(query)s)::text, ' & ', ' | ')::tsquery AS tsq,
+               tsvector_to_array(to_tsvector('english', %(query)s)) AS lexemes
+    ),
+    matched AS (
+        -- Every chunk holding a query lexeme (the GIN index), with each such lexeme's term
+        -- frequency read from the stored tsvector.
+        SELECT c.id AS chunk_id, c.token_count AS length, t.lexeme, coalesce(array_length(t.positions, 1), 1) AS tf
+        FROM curation_chunk c CROSS JOIN q CROSS JOIN LATERAL unnest(c.lexical_vector) AS t
+        WHERE c.knowledge_base_id = %(kb)s AND c.lexical_vector @@ q.tsq AND t.lexeme = ANY(q.lexemes)
+    ),
+    frequency AS (SELECT lexeme, count(*)::float8 AS df FROM matched GROUP BY lexeme),
+    collection AS (
+        -- An index-only scan of chunk_kb_token_count.
+        SELECT count(*)::float8 AS n, greatest(coalesce(avg(token_count)::float8, 1), 1) AS mean_length
+        FROM curation_chunk WHERE knowledge_base_id = %(kb)s
+    ),
+    scored AS (
+        SELECT m.chunk_id, sum(
+            ln(1 + (collection.n - f.df + 0.5) / (f.df + 0.5))
+            * m.tf * (%(k1)s + 1) / (m.tf + %(k1)s * (1 - %(b)s + %(b)s * m.length / collection.mean_length))
+        ) AS score
+        FROM matched m JOIN frequency f USING (lexeme) CROSS JOIN collection
+        GROUP BY m.chunk_id
+        ORDER BY score DESC, m.chunk_id
+        LIMIT %(k)s
+    )
+    SELECT s.chunk_id, s.score, c.text, d.id, d.external_id, d.title
+    FROM scored s JOIN curation_chunk c ON c.id = s.chunk_id JOIN curation_document d ON d.id = c.document_id
+    ORDER BY s.score DESC, s.chunk_id
+"""
+
+
+def passages_retrieve_lexical(*, knowledge_base: KnowledgeBase, query: str, k: int) -> list[RetrievedChunk]:
+    """The k chunks of the knowledge base with the highest BM25 score for the query, best first
+    (ties to the lower chunk id); chunks sharing no lexeme with the query are never returned.
+
+    BM25 is computed in one statement over the stored tsvectors (`Chunk.lexical_vector`): the GIN
+    index finds the chunks holding any query lexeme, their term frequencies come from the
+    tsvector's positions, document frequencies from those same chunks, and the chunk count and
+    mean length (the chunker's token count) from the knowledge base. Nothing is cached, so a
+    document ingested or replaced counts from its transaction's commit on. The cost grows with
+    the number of chunks holding a query lexeme (docs/retrieval.md).
+    """
+    if not query.strip():
+        raise InvalidInput("The query is empty.")
+    if not 1 <= k <= settings.RAGLOOP_MAX_K:
+        raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
+    parameters = {"query": query, "kb": knowledge_base.pk, "k": k, "k1": BM25_K1, "b": BM25_B}
+    with connection.cursor() as cursor:
+        cursor.execute(_BM25_SQL, parameters)
+        rows = cursor.fetchall()
+    return [_retrieved_chunk(row, rank=rank) for rank, row in enumerate(rows, start=1)]
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What a search returned, and how: the mode and the retriever version a turn records."""
+
+    mode: str
+    retriever_version: str
+    passages: list[RetrievedChunk]
+
+
+def retrieval_mode_checked(mode: str | None) -> str | None:
+    """The mode if it is one of RetrievalMode (None: the knowledge base's), else InvalidInput."""
+    if mode is not None and mode not in RetrievalMode.values:
+        raise InvalidInput(f"Retrieval mode {mode!r} is unknown; choose one of {', '.join(RetrievalMode.values)}.")
+    return mode
+
+
+def hybrid_version_name(dense_version: str) -> str:
+    """The retriever version of a hybrid search: the dense version, the lexical one and the fusion."""
+    if settings.RAGLOOP_HYBRID_FUSION == "score":
+        return f"{dense_version}+{LEXICAL_RETRIEVER_VERSION}/score-a{settings.RAGLOOP_HYBRID_ALPHA:g}"
+    return f"{dense_version}+{LEXICAL_RETRIEVER_VERSION}/rrf{settings.RAGLOOP_RRF_K}"
+
+
+def passages_search(
+    *, knowledge_base: KnowledgeBase, query: str, k: int, mode: str | None = None, retriever_version: str | None = None
+) -> Retrieval:
+    """The k best chunks for the query in the given mode, or the knowledge base's.
+
+    dense: the live retriever (or the named version) over its embedding space. lexical: BM25
+    over the chunk text (no embedding space, no version to name). hybrid: both retrievers'
+    top max(k, RAGLOOP_HYBRID_CANDIDATES) fused (reciprocal rank fusion with k =
+    RAGLOOP_RRF_K, or weighted min-max score fusion when RAGLOOP_HYBRID_FUSION is "score"),
+    the first k of the union; a passage's score is then its fused score.
+    """
+    mode = retrieval_mode_checked(mode) or knowledge_base.retrieval_mode
+    if mode == RetrievalMode.LEXICAL:
+        if retriever_version:
+            raise InvalidInput("Lexical retrieval uses no retriever version: send a retriever version with dense or hybrid.")
+        passages = passages_retrieve_lexical(knowledge_base=knowledge_base, query=query, k=k)
+        return Retrieval(mode, LEXICAL_RETRIEVER_VERSION, passages)
+    retriever = retriever_for(knowledge_base=knowledge_base, retriever_version=retriever_version)
+    if mode == RetrievalMode.DENSE:
+        passages = passages_retrieve(
+            space=retriever.space, query=query, k=k, query_model_reference=retriever.query_model_reference
+        )
+        return Retrieval(mode, retriever.version, passages)
+    depth = min(settings.RAGLOOP_MAX_K, max(k, settings.RAGLOOP_HYBRID_CANDIDATES))
+    dense = passages_retrieve(space=retriever.space, query=query, k=depth, query_model_reference=retriever.query_model_reference)
+    lexical = passages_retrieve_lexical(knowledge_base=knowledge_base, query=query, k=depth)
+    if settings.RAGLOOP_HYBRID_FUSION == "score":
+        fused = weighted_score_fusion(
+            [(p.chunk_id, p.score) for p in dense], [(p.chunk_id, p.score) for p in lexical], alpha=settings.RAGLOOP_HYBRID_ALPHA
+        )
+    else:
+        fused = reciprocal_rank_fusion([[p.chunk_id for p in dense], [p.chunk_id for p in lexical]], k=settings.RAGLOOP_RRF_K)
+    by_chunk = {p.chunk_id: p for p in (*lexical, *dense)}
+    passages = [
+        replace(by_chunk[chunk_id], rank=rank, score=score) for rank, (chunk_id, score) in enumerate(fused[:k], start=1)
+    ]
+    return Retrieval(mode, hybrid_version_name(retriever.version), passages)
 
 
 def chunk_rankings_many(

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config import devservices
 
@@ -128,6 +129,15 @@ RAGLOOP_HNSW_BUILD_MEMORY = os.environ.get("RAGLOOP_HNSW_BUILD_MEMORY", "512MB")
 # Candidates HNSW examines per query: at least this, and at least 2k (bench: recall@10 at
 # 100k chunks 0.919 with 40, 0.981 with 100, for about 0.2 ms more).
 RAGLOOP_HNSW_EF_SEARCH = env_int("RAGLOOP_HNSW_EF_SEARCH", 100)
+# Hybrid retrieval (docs/retrieval.md): how the dense and lexical lists are fused ("rrf":
+# reciprocal rank fusion with constant RAGLOOP_RRF_K; "score": alpha * dense + (1 - alpha) *
+# lexical on min-max normalised scores), and how deep each list is read before fusing.
+RAGLOOP_HYBRID_FUSION = os.environ.get("RAGLOOP_HYBRID_FUSION", "rrf")
+if RAGLOOP_HYBRID_FUSION not in ("rrf", "score"):
+    raise ImproperlyConfigured(f"RAGLOOP_HYBRID_FUSION must be rrf or score, not {RAGLOOP_HYBRID_FUSION!r}")
+RAGLOOP_RRF_K = env_int("RAGLOOP_RRF_K", 60)
+RAGLOOP_HYBRID_ALPHA = float(os.environ.get("RAGLOOP_HYBRID_ALPHA", "0.5"))
+RAGLOOP_HYBRID_CANDIDATES = env_int("RAGLOOP_HYBRID_CANDIDATES", 50)
 # An embedding job whose heartbeat is older than this is re-dispatched by the beat sweeper.
 RAGLOOP_EMBEDDING_STALL_SECONDS = env_int("RAGLOOP_EMBEDDING_STALL_SECONDS", 300)
 # A running training run whose heartbeat is older than this is failed by the beat sweeper.

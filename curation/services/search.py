@@ -10,7 +10,7 @@ needs no calibration between cosine similarities and text-search ranks.
 from dataclasses import dataclass
 
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
-from django.db.models import Q
+from django.db.models import F, Q
 
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, Document, KnowledgeBase
@@ -43,18 +43,16 @@ def _keyword_chunk_ids(*, knowledge_base: KnowledgeBase, query: str, k: int) -> 
     whose text holds the query as typed (what full text misses: stop words, parts of words,
     punctuation inside codes) or whose document's title matches come after, by id.
 
-    The full-text query uses exactly the expression of the GIN index `chunk_text_search`
-    (`to_tsvector('english', text)`, no weights, no joined title), so it reads the index rather
-    than parsing every chunk of the knowledge base. The fallback has no index and scans the
+    The full-text query filters on the stored column the GIN index `chunk_text_search` indexes
+    (`Chunk.lexical_vector`, `to_tsvector('english', text)`, no weights, no joined title), so it
+    reads the index rather than parsing every chunk of the knowledge base. The fallback has no index and scans the
     chunks (up to the first k - found matches): it runs only when full text came up short.
     """
-    vector = SearchVector("text", config="english")
     text_query = SearchQuery(query, search_type="websearch", config="english")
     chunks = Chunk.objects.filter(knowledge_base=knowledge_base)
     found = list(
-        chunks.annotate(search=vector)
-        .filter(search=text_query)
-        .annotate(rank=SearchRank(vector, text_query))
+        chunks.filter(lexical_vector=text_query)
+        .annotate(rank=SearchRank(F("lexical_vector"), text_query))
         .order_by("-rank", "pk")
         .values_list("pk", flat=True)[:k]
     )

@@ -97,9 +97,11 @@ def conversation_ask(
     conversation_id: int | None = None,
     conversation_external_id: str | None = None,
     end_user: str = "",
+    mode: str | None = None,
 ) -> Turn:
     """Answer `question` as the next turn of a conversation (REST `ask`): the history the
-    generator sees is the conversation's stored turns, after its system prompt if it has one."""
+    generator sees is the conversation's stored turns, after its system prompt if it has one.
+    `mode` overrides the knowledge base's retrieval mode for this turn."""
     if conversation_id is not None:
         conversation = Conversation.objects.filter(pk=conversation_id, knowledge_base=knowledge_base).first()
         if conversation is None:
@@ -111,7 +113,7 @@ def conversation_ask(
     history = conversation_messages(conversation=conversation)
     _check_size([*history, ChatMessage("user", question)])
     composed = answer_compose(
-        knowledge_base=knowledge_base, question=question, k=k, history=[m for m in history if m.role != "system"]
+        knowledge_base=knowledge_base, question=question, k=k, history=[m for m in history if m.role != "system"], mode=mode
     )
     return _store_in_conversation(conversation=conversation, composed=composed, history=history)
 

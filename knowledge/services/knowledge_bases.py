@@ -1,4 +1,5 @@
-"""Creating knowledge bases, each with its base embedding space live from the start."""
+"""Creating knowledge bases, each with its base embedding space live from the start, and
+choosing how they retrieve."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingSpace, KnowledgeBase
+from knowledge.models import EmbeddingSpace, KnowledgeBase, RetrievalMode
 from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedder
 
 BASE_MODEL_REFERENCE = f"base:{BASE_RETRIEVER_NAME}"
@@ -30,7 +31,9 @@ def knowledge_base_create(
     description: str = "",
     generator_backend: str = KnowledgeBase.GeneratorBackend.EXTRACTIVE,
     generator_model: str = "",
+    retrieval_mode: str = RetrievalMode.DENSE,
 ) -> KnowledgeBase:
+    _check_retrieval_mode(retrieval_mode)
     if not _SLUG.match(slug or ""):
         raise InvalidInput(
             f"Knowledge base slug {slug!r} is invalid: use 1-64 lowercase letters, digits and dashes, "
@@ -52,6 +55,7 @@ def knowledge_base_create(
                 description=description,
                 generator_backend=generator_backend,
                 generator_model=generator_model,
+                retrieval_mode=retrieval_mode,
             )
             # An empty space is complete, so the base space is ready and live at once; new
             # documents are embedded into it as they arrive.
@@ -66,4 +70,18 @@ def knowledge_base_create(
             knowledge_base.save(update_fields=["live_space"])
     except IntegrityError:
         raise Conflict(f"Knowledge base {slug!r} already exists.") from None
+    return knowledge_base
+
+
+def _check_retrieval_mode(mode: str) -> None:
+    if mode not in RetrievalMode.values:
+        raise InvalidInput(f"Retrieval mode {mode!r} is unknown; choose one of {', '.join(RetrievalMode.values)}.")
+
+
+def knowledge_base_retrieval_mode_set(*, knowledge_base: KnowledgeBase, mode: str) -> KnowledgeBase:
+    """How /ask and /retrieve retrieve from now on when a request names no mode (docs/retrieval.md).
+    Nothing is rebuilt: every mode reads what ingestion already stores."""
+    _check_retrieval_mode(mode)
+    KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(retrieval_mode=mode)
+    knowledge_base.retrieval_mode = mode
     return knowledge_base

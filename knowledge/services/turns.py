@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import Conversation, Document, KnowledgeBase, RetrievedPassage, Turn
-from knowledge.selectors import passages_retrieve, retriever_for
+from knowledge.selectors import passages_search, retrieval_mode_checked
 from knowledge.signals import turns_stored_send_on_commit
 from rag.conversation import ChatMessage, history_within_budget, messages_hash
 from rag.generation import ContextPassage, GeneratorError, make_generator
@@ -62,15 +62,17 @@ class ComposedAnswer:
     text: str
     cited_passages: list[int]
     retriever_version: str
+    retrieval_mode: str
     generator_version: str
     history_messages_used: int
     latency_ms: float
 
 
 def answer_compose(
-    *, knowledge_base: KnowledgeBase, question: str, k: int, history: Sequence[ChatMessage] = ()
+    *, knowledge_base: KnowledgeBase, question: str, k: int, history: Sequence[ChatMessage] = (), mode: str | None = None
 ) -> ComposedAnswer:
-    """Retrieve with the live retriever and answer with the live generator; writes nothing.
+    """Retrieve with the live retriever in the knowledge base's retrieval mode (or `mode`) and
+    answer with the live generator; writes nothing.
 
     A follow-up (a question with earlier user messages) is first made self-contained by the
     generator (`rewrite_query`: a condensation prompt for LLM backends, rag.conversation's
@@ -78,7 +80,7 @@ def answer_compose(
     sees the newest messages of the history within RAGLOOP_CHAT_HISTORY_TOKENS.
     """
     started = time.perf_counter()
-    retriever = retriever_for(knowledge_base=knowledge_base)
+    retrieval_mode_checked(mode)  # before the generator rewrites anything
     generator_version = knowledge_base.generator_version
     seen_history = history_within_budget(history, max_tokens=settings.RAGLOOP_CHAT_HISTORY_TOKENS)
     try:
@@ -87,9 +89,8 @@ def answer_compose(
     except (GeneratorError, ValueError) as error:
         raise UpstreamError(f"The generator ({generator_version}) could not rewrite the follow-up: {error}") from error
     rewritten = " ".join(rewritten.split())[:MAX_REWRITTEN_QUERY_CHARS] or question
-    retrieved = passages_retrieve(
-        space=retriever.space, query=rewritten, k=k, query_model_reference=retriever.query_model_reference
-    )
+    retrieval = passages_search(knowledge_base=knowledge_base, query=rewritten, k=k, mode=mode)
+    retrieved = retrieval.passages
     try:
         answer = generator.generate(
             query=question,
@@ -104,7 +105,8 @@ def answer_compose(
         retrieved=retrieved,
         text=answer.text,
         cited_passages=answer.cited_passages,
-        retriever_version=retriever.version,
+        retriever_version=retrieval.retriever_version,
+        retrieval_mode=retrieval.mode,
         generator_version=generator_version,
         history_messages_used=len(seen_history),
         latency_ms=(time.perf_counter() - started) * 1000,
@@ -139,6 +141,7 @@ def turn_served_store(
             continuation_hash=continuation_hash,
             answer=composed.text,
             retriever_version=composed.retriever_version,
+            retrieval_mode=composed.retrieval_mode,
             generator_version=composed.generator_version,
             latency_ms=composed.latency_ms,
             metadata=metadata,
@@ -205,9 +208,10 @@ def turn_synthetic_store(
     return turn, True
 
 
-def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5) -> Turn:
-    """Answer a question on its own (no conversation) and store the turn."""
-    composed = answer_compose(knowledge_base=knowledge_base, question=query, k=k)
+def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5, mode: str | None = None) -> Turn:
+    """Answer a question on its own (no conversation) and store the turn; `mode` overrides the
+    knowledge base's retrieval mode for this turn."""
+    composed = answer_compose(knowledge_base=knowledge_base, question=query, k=k, mode=mode)
     return turn_served_store(knowledge_base=knowledge_base, composed=composed)
 
 

@@ -177,6 +177,7 @@ def test_kb_list_shows_only_the_knowledge_bases_the_token_may_use(api, embedded_
             "documents": 4,
             "chunks": Chunk.objects.filter(knowledge_base=embedded_knowledge_base).count(),
             "live_retriever_version": "base",
+            "retrieval_mode": "dense",
             "generator": "extractive",
         }
     ]

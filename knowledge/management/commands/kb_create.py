@@ -15,10 +15,18 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="")
         parser.add_argument("--generator", default="extractive", help="extractive (default), openai or hf")
         parser.add_argument("--generator-model", default="", help="OpenAI model name or local model path")
+        parser.add_argument(
+            "--retrieval-mode", default="dense", help="dense (default), lexical or hybrid (docs/retrieval.md)"
+        )
 
-    def handle(self, *args, slug, name, description, generator, generator_model, **options):
+    def handle(self, *args, slug, name, description, generator, generator_model, retrieval_mode, **options):
         with service_errors_as_command_errors():
             knowledge_base = knowledge_base_create(
-                slug=slug, name=name, description=description, generator_backend=generator, generator_model=generator_model
+                slug=slug,
+                name=name,
+                description=description,
+                generator_backend=generator,
+                generator_model=generator_model,
+                retrieval_mode=retrieval_mode,
             )
         self.stdout.write(f"created knowledge base {knowledge_base.slug}")

@@ -1,4 +1,7 @@
-"""`manage.py retrieve <kb> "<query>" | --queries FILE.jsonl [-k 10] [--json] [--version V]`.
+"""`manage.py retrieve <kb> "<query>" | --queries FILE.jsonl [-k 10] [--json] [--version V]
+[--mode dense|lexical|hybrid]`.
+
+--mode retrieves in that mode instead of the knowledge base's (side-by-side evaluation).
 
 Nothing is logged. With --queries, one `{"id", "text"}` per input line gives one
 `{"id", "passages": [{"document", "chunk", "score"}, ...]}` per output line.
@@ -10,7 +13,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from knowledge.management.cli import service_errors_as_command_errors
-from knowledge.selectors import knowledge_base_get, passages_retrieve, retriever_for
+from knowledge.models import RetrievalMode
+from knowledge.selectors import knowledge_base_get, passages_search
 
 
 def _read_queries(path: Path) -> list[tuple[str, str]]:
@@ -50,17 +54,23 @@ class Command(BaseCommand):
         # `--version V` picks a retriever version here, so it replaces Django's own --version flag.
         parser.conflict_handler = parser._optionals.conflict_handler = "resolve"
         parser.add_argument("--version", dest="retriever_version", default=None, help="a ready retriever version (default: live)")
+        parser.add_argument(
+            "--mode", choices=RetrievalMode.values, default=None, help="how to retrieve (default: the knowledge base's mode)"
+        )
 
-    def handle(self, *args, kb, query, queries, k, retriever_version, **options):
+    def handle(self, *args, kb, query, queries, k, retriever_version, mode, **options):
         if (query is None) == (queries is None):
             raise CommandError("give either a query or --queries FILE.jsonl", returncode=2)
         with service_errors_as_command_errors():
-            retriever = retriever_for(knowledge_base=knowledge_base_get(slug=kb), retriever_version=retriever_version)
+            knowledge_base = knowledge_base_get(slug=kb)
+            served = {}
 
             def search(text: str):
-                return passages_retrieve(
-                    space=retriever.space, query=text, k=k, query_model_reference=retriever.query_model_reference
+                retrieval = passages_search(
+                    knowledge_base=knowledge_base, query=text, k=k, mode=mode, retriever_version=retriever_version
                 )
+                served.update(version=retrieval.retriever_version, mode=retrieval.mode)
+                return retrieval.passages
 
             if queries is not None:
                 for query_id, text in _read_queries(queries):
@@ -73,7 +83,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 json.dumps(
                     {
-                        "retriever_version": retriever.version,
+                        "retriever_version": served["version"],
+                        "mode": served["mode"],
                         "passages": [
                             {"rank": p.rank, "document": p.document_external_id, "chunk": p.chunk_id, "score": p.score, "text": p.text}
                             for p in passages
