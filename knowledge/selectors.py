@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from knowledge.errors import InvalidInput, NotFound
-from knowledge.models import Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, Turn
+from knowledge.models import ApiToken, Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, Turn
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
 from rag.conversation import ChatMessage
@@ -271,3 +271,19 @@ def conversations_list(*, knowledge_base: KnowledgeBase, end_user: str | None = 
 
 def conversation_turns(*, conversation: Conversation) -> QuerySet[Turn]:
     return conversation.turns.order_by("position").prefetch_related("passages")
+
+
+def api_tokens_of(*, user) -> QuerySet:
+    """The user's API tokens, newest first (revoked ones too: the page says since when)."""
+    return ApiToken.objects.filter(user=user).prefetch_related("knowledge_bases").order_by("-created_at", "-id")
+
+
+def api_tokens_of_others(*, user) -> QuerySet:
+    """Other users' unrevoked tokens (for an admin, who may revoke them)."""
+    return (
+        ApiToken.objects.filter(revoked_at__isnull=True)
+        .exclude(user=user)
+        .select_related("user")
+        .prefetch_related("knowledge_bases")
+        .order_by("user__username", "-created_at")
+    )
