@@ -1,7 +1,10 @@
 """The audit log page for admins: newest first, filtered by action, actor, knowledge base and
 dates (the same filters as `manage.py audit`)."""
 
+import json
+
 from django.core.paginator import Paginator
+from django.core.serializers.json import DjangoJSONEncoder
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_GET
@@ -31,6 +34,9 @@ def audit_log(request):
     if error:
         events = events.none()
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+    for event in page:
+        event.before_text = _json(event.before)
+        event.after_text = _json(event.after)
     query = request.GET.copy()
     query.pop("page", None)
     context = {
@@ -42,6 +48,10 @@ def audit_log(request):
         "error": error,
     }
     return render(request, "curation/audit/log.html", context, status=status)
+
+
+def _json(summary) -> str:
+    return "" if summary is None else json.dumps(summary, ensure_ascii=False, sort_keys=True, cls=DjangoJSONEncoder)
 
 
 urlpatterns = [
