@@ -132,3 +132,25 @@ def test_token_create_revoke_and_rotate_from_the_cli_each_write_one_audit_row(ad
         _run("token_create", "root", "x", "--all", "--expires", "soon")
     with pytest.raises(CommandError, match="has passed"):
         _run("token_create", "root", "x", "--all", "--expires", "2001-01-01")
+
+
+@pytest.mark.django_db(transaction=True)  # a real manage.py process must see the user; the flush after it TRUNCATEs the log
+def test_a_real_manage_py_command_is_recorded_as_the_cli_of_the_os_user(django_user_model):
+    import getpass
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from tests.conftest import REPO_ROOT, _test_database_url
+
+    django_user_model.objects.create_user("ops")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "DATABASE_URL": _test_database_url(),
+           "REDIS_URL": settings.CELERY_BROKER_URL}
+    done = subprocess.run([sys.executable, "manage.py", "token_create", "ops", "cron", "--all"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    token = ApiToken.objects.get(key_prefix=done.stdout.strip()[:10])
+    [event] = AuditEvent.objects.filter(action="token.create")
+    assert (event.actor, event.object_id, event.request_id, event.ip) == (f"cli:{getpass.getuser()}", str(token.pk), "", None)
