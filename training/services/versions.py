@@ -24,9 +24,9 @@ from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.services.audit import audit_record
 from knowledge.services.embedding_spaces import embedding_space_restore, embedding_space_retire
 from knowledge.services.embeddings import embedding_space_index_build_ensure, embedding_space_index_missing
-from knowledge.services.audit import audit_record
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
 from rag.training.artifacts import (
     ArtifactIntegrityError,
