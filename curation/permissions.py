@@ -4,7 +4,7 @@ group) judge the turns of knowledge bases they are members of. Every view and AP
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from knowledge.models import KnowledgeBase
+from knowledge.models import ApiToken, KnowledgeBase
 
 ADMIN_GROUP = "admin"
 CURATOR_GROUP = "curator"
@@ -32,3 +32,14 @@ def user_can_curate(user: AbstractBaseUser, knowledge_base: KnowledgeBase) -> bo
     if user_is_admin(user):
         return True
     return user_is_curator(user) and knowledge_base.memberships.filter(user=user).exists()
+
+
+def user_may_revoke_token(user: AbstractBaseUser, token: ApiToken) -> bool:
+    """A token's user may revoke it; so may an admin (admins use every knowledge base, so
+    every token's knowledge bases are theirs)."""
+    return user.is_authenticated and user.is_active and (token.user_id == user.pk or user_is_admin(user))
+
+
+def user_may_rotate_token(user: AbstractBaseUser, token: ApiToken) -> bool:
+    """Only a token's user: a rotation hands out a new secret, for them alone to see."""
+    return user.is_authenticated and user.is_active and token.user_id == user.pk

@@ -1,10 +1,11 @@
 """Web UI routes of people signed in: accounts, then each page module's own `urlpatterns`
-(knowledge bases, the curator workbench, admins' review, label import and export)."""
+(knowledge bases, the curator workbench, admins' review, label import and export, the
+account's API tokens, the audit log)."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from curation.views import knowledge_bases, label_io, review, workbench
+from curation.views import account, audit, knowledge_bases, label_io, review, workbench
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -14,4 +15,6 @@ urlpatterns = [
     *workbench.urlpatterns,
     *review.urlpatterns,
     *label_io.urlpatterns,
+    *account.urlpatterns,
+    *audit.urlpatterns,
 ]

@@ -4,6 +4,7 @@ and API tokens: read-only (knowledge.admin_read_only says why)."""
 from knowledge.admin_read_only import read_only_admin_register
 from knowledge.models import (
     ApiToken,
+    AuditEvent,
     Chunk,
     ChunkEmbedding,
     Conversation,
@@ -18,5 +19,5 @@ from knowledge.models import (
 
 read_only_admin_register(
     KnowledgeBase, Document, Chunk, EmbeddingSpace, QueryEncoder, ChunkEmbedding, EmbeddingJob, Conversation, Turn,
-    RetrievedPassage, ApiToken,
+    RetrievedPassage, ApiToken, AuditEvent,
 )  # fmt: skip

@@ -136,7 +136,7 @@ def on_malformed_multipart(request, error: MultiPartParserError):
 @api.exception_handler(AuthenticationError)
 def on_authentication_error(request, error):
     return api.create_response(
-        request, {"detail": "Missing, unknown or revoked API token (send 'Authorization: Bearer <token>')."}, status=401
+        request, {"detail": "Missing or unknown API token (send 'Authorization: Bearer <token>')."}, status=401
     )
 
 

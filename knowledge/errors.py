@@ -35,3 +35,9 @@ class QueueUnavailable(ServiceError):
 
     status_code = 503
     retry_after_seconds = 30
+
+
+class Unauthenticated(ServiceError):
+    """The credentials were recognised but may no longer be used (a revoked or expired API token)."""
+
+    status_code = 401

@@ -1,10 +1,14 @@
-"""Refuses, before any view runs: oversized API request bodies (413), and URLs whose path or
+"""Gives every request an id and its client address for the audit log; and refuses, before any view runs: oversized API request bodies (413), and URLs whose path or
 query holds text PostgreSQL cannot store or compare (NUL, lone surrogates: 400), in OpenAI's
 error shape on the OpenAI-compatible /v1/ paths."""
+
+import ipaddress
+import uuid
 
 from django.conf import settings
 from django.http import HttpResponseBadRequest, JsonResponse
 
+from knowledge.audit_context import audit_context, request_id_acceptable
 from rag.text_checks import text_problem
 
 
@@ -51,3 +55,31 @@ class UnstorableUrlTextMiddleware:
                 return _refusal(request.path, 400, message)
             return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+
+def _client_address(request) -> str | None:
+    address = request.META.get("REMOTE_ADDR") or ""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:  # a unix socket, a test client without one
+        return None
+
+
+class AuditContextMiddleware:
+    """Lets audit rows written while serving the request name its user (or API token), its id
+    and the client's address (knowledge.audit_context). The id is the caller's X-Request-ID when
+    it is plain and short, else a new one; it is sent back as X-Request-ID.
+
+    The address is REMOTE_ADDR: behind a proxy that is the proxy's, unless the proxy sets it
+    (gunicorn's --forwarded-allow-ips); X-Forwarded-For is not trusted here."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        given = request.headers.get("X-Request-ID", "")
+        request_id = given if request_id_acceptable(given) else uuid.uuid4().hex
+        with audit_context(request=request, request_id=request_id, ip=_client_address(request)):
+            response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response

@@ -9,6 +9,7 @@ index names stayed valid (see migrations/0001_models_from_curation.py).
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -427,8 +428,13 @@ class ApiToken(models.Model):
         KnowledgeBase, blank=True, related_name="api_tokens", db_table="curation_apitoken_knowledge_bases"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Written at most once a minute (knowledge.services.tokens.api_token_authenticate).
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Null: the token does not expire. From this moment on it is refused (401).
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # The token this one replaced by rotation (its secret was revoked then).
+    rotated_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         db_table = "curation_apitoken"
@@ -437,3 +443,41 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.key_prefix}…)"
 
 
+
+
+class AuditEvent(models.Model):
+    """One thing someone did that changes what ragloop holds or serves, or takes data out of it
+    (knowledge.services.audit.audit_record writes it in the transaction of the change).
+
+    Append-only: a trigger (migrations/0009_audit_event_and_token_expiry.py) refuses UPDATE and DELETE. So no
+    foreign key here may cascade or set null: the knowledge base and the user are kept as ids
+    without a database constraint (and as a name, readable after they are deleted).
+    """
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Who: a username, "cli:<os user>" for management commands, "token:<prefix>" for an API
+    # token, or a name such as "policy nightly-retriever" or "system".
+    actor = models.CharField(max_length=200)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    # What: "<object>.<verb>", e.g. "label.submit", "model_version.promote" (docs/audit-log.md).
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64, blank=True)
+    knowledge_base = models.ForeignKey(
+        KnowledgeBase, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    knowledge_base_slug = models.CharField(max_length=64, blank=True)
+    # A short summary of the object before and after (never secrets, never whole texts).
+    before = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    after = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    request_id = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["knowledge_base", "-created_at"], name="audit_event_kb_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type}:{self.object_id}"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from knowledge.errors import ServiceError
+from knowledge.errors import ServiceError, Unauthenticated
 from knowledge.models import KnowledgeBase, Turn
 from knowledge.services.conversations import chat_ask
 from knowledge.services.tokens import (
@@ -52,11 +52,14 @@ def openai_error_response(status: int, message: str, **kwargs) -> JsonResponse:
 def _authenticated(request: HttpRequest):
     header = request.headers.get("Authorization", "")
     scheme, _, plain = header.partition(" ")
-    token = api_token_authenticate(plain=plain.strip()) if scheme.lower() == "bearer" and plain.strip() else None
+    try:
+        token = api_token_authenticate(plain=plain.strip()) if scheme.lower() == "bearer" and plain.strip() else None
+    except Unauthenticated as refused:  # revoked or expired: say which
+        raise OpenAIError(401, str(refused), code="invalid_api_key") from None
     if token is None:
         raise OpenAIError(
             401,
-            "Missing, unknown or revoked API key (send 'Authorization: Bearer <ragloop API token>').",
+            "Missing or unknown API key (send 'Authorization: Bearer <ragloop API token>').",
             code="invalid_api_key",
         )
     return token

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from knowledge.errors import InvalidInput, NotFound
-from knowledge.models import Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
+from knowledge.models import ApiToken, Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
 from rag.conversation import ChatMessage
@@ -427,3 +427,19 @@ def space_chunks_sample(*, space: EmbeddingSpace, limit: int, seed: int = 0) -> 
         chunk_ids = sorted(random.Random(seed).sample(chunk_ids, limit))
     texts = dict(Chunk.objects.filter(pk__in=chunk_ids).values_list("pk", "text"))
     return [(chunk_id, texts[chunk_id]) for chunk_id in chunk_ids if chunk_id in texts]
+
+
+def api_tokens_of(*, user) -> QuerySet:
+    """The user's API tokens, newest first (revoked ones too: the page says since when)."""
+    return ApiToken.objects.filter(user=user).prefetch_related("knowledge_bases").order_by("-created_at", "-id")
+
+
+def api_tokens_of_others(*, user) -> QuerySet:
+    """Other users' unrevoked tokens (for an admin, who may revoke them)."""
+    return (
+        ApiToken.objects.filter(revoked_at__isnull=True)
+        .exclude(user=user)
+        .select_related("user")
+        .prefetch_related("knowledge_bases")
+        .order_by("user__username", "-created_at")
+    )

@@ -53,6 +53,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves static/ from the app itself (no CDN, no separate web server needed).
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Request id and client address for the audit log (docs/audit-log.md).
+    "knowledge.middleware.AuditContextMiddleware",
     "knowledge.middleware.ApiBodySizeLimitMiddleware",
     "knowledge.middleware.UnstorableUrlTextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,4 +1,5 @@
-"""Accounts: sign-up by admin invitation only, and curators' memberships of knowledge bases.
+"""Accounts: sign-up by admin invitation only, a user's role, and curators' memberships of
+knowledge bases. Each change is recorded in the audit log.
 
 An invitation carries a random key that is shown once (in the invitation link); only its
 sha256 is stored, as for API tokens. Accepting it creates the user in the group of the
@@ -20,6 +21,7 @@ from curation.models import Invitation, Membership, TurnHold
 from curation.permissions import ADMIN_GROUP, CURATOR_GROUP, user_is_curator
 from knowledge.errors import InvalidInput, NotFound, ServiceError
 from knowledge.models import KnowledgeBase
+from knowledge.services.audit import audit_record
 
 INVITATION_VALID_FOR = timedelta(days=7)
 _ROLE_GROUPS = {Invitation.Role.CURATOR: CURATOR_GROUP, Invitation.Role.ADMIN: ADMIN_GROUP}
@@ -64,6 +66,10 @@ def invitation_create(
         )
         if knowledge_bases:
             invitation.knowledge_bases.set(knowledge_bases)
+        audit_record(
+            action="invitation.create", object_type="invitation", object_id=invitation.pk, actor=invited_by,
+            after={"email": email, "role": role, "knowledge_bases": sorted(kb.slug for kb in knowledge_bases or [])},
+        )  # fmt: skip
     return invitation, key
 
 
@@ -116,6 +122,11 @@ def invitation_accept(*, key: str, username: str, password: str) -> AbstractBase
         invitation.accepted_by = user
         invitation.accepted_at = timezone.now()
         invitation.save(update_fields=["accepted_by", "accepted_at"])
+        audit_record(
+            action="invitation.accept", object_type="invitation", object_id=invitation.pk, actor=user,
+            after={"user": username, "role": invitation.role,
+                   "knowledge_bases": sorted(invitation.knowledge_bases.values_list("slug", flat=True))},
+        )  # fmt: skip
     return user
 
 
@@ -126,12 +137,52 @@ def membership_add(*, knowledge_base: KnowledgeBase, username: str) -> Membershi
         raise NotFound(f"No user {username!r}.")
     if not user_is_curator(user):
         raise InvalidInput(f"{user.get_username()} is not a curator (or is deactivated).")
-    membership, _ = Membership.objects.get_or_create(knowledge_base=knowledge_base, user=user)
+    with transaction.atomic():
+        membership, created = Membership.objects.get_or_create(knowledge_base=knowledge_base, user=user)
+        if created:
+            audit_record(
+                action="membership.add", object_type="user", object_id=user.pk, knowledge_base=knowledge_base,
+                after={"user": user.get_username(), "member": True},
+            )  # fmt: skip
     return membership
 
 
 def membership_remove(*, knowledge_base: KnowledgeBase, user: AbstractBaseUser) -> None:
     """Take a curator off the knowledge base; their labels stay, their held turns are freed."""
     with transaction.atomic():
-        Membership.objects.filter(knowledge_base=knowledge_base, user=user).delete()
+        removed, _ = Membership.objects.filter(knowledge_base=knowledge_base, user=user).delete()
         TurnHold.objects.filter(turn__knowledge_base=knowledge_base, curator=user).delete()
+        if removed:
+            audit_record(
+                action="membership.remove", object_type="user", object_id=user.pk, knowledge_base=knowledge_base,
+                before={"user": user.get_username(), "member": True}, after={"member": False},
+            )  # fmt: skip
+
+
+ROLES = ("admin", "curator", "none")
+
+
+def user_role(user: AbstractBaseUser) -> str:
+    names = set(user.groups.values_list("name", flat=True))
+    return "admin" if ADMIN_GROUP in names else "curator" if CURATOR_GROUP in names else "none"
+
+
+def user_role_set(*, user: AbstractBaseUser, role: str) -> AbstractBaseUser:
+    """Make the user an admin, a curator, or neither ("none"): their group changes, their
+    memberships stay (they count again if the user is made a curator again). Superusers stay
+    superusers: that flag is not a role here. The caller checks that the actor is an admin."""
+    if role not in ROLES:
+        raise InvalidInput(f"Role {role!r} is unknown; choose one of {', '.join(ROLES)}.")
+    with transaction.atomic():
+        before = user_role(user)
+        if before == role:
+            return user
+        groups = {name: Group.objects.get_or_create(name=name)[0] for name in (ADMIN_GROUP, CURATOR_GROUP)}
+        user.groups.remove(*groups.values())
+        if role != "none":
+            user.groups.add(groups[_ROLE_GROUPS[role]])
+        audit_record(
+            action="user.role_change", object_type="user", object_id=user.pk,
+            before={"user": user.get_username(), "role": before}, after={"role": role},
+        )  # fmt: skip
+    return user

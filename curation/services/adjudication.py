@@ -9,6 +9,7 @@ from curation.services.labels import MAX_TEXT, turn_label_state_refresh
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Turn
+from knowledge.services.audit import audit_record
 
 
 def _text(name: str, value: str) -> str:
@@ -56,6 +57,15 @@ def _undecided_disagreements(turn: Turn, passages: dict[int, str], answer_rating
     return open_points
 
 
+def _adjudication_summary(adjudication: Adjudication) -> dict:
+    return {
+        "admin": adjudication.admin.get_username() if adjudication.admin_id else None,
+        "answer_rating": adjudication.answer_rating,
+        "passage_relevance": adjudication.passage_relevance,
+        "has_gold_answer": bool(adjudication.gold_answer.strip()),
+    }
+
+
 def adjudication_record(
     *,
     turn: Turn,
@@ -97,6 +107,7 @@ def adjudication_record(
     with transaction.atomic():
         # Lock the turn as label_submit does: its dispute flag is recomputed below.
         locked = Turn.objects.select_for_update().select_related("knowledge_base").get(pk=turn.pk)
+        previous = Adjudication.objects.filter(turn=locked).first()
         adjudication, _ = Adjudication.objects.update_or_create(
             turn=locked,
             defaults={
@@ -109,5 +120,10 @@ def adjudication_record(
         )
         adjudication.failure_tags.set(tags)
         turn_label_state_refresh(turn=Turn.objects.select_related("knowledge_base").get(pk=turn.pk))
+        audit_record(
+            action="label.adjudicate", object_type="turn", object_id=locked.pk, knowledge_base=locked.knowledge_base,
+            actor=admin, before=_adjudication_summary(previous) if previous else None,
+            after=_adjudication_summary(adjudication),
+        )  # fmt: skip
         labels_finalised_send_on_commit(locked.knowledge_base_id)
     return adjudication

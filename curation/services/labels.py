@@ -46,6 +46,7 @@ from curation.services.failure_tags import failure_tags_resolve
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import Chunk, Turn
+from knowledge.services.audit import audit_record
 
 MAX_TEXT = 20_000
 
@@ -186,6 +187,22 @@ def _suggestions_shown(turn: Turn, data: LabelInput) -> dict[int, Suggestion]:
     return found
 
 
+def label_audit_summary(label: Label) -> dict:
+    """What the audit log keeps of a label: its verdicts, not the curator's texts (which may
+    hold what an end user typed)."""
+    judgments = list(label.passage_judgments.all())
+    return {
+        "version": label.version,
+        "curator": label.curator.get_username(),
+        "skipped": label.skipped,
+        "answer_rating": label.answer_rating,
+        "passages_judged": len(judgments),
+        "relevant": sum(1 for j in judgments if j.relevance == "relevant"),
+        "has_gold_answer": bool(label.gold_answer.strip()),
+        "has_personal_data": label.has_personal_data,
+    }
+
+
 def label_payload(label: Label) -> dict:
     """A label's state as a payload (also what the history stores before and after)."""
     judgments = list(label.passage_judgments.all())
@@ -269,6 +286,7 @@ def label_submit(
                 f"A newer label (version {current_version}) was submitted after this page was opened; reload to see it."
             )
         before = label_payload(label) if label else None
+        before_summary = label_audit_summary(label) if label else None
         if label is None:
             label = Label(turn=turn, curator=curator, version=1)
         else:
@@ -314,6 +332,12 @@ def label_submit(
                 ]
             )
         LabelRevision.objects.create(label=label, actor=curator, before=before, after=label_payload(label))
+        if not imported:  # an import is one audit row, written by labels_import
+            audit_record(
+                action="label.edit" if before_summary else "label.submit",
+                object_type="label", object_id=label.pk, knowledge_base=turn.knowledge_base, actor=curator,
+                before=before_summary, after={**label_audit_summary(label), "turn": turn.pk},
+            )  # fmt: skip
         LabelDraft.objects.filter(turn=turn, curator=curator).delete()
         TurnHold.objects.filter(turn=turn, curator=curator).delete()
         turn_label_state_refresh(turn=turn)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from curation.models import TurnHold
 from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase, Turn
+from knowledge.services.audit import audit_record
 
 MAX_HOLDS_PER_CURATOR = 2  # the turn on screen and the preloaded next one
 MAX_HOLD_MINUTES = 24 * 60
@@ -201,9 +202,17 @@ def knowledge_base_curation_settings_set(
     if not isinstance(labels_per_turn, int) or not 1 <= labels_per_turn <= 10:
         raise InvalidInput("Labels per turn must be between 1 and 10.")
     with transaction.atomic():
+        stored = KnowledgeBase.objects.select_for_update().get(pk=knowledge_base.pk)
+        before = {"labels_per_turn": stored.labels_per_turn, "hold_minutes": stored.hold_minutes}
         KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(hold_minutes=hold_minutes)
         knowledge_base.hold_minutes = hold_minutes
-        if labels_per_turn != knowledge_base.labels_per_turn:
+        if labels_per_turn != stored.labels_per_turn:
             # Also reopens or closes turns to match the new overlap.
             knowledge_base_overlap_set(knowledge_base=knowledge_base, labels_per_turn=labels_per_turn)
+        after = {"labels_per_turn": labels_per_turn, "hold_minutes": hold_minutes}
+        if after != before:
+            audit_record(
+                action="knowledge_base.settings_change", object_type="knowledge_base", object_id=knowledge_base.pk,
+                knowledge_base=knowledge_base, before=before, after=after,
+            )  # fmt: skip
     return knowledge_base

@@ -9,6 +9,7 @@ from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, KnowledgeBase, RetrievalMode
+from knowledge.services.audit import audit_record
 from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedder
 
 BASE_MODEL_REFERENCE = f"base:{BASE_RETRIEVER_NAME}"
@@ -68,6 +69,11 @@ def knowledge_base_create(
             )
             knowledge_base.live_space = space
             knowledge_base.save(update_fields=["live_space"])
+            audit_record(
+                action="knowledge_base.create", object_type="knowledge_base", object_id=knowledge_base.pk,
+                knowledge_base=knowledge_base,
+                after={"slug": slug, "generator_backend": generator_backend, "generator_model": generator_model},
+            )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"Knowledge base {slug!r} already exists.") from None
     return knowledge_base

@@ -23,6 +23,7 @@ from django.conf import settings
 
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk
+from knowledge.services.audit import audit_record
 from rag.datasets import (
     LabeledPassage,
     export_beir,
@@ -96,6 +97,14 @@ def _checked_options(export_format: str, options: dict[str, Any]) -> dict[str, A
     return checked
 
 
+def _audit(snapshot: DatasetSnapshot, summary: dict[str, Any]) -> None:
+    """Every export (a download, `export_dataset`) is a row of the audit log: the data leaves."""
+    audit_record(
+        action="dataset.export", object_type="dataset_snapshot", object_id=snapshot.pk,
+        knowledge_base=snapshot.knowledge_base, after={k: summary[k] for k in ("format", "split", "examples", "records")},
+    )  # fmt: skip
+
+
 def dataset_export_files(
     *, snapshot: DatasetSnapshot, format: str, split: str = "train", **options: Any
 ) -> ExportFiles:
@@ -125,6 +134,7 @@ def dataset_export_files(
             )
             files = {"corpus.jsonl": _jsonl(beir.corpus), "queries.jsonl": _jsonl(beir.queries), BEIR_QRELS_FILE: qrels.encode()}
             summary.update(records=len(beir.queries), corpus=len(beir.corpus), qrels=len(beir.qrels), skipped={})
+            _audit(snapshot, summary)
             return ExportFiles(files=files, summary=summary)
         if format == "openai":
             # The history serving shows the generator, unless the caller says otherwise.
@@ -143,6 +153,7 @@ def dataset_export_files(
     except ValueError as error:  # a bad option value (rag.datasets says which)
         raise InvalidInput(str(error)) from error
     summary.update(records=len(result.records), skipped=result.skipped)
+    _audit(snapshot, summary)
     return ExportFiles(files={f"{format}.jsonl": _jsonl(result.records)}, summary=summary)
 
 

@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
+from knowledge.services.audit import audit_record
 from knowledge.services.embedding_spaces import embedding_space_restore, embedding_space_retire
 from knowledge.services.embeddings import embedding_space_index_build_ensure, embedding_space_index_missing
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
@@ -220,6 +221,12 @@ def model_version_promote(
             actor_name=actor_name or (actor.get_username() if actor else ""),
             reason=reason,
         )
+        audit_record(
+            action="model_version.promote", object_type="model_version", object_id=version.pk,
+            knowledge_base=knowledge_base, actor=actor, actor_name=actor_name,
+            before={"live": previous.name if previous else None},
+            after={"live": version.name, "component": version.component, "automatic": automatic, "reason": reason},
+        )  # fmt: skip
         notify(knowledge_base=knowledge_base, event=WebhookEndpoint.Event.VERSION_PROMOTED, payload={
             "component": version.component,
             "version": version.name,
@@ -275,6 +282,11 @@ def model_version_rollback(
             actor_name=actor_name or (actor.get_username() if actor else ""),
             reason=reason,
         )
+        audit_record(
+            action="model_version.rollback", object_type="model_version", object_id=current.pk,
+            knowledge_base=knowledge_base, actor=actor, before={"live": current.name},
+            after={"live": previous.name if previous else None, "component": component, "reason": reason},
+        )  # fmt: skip
         notify(knowledge_base=knowledge_base, event=WebhookEndpoint.Event.VERSION_ROLLED_BACK, payload={
             "component": component,
             "version": current.name,

@@ -15,6 +15,7 @@ from curation.services.label_io.records import (
     import_external_id,
 )
 from knowledge.models import Document, KnowledgeBase, Turn
+from knowledge.services.audit import audit_record
 
 CONTENT_TYPE = "application/x-ndjson; charset=utf-8"
 
@@ -90,7 +91,17 @@ def label_record(label: Label) -> dict:
 
 def labels_export(*, knowledge_base: KnowledgeBase, curator=None, chunk_size: int = 500) -> Iterator[dict]:
     """The knowledge base's submitted (not skipped) labels as records of the labels format, by
-    turn and then curator; streamed, so a large knowledge base is never held in memory."""
+    turn and then curator; streamed, so a large knowledge base is never held in memory.
+
+    Recorded in the audit log when called (the data is on its way out), not when the stream ends."""
+    audit_record(
+        action="labels.export", object_type="knowledge_base", object_id=knowledge_base.pk, knowledge_base=knowledge_base,
+        after={"curator": curator.get_username() if curator is not None else None},
+    )
+    return _labels_export(knowledge_base=knowledge_base, curator=curator, chunk_size=chunk_size)
+
+
+def _labels_export(*, knowledge_base: KnowledgeBase, curator, chunk_size: int) -> Iterator[dict]:
     labels = (
         Label.objects.filter(turn__knowledge_base=knowledge_base, skipped=False)
         .select_related("turn", "curator")

@@ -18,6 +18,7 @@ from curation.services.labels import LabelInput, label_payload, label_submit
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
+from knowledge.services.audit import audit_record
 from knowledge.services.turns import (
     MAX_TURNS_PER_BATCH,
     PassageRecord,
@@ -330,6 +331,14 @@ def labels_import(
                 result.labels_updated += 1
         if result.labels_created or result.labels_updated:
             labels_finalised_send_on_commit(knowledge_base.pk)
+        audit_record(
+            action="label.import", object_type="knowledge_base", object_id=knowledge_base.pk, knowledge_base=knowledge_base,
+            after={
+                "records": len(records), "turns_created": result.turns_created, "labels_created": result.labels_created,
+                "labels_updated": result.labels_updated, "labels_unchanged": result.labels_unchanged,
+                "curators_created": result.curators_created,
+            },
+        )  # fmt: skip
     return result
 
 

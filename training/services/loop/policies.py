@@ -11,6 +11,7 @@ from django.utils import timezone
 from curation.selectors import turn_final_judgments
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import KnowledgeBase, Turn
+from knowledge.services.audit import audit_record
 from training.models import Component, DatasetSnapshot, EvaluationSet, LoopCycle, RetrainingPolicy, TrainingRun
 from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
 from training.services.loop.schedule import cron_parse, next_fire_time, time_zone_get
@@ -116,6 +117,7 @@ def retraining_policy_set(*, knowledge_base: KnowledgeBase, component: str, chan
         )
         current = {field: getattr(policy, field) for field in POLICY_FIELDS} if policy else {"name": f"{knowledge_base.slug}-{component}"}
         values = _validated(knowledge_base, component, {**current, **changes})
+        before = {field: getattr(policy, field) for field in POLICY_FIELDS} if policy else None
         if policy is None:
             policy = RetrainingPolicy(knowledge_base=knowledge_base, component=component, created_by=actor)
         if policy.pk is None or values["schedule"] != policy.schedule or values["timezone"] != policy.timezone:
@@ -127,6 +129,13 @@ def retraining_policy_set(*, knowledge_base: KnowledgeBase, component: str, chan
                 policy.save()
         except IntegrityError:
             raise Conflict(f"Another policy of {knowledge_base.slug!r} is already named {values['name']!r}.") from None
+        after = {field: getattr(policy, field) for field in POLICY_FIELDS}
+        changed = sorted(field for field in POLICY_FIELDS if before is None or before[field] != after[field])
+        audit_record(
+            action="policy.change", object_type="retraining_policy", object_id=policy.pk, knowledge_base=knowledge_base,
+            actor=actor, before={field: before[field] for field in changed} if before else None,
+            after={"component": component, **{field: after[field] for field in changed}},
+        )  # fmt: skip
     return policy
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import KnowledgeBase
+from knowledge.services.audit import audit_record
 from training.models import DatasetSnapshot, TrainingRun, WebhookEndpoint
 from training.services.notifications import notify
 from training.services.runs.parameters import (
@@ -103,6 +104,11 @@ def training_run_start(
             created_by=created_by,
             log=log_line(queued),
         )
+        audit_record(
+            action="training.start", object_type="training_run", object_id=run.pk, knowledge_base=knowledge_base,
+            actor=created_by,
+            after={"component": component, "mode": mode, "snapshot": snapshot.pk, "parameters": effective},
+        )  # fmt: skip
         transaction.on_commit(lambda: _enqueue_execute(run.pk))
     return run
 
@@ -126,6 +132,10 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
             run.cancel_requested = True
             run.log += log_line("cancel requested; the run stops at its next step")
         run.save(update_fields=["status", "finished_at", "cancel_requested", "log"])
+        audit_record(
+            action="training.cancel", object_type="training_run", object_id=run.pk, knowledge_base=run.knowledge_base,
+            after={"status": run.status, "cancel_requested": run.cancel_requested},
+        )  # fmt: skip
     return run
 
 
