@@ -42,7 +42,11 @@ class KnowledgeBase(models.Model):
     # The OpenAI model name, or the path of a local Hugging Face model.
     generator_model = models.CharField(max_length=500, blank=True)
     # What /ask and /retrieve use unless a request names a mode (knowledge.selectors.passages_search).
-    retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, default=RetrievalMode.DENSE)
+    # db_default too: rows written by code that predates the column (an older process during a
+    # rolling deploy, a migration test) get dense rather than a NOT NULL error.
+    retrieval_mode = models.CharField(
+        max_length=10, choices=RetrievalMode.choices, default=RetrievalMode.DENSE, db_default=RetrievalMode.DENSE
+    )
     # What serves now. Promotion and rollback (training.services.versions) write these in the
     # transaction that changes the live model version, so serving reads this row alone.
     # Retriever: the live space (the base space until a version is promoted), the live version's
@@ -312,7 +316,7 @@ class Turn(models.Model):
     retriever_version = models.CharField(max_length=200, blank=True)
     # How a served turn retrieved (RetrievalMode; blank for ingested turns and turns served
     # before modes existed, which were dense). retriever_version names it too ("base+bm25/rrf60").
-    retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, blank=True, default="")
+    retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, blank=True, default="", db_default="")
     generator_version = models.CharField(max_length=200, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)

@@ -31,12 +31,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='knowledgebase',
             name='retrieval_mode',
-            field=models.CharField(choices=[('dense', 'Dense (the live embedding space)'), ('lexical', 'Lexical (BM25 in PostgreSQL)'), ('hybrid', 'Hybrid (dense and lexical, fused)')], default='dense', max_length=10),
+            field=models.CharField(choices=[('dense', 'Dense (the live embedding space)'), ('lexical', 'Lexical (BM25 in PostgreSQL)'), ('hybrid', 'Hybrid (dense and lexical, fused)')], default='dense', db_default='dense', max_length=10),
         ),
         migrations.AddField(
             model_name='turn',
             name='retrieval_mode',
-            field=models.CharField(blank=True, choices=[('dense', 'Dense (the live embedding space)'), ('lexical', 'Lexical (BM25 in PostgreSQL)'), ('hybrid', 'Hybrid (dense and lexical, fused)')], default='', max_length=10),
+            field=models.CharField(blank=True, choices=[('dense', 'Dense (the live embedding space)'), ('lexical', 'Lexical (BM25 in PostgreSQL)'), ('hybrid', 'Hybrid (dense and lexical, fused)')], default='', db_default='', max_length=10),
         ),
         migrations.AddIndex(
             model_name='chunk',

@@ -107,7 +107,7 @@ def training_run_start(
         audit_record(
             action="training.start", object_type="training_run", object_id=run.pk, knowledge_base=knowledge_base,
             actor=created_by,
-            after={"component": component, "mode": mode, "snapshot": snapshot.pk, "parameters": effective},
+            after={"component": component, "mode": mode, "snapshot": snapshot.pk if snapshot else None, "parameters": effective},
         )  # fmt: skip
         transaction.on_commit(lambda: _enqueue_execute(run.pk))
     return run
