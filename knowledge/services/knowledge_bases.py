@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingSpace, KnowledgeBase
+from knowledge.models import EmbeddingSpace, KnowledgeBase, PersonalDataMode
 from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedder
 
 BASE_MODEL_REFERENCE = f"base:{BASE_RETRIEVER_NAME}"
@@ -30,7 +30,9 @@ def knowledge_base_create(
     description: str = "",
     generator_backend: str = KnowledgeBase.GeneratorBackend.EXTRACTIVE,
     generator_model: str = "",
+    personal_data_mode: str = PersonalDataMode.OFF,
 ) -> KnowledgeBase:
+    _check_personal_data_mode(personal_data_mode)
     if not _SLUG.match(slug or ""):
         raise InvalidInput(
             f"Knowledge base slug {slug!r} is invalid: use 1-64 lowercase letters, digits and dashes, "
@@ -52,6 +54,7 @@ def knowledge_base_create(
                 description=description,
                 generator_backend=generator_backend,
                 generator_model=generator_model,
+                personal_data_mode=personal_data_mode,
             )
             # An empty space is complete, so the base space is ready and live at once; new
             # documents are embedded into it as they arrive.
@@ -66,4 +69,18 @@ def knowledge_base_create(
             knowledge_base.save(update_fields=["live_space"])
     except IntegrityError:
         raise Conflict(f"Knowledge base {slug!r} already exists.") from None
+    return knowledge_base
+
+
+def _check_personal_data_mode(mode: str) -> None:
+    if mode not in PersonalDataMode.values:
+        raise InvalidInput(f"Personal-data mode {mode!r} is unknown; choose one of {', '.join(PersonalDataMode.values)}.")
+
+
+def knowledge_base_personal_data_mode_set(*, knowledge_base: KnowledgeBase, mode: str) -> KnowledgeBase:
+    """Choose what happens to personal data in what is stored from now on (docs/personal-data.md);
+    what was stored before stays as it is."""
+    _check_personal_data_mode(mode)
+    KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(personal_data_mode=mode)
+    knowledge_base.personal_data_mode = mode
     return knowledge_base

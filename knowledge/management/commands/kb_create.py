@@ -15,10 +15,15 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="")
         parser.add_argument("--generator", default="extractive", help="extractive (default), openai or hf")
         parser.add_argument("--generator-model", default="", help="OpenAI model name or local model path")
+        parser.add_argument(
+            "--personal-data", default="off", choices=["off", "redact", "reject"],
+            help="what happens to e-mail addresses, phone numbers, cards, IBANs, IPs and URLs in stored text",
+        )
 
     def handle(self, *args, slug, name, description, generator, generator_model, **options):
         with service_errors_as_command_errors():
             knowledge_base = knowledge_base_create(
-                slug=slug, name=name, description=description, generator_backend=generator, generator_model=generator_model
+                slug=slug, name=name, description=description, generator_backend=generator, generator_model=generator_model,
+                personal_data_mode=options["personal_data"],
             )
         self.stdout.write(f"created knowledge base {knowledge_base.slug}")
