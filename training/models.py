@@ -34,6 +34,8 @@ class DatasetSnapshot(models.Model):
     label_ids = models.JSONField(default=list)
     adjudication_ids = models.JSONField(default=list)
     curator_ids = models.JSONField(default=list)
+    # Curated turns left out because a curator flagged personal data no admin has cleared.
+    personal_data_excluded = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

@@ -31,6 +31,7 @@ class Command(BaseCommand):
             "heldout": snapshot.heldout_count,
             "labels": len(snapshot.label_ids),
             "curators": len(snapshot.curator_ids),
+            "personal_data_excluded": snapshot.personal_data_excluded,
         }
         if options["json"]:
             self.stdout.write(json.dumps(summary))
@@ -38,5 +39,5 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"snapshot #{snapshot.pk} of {kb}: {snapshot.example_count} examples "
                 f"({snapshot.train_count} train / {snapshot.heldout_count} held-out, split {snapshot.get_split_rule_display()}) "
-                f"from {summary['labels']} labels"
+                f"from {summary['labels']} labels; {snapshot.personal_data_excluded} turns held back for personal data"
             )
