@@ -113,7 +113,14 @@ class Label(models.Model):
     answer_rating = models.CharField(max_length=20, choices=AnswerRating.choices, blank=True)
     gold_answer = models.TextField(blank=True)
     rationale = models.TextField(blank=True, help_text="A short quote of the passage that supports the answer.")
+    # The curator's flag: the turn holds personal data. A flagged turn stays out of training
+    # snapshots until an admin clears the flag (curation.services.personal_data); the flag itself
+    # stays, so the label still says what the curator saw.
     has_personal_data = models.BooleanField(default=False)
+    personal_data_cleared_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    personal_data_cleared_at = models.DateTimeField(null=True, blank=True)
     # For a follow-up question that retrieval saw rewritten (Turn.rewritten_query): the
     # curator says the rewrite missed what the user meant, and may write a better one.
     rewrite_wrong = models.BooleanField(default=False)

@@ -733,3 +733,22 @@ def invitations_recent(*, limit: int = 20) -> list[InvitationRow]:
         )
         for invitation in invitations
     ]
+
+
+def turn_ids_held_for_personal_data(*, turn_ids) -> set[int]:
+    """The turns (of `turn_ids`) a curator's label flags as holding personal data that no admin
+    has cleared: training snapshots leave them out (curation.services.personal_data)."""
+    return set(
+        Label.objects.filter(
+            turn_id__in=turn_ids, has_personal_data=True, personal_data_cleared_at__isnull=True
+        ).values_list("turn_id", flat=True)
+    )
+
+
+def turn_personal_data_flags(*, turn: Turn) -> list[Label]:
+    """The labels of the turn that flag personal data, cleared or not, with who cleared them."""
+    return list(
+        Label.objects.filter(turn=turn, has_personal_data=True)
+        .select_related("curator", "personal_data_cleared_by")
+        .order_by("pk")
+    )

@@ -23,7 +23,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, StrictInt
 
-from knowledge.errors import Forbidden, InvalidInput, NotFound, ServiceError
+from knowledge.errors import Forbidden, InvalidInput, NotFound, PersonalDataRejected, ServiceError
 from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, RetrievalMode, Turn
 from knowledge.selectors import (
     conversation_turns,
@@ -87,7 +87,10 @@ api = NinjaAPI(
 
 @api.exception_handler(ServiceError)
 def on_service_error(request, error: ServiceError):
-    response = api.create_response(request, {"detail": str(error)}, status=error.status_code)
+    body = {"detail": str(error)}
+    if isinstance(error, PersonalDataRejected):
+        body["entity_types"] = error.entity_types
+    response = api.create_response(request, body, status=error.status_code)
     if getattr(error, "retry_after_seconds", None):
         response["Retry-After"] = str(error.retry_after_seconds)
     return response
@@ -206,6 +209,8 @@ def _turn_for(request: HttpRequest, turn_id: int, *scopes: str) -> Turn:
 
 class ErrorOut(Schema):
     detail: str
+    # A 422 for personal data the knowledge base rejects: the types found (EMAIL_ADDRESS, ...).
+    entity_types: list[str] | None = None
 
 
 class KnowledgeBaseOut(Schema):

@@ -41,3 +41,17 @@ class Unauthenticated(ServiceError):
     """The credentials were recognised but may no longer be used (a revoked or expired API token)."""
 
     status_code = 401
+
+
+class PersonalDataRejected(InvalidInput):
+    """The knowledge base rejects personal data and the request held some: nothing was stored.
+    `entity_types` are Presidio's names (EMAIL_ADDRESS, PHONE_NUMBER, ...), the API returns them."""
+
+    def __init__(self, entity_types: list[str], places: list[str]):
+        self.entity_types = sorted(set(entity_types))
+        self.places = places
+        where = ", ".join(places[:5]) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
+        super().__init__(
+            f"Personal data found ({', '.join(self.entity_types)}) in {where}; this knowledge base rejects "
+            "personal data, so nothing was stored. Remove it, or ask an admin to switch the knowledge base to redact."
+        )

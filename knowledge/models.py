@@ -25,6 +25,12 @@ class RetrievalMode(models.TextChoices):
     HYBRID = "hybrid", "Hybrid (dense and lexical, fused)"
 
 
+class PersonalDataMode(models.TextChoices):
+    OFF = "off", "Off: store as sent"
+    REDACT = "redact", "Redact: replace with placeholders such as <EMAIL>"
+    REJECT = "reject", "Reject: refuse what contains personal data"
+
+
 class KnowledgeBase(models.Model):
     class GeneratorBackend(models.TextChoices):
         EXTRACTIVE = "extractive", "Extractive (offline)"
@@ -67,6 +73,10 @@ class KnowledgeBase(models.Model):
     labels_per_turn = models.PositiveSmallIntegerField(default=1)
     hold_minutes = models.PositiveSmallIntegerField(default=15)
     guidelines = models.TextField(blank=True)
+    # What happens to personal data (e-mail addresses, phone numbers, cards, IBANs, IP addresses,
+    # URLs; rag.personal_data) in the turns, conversations and labels stored for this knowledge
+    # base: kept as sent, replaced by typed placeholders, or the request refused (422).
+    personal_data_mode = models.CharField(max_length=10, choices=PersonalDataMode.choices, default=PersonalDataMode.OFF, db_default=PersonalDataMode.OFF)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

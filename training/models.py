@@ -38,6 +38,8 @@ class DatasetSnapshot(models.Model):
     # many of the examples come from such turns (always 0 without include_synthetic).
     include_synthetic = models.BooleanField(default=False)
     synthetic_count = models.PositiveIntegerField(default=0)
+    # Curated turns left out because a curator flagged personal data no admin has cleared.
+    personal_data_excluded = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

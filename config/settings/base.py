@@ -211,12 +211,22 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Log lines go through rag.personal_data.RedactingLogFilter: e-mail addresses, phone numbers,
+# cards, IBANs, IPs and URLs in a message become <EMAIL> etc. (docs/personal-data.md).
+RAGLOOP_REDACT_LOGS = env_bool("RAGLOOP_REDACT_LOGS", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"personal_data": {"()": "rag.personal_data.RedactingLogFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["personal_data"] if RAGLOOP_REDACT_LOGS else []},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("RAGLOOP_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "pgserver": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "pgserver": {"level": "WARNING"},
+        "presidio-analyzer": {"level": "WARNING"},
+    },
 }
 
 # --- The curation queue's re-scoring (docs/curation.md, training.services.queue_rescoring) --

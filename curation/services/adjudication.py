@@ -10,6 +10,7 @@ from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Turn
 from knowledge.services.audit import audit_record
+from knowledge.services.personal_data import personal_data_check_written
 
 
 def _text(name: str, value: str) -> str:
@@ -91,6 +92,10 @@ def adjudication_record(
         raise InvalidInput(f"answer_rating: {answer_rating!r} is not one of {', '.join(AnswerRating.values)}.")
     gold_answer = _text("gold_answer", gold_answer or "")
     note = _text("note", note or "")
+    scrubbed = personal_data_check_written(
+        knowledge_base=turn.knowledge_base, texts={"gold_answer": gold_answer, "note": note}
+    )
+    gold_answer, note = scrubbed["gold_answer"], scrubbed["note"]
     if not passages and not answer_rating and not gold_answer.strip():
         raise InvalidInput("The judgment is empty: judge at least one passage or the answer.")
     open_points = _undecided_disagreements(turn, passages, answer_rating)

@@ -27,7 +27,7 @@ what the user meant and may write a better self-contained query. A submit that g
 a turn without a rewrite is refused (InvalidInput) rather than silently dropped.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.db import transaction
 
@@ -45,8 +45,12 @@ from curation.models import (
 from curation.services.failure_tags import failure_tags_resolve
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import Chunk, Turn
+from knowledge.models import Chunk, KnowledgeBase, Turn
 from knowledge.services.audit import audit_record
+from knowledge.services.personal_data import PersonalDataScrubber
+
+# The label text a curator writes, which the knowledge base's personal-data mode applies to.
+LABEL_TEXT_FIELDS = ("gold_answer", "rationale", "comment", "corrected_query", "skip_reason")
 
 MAX_TEXT = 20_000
 
@@ -270,6 +274,7 @@ def label_submit(
     a page that predates a newer label (another tab) is refused with Conflict, not applied.
     """
     chunks = _validate_against_turn(turn, data)
+    data = label_input_scrubbed(knowledge_base=turn.knowledge_base, data=data)
     shown = {} if data.skipped else _suggestions_shown(turn, data)
     # A retired tag the label already carries may stay on it; none is put on anew.
     carried = frozenset(FailureTag.objects.filter(labels__turn=turn, labels__curator=curator).values_list("slug", flat=True))
@@ -294,6 +299,9 @@ def label_submit(
         label.answer_rating = "" if data.skipped else data.answer_rating
         label.gold_answer = "" if data.skipped else data.gold_answer
         label.rationale = "" if data.skipped else data.rationale
+        if data.has_personal_data and not (before and before["has_personal_data"]):
+            # Flagged anew: an admin's earlier clearance was for an earlier flag.
+            label.personal_data_cleared_by, label.personal_data_cleared_at = None, None
         label.has_personal_data = data.has_personal_data
         label.comment = data.comment
         label.rewrite_wrong = False if data.skipped else data.rewrite_wrong
@@ -346,6 +354,29 @@ def label_submit(
     return label
 
 
+def label_input_scrubbed(*, knowledge_base: KnowledgeBase, data: LabelInput) -> LabelInput:
+    """The label's text as it is to be stored under the knowledge base's personal-data mode
+    (PersonalDataRejected, a 422, under reject when any of it holds personal data)."""
+    scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+    if not scrubber.active:
+        return data
+    scrubbed = replace(data, **{name: scrubber.written(getattr(data, name), where=name) for name in LABEL_TEXT_FIELDS})
+    scrubber.raise_if_rejected()
+    return scrubbed
+
+
+def _draft_payload_scrubbed(*, knowledge_base: KnowledgeBase, payload: dict) -> dict:
+    scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+    if not scrubber.active:
+        return payload
+    scrubbed = {
+        **payload,
+        **{name: scrubber.written(payload[name], where=name) for name in LABEL_TEXT_FIELDS if isinstance(payload.get(name), str)},
+    }
+    scrubber.raise_if_rejected()
+    return scrubbed
+
+
 def turn_label_state_refresh(*, turn: Turn) -> None:
     """Recount submitted labels and recompute `needs_labels` and `disputed` for the turn."""
     from curation.services.agreement import labels_disagree
@@ -365,6 +396,7 @@ def label_draft_save(*, turn: Turn, curator, payload: dict, base_version: int) -
     """Save work in progress. Refused (Conflict) if a newer label was submitted meanwhile,
     say from another tab: the draft must not hide or overwrite it."""
     LabelInput.from_payload(payload)  # same validation as a submit, minus completeness
+    payload = _draft_payload_scrubbed(knowledge_base=turn.knowledge_base, payload=payload)
     current = Label.objects.filter(turn=turn, curator=curator).values_list("version", flat=True).first() or 0
     if current > base_version:
         raise Conflict(

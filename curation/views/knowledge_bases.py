@@ -2,15 +2,18 @@
 a document, a turn. Views check access, call a service or selector, and render."""
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import Http404
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
 from curation.permissions import knowledge_bases_for, user_can_curate, user_is_admin
+from curation.selectors import turn_personal_data_flags
+from curation.services.personal_data import turn_personal_data_clear
 from curation.views.access import fragment, knowledge_base_page
-from knowledge.errors import ServiceError
+from knowledge.errors import Forbidden, ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
 from knowledge.selectors import live_version_names, live_version_names_of
 from knowledge.services.turns import turn_ask
@@ -87,7 +90,30 @@ def turn_detail(request, turn_id: int):
     turn = get_object_or_404(Turn.objects.select_related("knowledge_base"), pk=turn_id)
     if not user_can_curate(request.user, turn.knowledge_base):
         raise Http404("No such turn.")
-    return render(request, "curation/turn_detail.html", {"turn": turn, "passages": turn.passages.all()})
+    flags = turn_personal_data_flags(turn=turn)
+    context = {
+        "turn": turn,
+        "passages": turn.passages.all(),
+        "personal_data_flags": flags,
+        "personal_data_held": any(label.personal_data_cleared_at is None for label in flags),
+        "is_admin": user_is_admin(request.user),
+    }
+    return render(request, "curation/turn_detail.html", context)
+
+
+@require_POST
+@login_required
+def turn_personal_data_clear_view(request, turn_id: int):
+    turn = get_object_or_404(Turn.objects.select_related("knowledge_base"), pk=turn_id)
+    if not user_can_curate(request.user, turn.knowledge_base):
+        raise Http404("No such turn.")
+    try:
+        turn_personal_data_clear(turn=turn, actor=request.user)
+    except Forbidden as error:
+        raise PermissionDenied(str(error)) from error
+    except ServiceError as error:
+        return HttpResponse(str(error), status=error.status_code, content_type="text/plain; charset=utf-8")
+    return redirect("turn_detail", turn_id=turn.pk)
 
 
 urlpatterns = [
@@ -97,4 +123,5 @@ urlpatterns = [
     path("kbs/<slug:slug>/ask/", knowledge_base_ask, name="kb_ask"),
     path("kbs/<slug:slug>/documents/<int:document_id>/", document_detail, name="document_detail"),
     path("turns/<int:turn_id>/", turn_detail, name="turn_detail"),
+    path("turns/<int:turn_id>/personal-data/clear/", turn_personal_data_clear_view, name="turn_personal_data_clear"),
 ]

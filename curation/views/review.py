@@ -8,6 +8,7 @@ Pages of a knowledge base answer 404 to non-members and 403 to members who are n
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model, login
+from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -49,7 +50,8 @@ from curation.services.queue import knowledge_base_curation_settings_set
 from curation.suggestion_selectors import suggestion_review
 from curation.views.access import admin_page, fragment, knowledge_base_page
 from knowledge.errors import InvalidInput, ServiceError
-from knowledge.models import KnowledgeBase, Turn
+from knowledge.models import KnowledgeBase, PersonalDataMode, Turn
+from knowledge.services.knowledge_bases import knowledge_base_personal_data_mode_set
 
 DISPUTES_SHOWN = 200
 CHART_HEIGHT = 120
@@ -354,7 +356,9 @@ def _members_context(knowledge_base: KnowledgeBase) -> dict:
         .order_by("username")
         .values_list("username", flat=True)
     )
-    return {"kb": knowledge_base, "members": members, "candidates": candidates}
+    return {
+        "kb": knowledge_base, "members": members, "candidates": candidates, "personal_data_modes": PersonalDataMode.choices,
+    }
 
 
 @require_http_methods(["GET", "POST"])
@@ -364,11 +368,14 @@ def settings_page(request, knowledge_base: KnowledgeBase):
     if request.method == "GET":
         return render(request, "curation/review/settings.html", context)
     try:
-        knowledge_base_curation_settings_set(
-            knowledge_base=knowledge_base,
-            labels_per_turn=_int_field(request.POST, "labels_per_turn", "Labels per turn"),
-            hold_minutes=_int_field(request.POST, "hold_minutes", "Hold minutes"),
-        )
+        with transaction.atomic():  # all the settings or none
+            knowledge_base_curation_settings_set(
+                knowledge_base=knowledge_base,
+                labels_per_turn=_int_field(request.POST, "labels_per_turn", "Labels per turn"),
+                hold_minutes=_int_field(request.POST, "hold_minutes", "Hold minutes"),
+            )
+            if "personal_data_mode" in request.POST:
+                knowledge_base_personal_data_mode_set(knowledge_base=knowledge_base, mode=request.POST["personal_data_mode"])
     except ServiceError as error:
         context.update(error=str(error), submitted=request.POST)
         return render(request, "curation/review/settings.html", context, status=error.status_code)

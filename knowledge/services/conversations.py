@@ -16,7 +16,7 @@ of one conversation distinct positions.
 """
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from django.conf import settings
@@ -27,6 +27,11 @@ from django.utils import timezone
 from knowledge.errors import Conflict, InvalidInput, NotFound
 from knowledge.models import Conversation, KnowledgeBase, Turn
 from knowledge.selectors import conversation_messages
+from knowledge.services.personal_data import (
+    PersonalDataScrubber,
+    composed_answer_scrubbed,
+    personal_data_check_written,
+)
 from knowledge.services.turns import PassageRecord, answer_compose, ingested_passages_store, turn_served_store
 from knowledge.signals import turns_stored_send_on_commit
 from rag.conversation import ChatMessage, ConversationError, messages_hash, messages_parse, split_conversation
@@ -70,6 +75,8 @@ def conversation_get_or_create(
 def _store_in_conversation(
     *, conversation: Conversation, composed, history: list[ChatMessage]
 ) -> Turn:
+    # Redacted before the hash: the next request of a client finds the turn by what was stored.
+    composed = composed_answer_scrubbed(knowledge_base=conversation.knowledge_base, composed=composed)
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
         last = conversation.turns.aggregate(last=Max("position"))["last"]
@@ -102,6 +109,7 @@ def conversation_ask(
     """Answer `question` as the next turn of a conversation (REST `ask`): the history the
     generator sees is the conversation's stored turns, after its system prompt if it has one.
     `mode` overrides the knowledge base's retrieval mode for this turn."""
+    question = personal_data_check_written(knowledge_base=knowledge_base, texts={"question": question})["question"]
     if conversation_id is not None:
         conversation = Conversation.objects.filter(pk=conversation_id, knowledge_base=knowledge_base).first()
         if conversation is None:
@@ -128,7 +136,13 @@ def chat_ask(
 ) -> Turn:
     """Answer the last user message of a Chat Completions message list and log it as the next
     turn of its conversation (see the module docstring for how the conversation is found).
-    The history stored on the turn is the client's messages before the question, as sent."""
+    The history stored on the turn is the client's messages before the question, as sent
+    (redacted under the knowledge base's personal-data mode, before the continuation hash is
+    looked up: what was stored is redacted too)."""
+    scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+    if scrubber.active:
+        messages = scrubber.messages(messages, where="messages")
+        scrubber.raise_if_rejected()
     try:
         system_prompt, _, question = split_conversation(messages)
     except ConversationError as error:
@@ -208,6 +222,29 @@ def _exchanges(messages: list[ConversationMessage]) -> tuple[str, list[tuple[int
     return system, exchanges
 
 
+def conversation_record_scrubbed(*, knowledge_base: KnowledgeBase, record: ConversationRecord) -> ConversationRecord:
+    """The conversation as it is to be stored under the knowledge base's personal-data mode:
+    user and system messages and feedback comments as written (refused under reject), assistant
+    messages, rewrites and passage copies as produced (redacted)."""
+    scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+    if not scrubber.active:
+        return record
+    messages = []
+    for index, m in enumerate(record.messages):
+        where = f"messages[{index}]"
+        messages.append(
+            replace(
+                m,
+                content=scrubber.produced(m.content) if m.role == "assistant" else scrubber.written(m.content, where=where),
+                feedback_comment=scrubber.written(m.feedback_comment, where=f"{where}.feedback_comment"),
+                rewritten_query=scrubber.produced(m.rewritten_query),
+                passages=[replace(p, text=scrubber.produced(p.text), title=scrubber.produced(p.title)) for p in m.passages],
+            )
+        )
+    scrubber.raise_if_rejected()
+    return replace(record, messages=messages)
+
+
 def conversation_ingest(*, knowledge_base: KnowledgeBase, record: ConversationRecord) -> ConversationIngestResult:
     """Store a conversation an external app logged, one turn per assistant message.
 
@@ -215,6 +252,7 @@ def conversation_ingest(*, knowledge_base: KnowledgeBase, record: ConversationRe
     turns appended and nothing else changes; one whose stored messages differ from what is
     sent (an edited history) is refused with 409, and nothing is written.
     """
+    record = conversation_record_scrubbed(knowledge_base=knowledge_base, record=record)
     system, exchanges = _exchanges(record.messages)
     _check_size([ChatMessage(m.role, m.content) for m in record.messages])
     for _, _, assistant in exchanges:

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingSpace, KnowledgeBase, RetrievalMode
+from knowledge.models import EmbeddingSpace, KnowledgeBase, PersonalDataMode, RetrievalMode
 from knowledge.services.audit import audit_record
 from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedder
 
@@ -33,8 +33,10 @@ def knowledge_base_create(
     generator_backend: str = KnowledgeBase.GeneratorBackend.EXTRACTIVE,
     generator_model: str = "",
     retrieval_mode: str = RetrievalMode.DENSE,
+    personal_data_mode: str = PersonalDataMode.OFF,
 ) -> KnowledgeBase:
     _check_retrieval_mode(retrieval_mode)
+    _check_personal_data_mode(personal_data_mode)
     if not _SLUG.match(slug or ""):
         raise InvalidInput(
             f"Knowledge base slug {slug!r} is invalid: use 1-64 lowercase letters, digits and dashes, "
@@ -57,6 +59,7 @@ def knowledge_base_create(
                 generator_backend=generator_backend,
                 generator_model=generator_model,
                 retrieval_mode=retrieval_mode,
+                personal_data_mode=personal_data_mode,
             )
             # An empty space is complete, so the base space is ready and live at once; new
             # documents are embedded into it as they arrive.
@@ -90,4 +93,18 @@ def knowledge_base_retrieval_mode_set(*, knowledge_base: KnowledgeBase, mode: st
     _check_retrieval_mode(mode)
     KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(retrieval_mode=mode)
     knowledge_base.retrieval_mode = mode
+    return knowledge_base
+
+
+def _check_personal_data_mode(mode: str) -> None:
+    if mode not in PersonalDataMode.values:
+        raise InvalidInput(f"Personal-data mode {mode!r} is unknown; choose one of {', '.join(PersonalDataMode.values)}.")
+
+
+def knowledge_base_personal_data_mode_set(*, knowledge_base: KnowledgeBase, mode: str) -> KnowledgeBase:
+    """Choose what happens to personal data in what is stored from now on (docs/personal-data.md);
+    what was stored before stays as it is."""
+    _check_personal_data_mode(mode)
+    KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(personal_data_mode=mode)
+    knowledge_base.personal_data_mode = mode
     return knowledge_base

@@ -10,7 +10,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +22,11 @@ from django.utils import timezone
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import Conversation, Document, KnowledgeBase, RetrievedPassage, Turn
 from knowledge.selectors import passages_search, retrieval_mode_checked
+from knowledge.services.personal_data import (
+    PersonalDataScrubber,
+    composed_answer_scrubbed,
+    personal_data_check_written,
+)
 from knowledge.signals import turns_stored_send_on_commit
 from rag.conversation import ChatMessage, history_within_budget, messages_hash
 from rag.generation import ContextPassage, GeneratorError, make_generator
@@ -66,6 +71,8 @@ class ComposedAnswer:
     generator_version: str
     history_messages_used: int
     latency_ms: float
+    # Set once the knowledge base's personal-data mode was applied (composed_answer_scrubbed).
+    personal_data_scrubbed: bool = False
 
 
 def answer_compose(
@@ -122,7 +129,10 @@ def turn_served_store(
     history: Sequence[ChatMessage] = (),
     continuation_hash: str = "",
 ) -> Turn:
-    """Store a served turn with its passages (in the caller's transaction, if any)."""
+    """Store a served turn with its passages (in the caller's transaction, if any). The answer,
+    rewrite and passage copies are redacted here under the knowledge base's personal-data mode;
+    the question and history must already be (the callers check them before answering)."""
+    composed = composed_answer_scrubbed(knowledge_base=knowledge_base, composed=composed)
     queue_tier, queue_order = turn_queue_position(feedback=None, scores=[p.score for p in composed.retrieved])
     metadata = {"cited_passages": composed.cited_passages}
     if history:
@@ -211,6 +221,7 @@ def turn_synthetic_store(
 def turn_ask(*, knowledge_base: KnowledgeBase, query: str, k: int = 5, mode: str | None = None) -> Turn:
     """Answer a question on its own (no conversation) and store the turn; `mode` overrides the
     knowledge base's retrieval mode for this turn."""
+    query = personal_data_check_written(knowledge_base=knowledge_base, texts={"query": query})["query"]
     composed = answer_compose(knowledge_base=knowledge_base, question=query, k=k, mode=mode)
     return turn_served_store(knowledge_base=knowledge_base, composed=composed)
 
@@ -275,6 +286,8 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
     if taken_twice:
         raise InvalidInput(f"Two turns of this batch claim the same conversation position: {', '.join(taken_twice[:10])}.")
 
+    records = turn_records_scrubbed(knowledge_base=knowledge_base, records=records)
+
     result = TurnIngestResult()
     with transaction.atomic():
         # Serialises batches per knowledge base, so two deliveries of one batch cannot both
@@ -326,6 +339,30 @@ def turns_ingest(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) ->
         result.created = {turn.external_id: turn.pk for turn in turns}
         turns_stored_send_on_commit(knowledge_base_id=knowledge_base.pk, turn_ids=[turn.pk for turn in turns])
     return result
+
+
+def turn_records_scrubbed(*, knowledge_base: KnowledgeBase, records: list[TurnRecord]) -> list[TurnRecord]:
+    """The records as they are to be stored under the knowledge base's personal-data mode;
+    PersonalDataRejected (422) under reject when a query, history or feedback comment holds any."""
+    scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+    if not scrubber.active:
+        return records
+    scrubbed = []
+    for r in records:
+        where = f"turn {r.external_id!r}"
+        scrubbed.append(
+            replace(
+                r,
+                query=scrubber.written(r.query, where=f"{where} query"),
+                feedback_comment=scrubber.written(r.feedback_comment, where=f"{where} feedback_comment"),
+                history=scrubber.messages(r.history, where=f"{where} history"),
+                answer=scrubber.produced(r.answer),
+                rewritten_query=scrubber.produced(r.rewritten_query),
+                passages=[replace(p, text=scrubber.produced(p.text), title=scrubber.produced(p.title)) for p in r.passages],
+            )
+        )
+    scrubber.raise_if_rejected()
+    return scrubbed
 
 
 def ingested_passages_store(*, knowledge_base: KnowledgeBase, passages_by_turn) -> None:
@@ -384,6 +421,7 @@ def _conversations_touch(conversations) -> None:
 def turn_feedback_set(*, turn: Turn, feedback: int | None, comment: str = "") -> Turn:
     if feedback not in (None, -1, 1):
         raise InvalidInput("Feedback must be -1 (thumbs down), 1 (thumbs up) or null.")
+    comment = personal_data_check_written(knowledge_base=turn.knowledge_base, texts={"comment": comment})["comment"]
     turn.feedback = feedback
     turn.feedback_comment = comment
     turn.save(update_fields=["feedback", "feedback_comment"])

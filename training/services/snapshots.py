@@ -3,7 +3,9 @@
 Each turn with a final judgment (see curation.selectors.turn_final_judgments:
 adjudication, else agreeing labels, else the single label) becomes one example. Passages
 judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly" is neither
-(too uncertain to train on either way).
+(too uncertain to train on either way). A turn whose label a curator flagged "contains
+personal data" is left out until an admin clears the flag (curation.services.personal_data);
+the snapshot records how many were (`personal_data_excluded`).
 
 A follow-up question in a conversation ("and for children?") is two texts: the example's
 `query` is the self-contained query retrieval used (a curator's corrected query when the
@@ -27,7 +29,7 @@ from django.conf import settings
 from django.db import transaction
 
 from curation.models import Label, Relevance
-from curation.selectors import turn_final_judgments
+from curation.selectors import turn_final_judgments, turn_ids_held_for_personal_data
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, Turn
 from rag.conversation import ChatMessage, history_within_budget
@@ -57,6 +59,14 @@ def dataset_snapshot_create(
     judgments = {pk: j for pk, j in turn_final_judgments(turns=turns.distinct()).items() if j.is_final}
     if not judgments:
         raise InvalidInput(f"Knowledge base {knowledge_base.slug!r} has no curated turns to snapshot yet.")
+    # A turn a curator flagged as holding personal data stays out until an admin clears the flag.
+    held = turn_ids_held_for_personal_data(turn_ids=list(judgments))
+    judgments = {pk: j for pk, j in judgments.items() if pk not in held}
+    if not judgments:
+        raise InvalidInput(
+            f"Every curated turn of {knowledge_base.slug!r} ({len(held)}) is flagged as holding personal data; "
+            "an admin must clear the flags (on each turn's page) before a snapshot can use them."
+        )
     turn_rows = {t.pk: t for t in Turn.objects.filter(pk__in=judgments).prefetch_related("passages__document")}
     labels = list(Label.objects.filter(turn_id__in=judgments, skipped=False).order_by("updated_at", "pk"))
     rationale_by_turn = {label.turn_id: label.rationale for label in labels if label.rationale.strip()}
@@ -136,6 +146,7 @@ def dataset_snapshot_create(
             curator_ids=sorted({label.curator_id for label in labels}),
             include_synthetic=include_synthetic,
             synthetic_count=sum(e.turn_id in synthetic_ids for e in examples),
+            personal_data_excluded=len(held),
         )
         for example in examples:
             example.snapshot = snapshot

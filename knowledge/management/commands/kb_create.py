@@ -18,6 +18,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--retrieval-mode", default="dense", help="dense (default), lexical or hybrid (docs/retrieval.md)"
         )
+        parser.add_argument(
+            "--personal-data", default="off", choices=["off", "redact", "reject"],
+            help="what happens to e-mail addresses, phone numbers, cards, IBANs, IPs and URLs in stored text",
+        )
 
     def handle(self, *args, slug, name, description, generator, generator_model, retrieval_mode, **options):
         with service_errors_as_command_errors():
@@ -28,5 +32,6 @@ class Command(BaseCommand):
                 generator_backend=generator,
                 generator_model=generator_model,
                 retrieval_mode=retrieval_mode,
+                personal_data_mode=options["personal_data"],
             )
         self.stdout.write(f"created knowledge base {knowledge_base.slug}")

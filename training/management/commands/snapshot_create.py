@@ -39,6 +39,7 @@ class Command(BaseCommand):
             "curators": len(snapshot.curator_ids),
             "include_synthetic": snapshot.include_synthetic,
             "synthetic": snapshot.synthetic_count,
+            "personal_data_excluded": snapshot.personal_data_excluded,
         }
         if options["json"]:
             self.stdout.write(json.dumps(summary))
@@ -48,4 +49,5 @@ class Command(BaseCommand):
                 f"({snapshot.train_count} train / {snapshot.heldout_count} held-out, split {snapshot.get_split_rule_display()}) "
                 f"from {summary['labels']} labels"
                 + (f"; {snapshot.synthetic_count} examples are synthetic questions" if snapshot.include_synthetic else "")
+                + f"; {snapshot.personal_data_excluded} turns held back for personal data"
             )
