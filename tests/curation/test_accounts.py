@@ -177,6 +177,17 @@ def test_invite_command_prints_a_working_link(admin_user, knowledge_bases):
     assert [m.knowledge_base.slug for m in Membership.objects.filter(user=user)] == ["kb-two"]
 
 
+def test_invite_command_builds_links_on_the_configured_public_url(admin_user, knowledge_bases, settings):
+    settings.RAGLOOP_PUBLIC_URL = "https://ragloop.example.com/"
+    out = StringIO()
+    call_command("invite", "site@example.com", stdout=out, stderr=StringIO())
+    assert out.getvalue().strip().startswith("https://ragloop.example.com/invitations/")
+    settings.RAGLOOP_PUBLIC_URL = ""
+    out = StringIO()
+    call_command("invite", "local@example.com", stdout=out, stderr=StringIO())
+    assert out.getvalue().strip().startswith("http://127.0.0.1:8000/invitations/")
+
+
 def test_invite_command_refuses_bad_arguments(admin_user, knowledge_bases, django_user_model):
     for args, message in [
         (["x@example.com", "--kb", "missing"], "not found"),

@@ -1,6 +1,7 @@
 """`manage.py invite <email> [--role curator|admin] [--kb SLUG ...] [--by USERNAME] [--base-url URL]`:
 creates an invitation and prints its link once."""
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
@@ -21,10 +22,13 @@ class Command(BaseCommand):
         parser.add_argument("--kb", action="append", default=[], help="a knowledge base to join (repeatable)")
         parser.add_argument("--by", help="the inviting admin's username (default: the first superuser)")
         parser.add_argument(
-            "--base-url", default="http://127.0.0.1:8000", help="where ragloop is served, to build the link"
+            "--base-url",
+            default="",
+            help="where ragloop is served, to build the link (default: RAGLOOP_PUBLIC_URL, else http://127.0.0.1:8000)",
         )
 
     def handle(self, *args, email, role, kb, by, base_url, **options):
+        base_url = base_url or settings.RAGLOOP_PUBLIC_URL or "http://127.0.0.1:8000"
         users = get_user_model().objects
         inviter = users.filter(username=by).first() if by else users.filter(is_superuser=True, is_active=True).order_by("pk").first()
         if inviter is None:
