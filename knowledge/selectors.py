@@ -2,6 +2,7 @@
 onto the knowledge base, or a named version), retrieval (dense from an embedding space, lexical
 by BM25 over the chunk text, or both fused: docs/retrieval.md), and conversations."""
 
+import functools
 from dataclasses import dataclass, replace
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from knowledge.services.knowledge_bases import retriever_model_path
 from rag.conversation import ChatMessage
 from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
+from rag.query_cache import QueryVectorCache
 
 
 @dataclass(frozen=True)
@@ -340,9 +342,19 @@ def chunk_rankings_many(
 
 
 def _query_vector(*, space: EmbeddingSpace, query: str, query_model_reference: str | None) -> str:
-    """The query as a vector literal, encoded by the query-only version's encoder or the space's model."""
-    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
-    return as_vector_literal(embedder.encode_queries([query])[0])
+    """The query as a vector literal, encoded by the query-only version's encoder or the space's
+    model, from the process's query cache when the same encoder met the same text before."""
+    model_path = retriever_model_path(query_model_reference or space.model_reference)
+    vector = query_vector_cache().vector(
+        encoder=str(model_path), text=query, encode=lambda text: load_embedder(model_path).encode_queries([text])[0]
+    )
+    return as_vector_literal(vector)
+
+
+@functools.cache
+def query_vector_cache() -> QueryVectorCache:
+    """This process's cache of query vectors, sized by RAGLOOP_QUERY_CACHE_SIZE."""
+    return QueryVectorCache(max_entries=settings.RAGLOOP_QUERY_CACHE_SIZE)
 
 
 def _retrieved_chunk(row: tuple, *, rank: int) -> RetrievedChunk:

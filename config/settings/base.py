@@ -131,6 +131,9 @@ RAGLOOP_HNSW_BUILD_MEMORY = os.environ.get("RAGLOOP_HNSW_BUILD_MEMORY", "512MB")
 # Candidates HNSW examines per query: at least this, and at least 2k (bench: recall@10 at
 # 100k chunks 0.919 with 40, 0.981 with 100, for about 0.2 ms more).
 RAGLOOP_HNSW_EF_SEARCH = env_int("RAGLOOP_HNSW_EF_SEARCH", 100)
+# Query vectors kept per web or worker process (rag/query_cache.py), least recently used out
+# first; about 1.5 KB each for a 384-dimension encoder. 0 turns the cache off.
+RAGLOOP_QUERY_CACHE_SIZE = env_int("RAGLOOP_QUERY_CACHE_SIZE", 4096)
 # Hybrid retrieval (docs/retrieval.md): how the dense and lexical lists are fused ("rrf":
 # reciprocal rank fusion with constant RAGLOOP_RRF_K; "score": alpha * dense + (1 - alpha) *
 # lexical on min-max normalised scores), and how deep each list is read before fusing.

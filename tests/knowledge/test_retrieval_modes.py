@@ -237,3 +237,16 @@ def test_retrieve_command_mode(keyword_knowledge_base):
     assert json.loads(out.getvalue())["mode"] == "dense"
     with pytest.raises(CommandError, match="invalid choice"):
         call_command("retrieve", "keyword-kb", KEYWORD_QUERY, "--mode", "sparse", stdout=StringIO(), stderr=StringIO())
+
+
+def test_a_repeated_dense_query_is_served_from_the_query_cache_with_the_same_ranking(keyword_knowledge_base):
+    from knowledge.selectors import query_vector_cache
+
+    cache = query_vector_cache()
+    cache.clear()
+    space = keyword_knowledge_base.embedding_spaces.get()
+    first = passages_retrieve(space=space, query=KEYWORD_QUERY, k=3)
+    again = passages_retrieve(space=space, query=f"  {KEYWORD_QUERY}  ", k=3)
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (1, 1)
+    assert [(p.chunk_id, round(p.score, 6)) for p in again] == [(p.chunk_id, round(p.score, 6)) for p in first]
