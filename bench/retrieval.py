@@ -26,6 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 
+# Every query is timed with its encoding: the process's query-vector cache would answer the
+# warm-up claims again from memory (bench/ask.py measures the cache).
+os.environ["RAGLOOP_QUERY_CACHE_SIZE"] = "0"
+
 QUERIES_PATH = Path("/work/shared/datasets/scifact/queries.jsonl")
 DIMENSIONS = 384
 CHUNK_TEXT = "repeat('Synthetic passage text for the retrieval benchmark. ', 18)"  # ~1 kB, like a real chunk
@@ -47,8 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ef-search", default="40,100,200",
                         help="hnsw.ef_search values for the raw-SQL sweep; 'none' to skip (default: %(default)s)")
     parser.add_argument("--maintenance-work-mem", default="",
-                        help="SET maintenance_work_mem on the session before the index build, e.g. 512MB "
-                             "(default: the server's setting, as production builds it)")
+                        help="maintenance_work_mem of the index build, e.g. 2560MB "
+                             "(default: RAGLOOP_HNSW_BUILD_MEMORY, as production builds it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database", default="ragloop_bench_retrieval",
                         help="database created on the embedded server (ignored when DATABASE_URL is set)")
@@ -200,7 +204,7 @@ def selector_with_vectors(*, space, queries: np.ndarray, k: int, figures: PathFi
     """Time passages_retrieve with the query vector given (no model), and its SQL statement alone."""
     from django.db import connection
 
-    from curation import selectors
+    from knowledge import selectors
 
     given = GivenQueryVector()
     statement = RetrievalStatement()
@@ -220,7 +224,10 @@ def selector_with_vectors(*, space, queries: np.ndarray, k: int, figures: PathFi
     finally:
         selectors.load_embedder = real_loader
     figures.statement_seconds = statement.seconds
-    figures.plan = statement_plan(statement, ef_search=min(1000, max(40, 2 * k)) if space.hnsw_index_built else None)
+    from django.conf import settings
+
+    serving_ef_search = min(1000, max(settings.RAGLOOP_HNSW_EF_SEARCH, 2 * k))
+    figures.plan = statement_plan(statement, ef_search=serving_ef_search if space.hnsw_index_built else None)
 
 
 def statement_plan(statement: RetrievalStatement, *, ef_search: int | None) -> str:
@@ -297,7 +304,11 @@ def numpy_top_k(*, vectors: np.ndarray, chunk_ids: np.ndarray, queries: np.ndarr
 
 
 def index_build(space, *, maintenance_work_mem: str) -> tuple[float, list[str]]:
-    """Build the space's HNSW index with the production service; returns seconds and server notices."""
+    """Build the space's HNSW index with the production service; returns seconds and server notices.
+
+    The service sets the build session's maintenance_work_mem to RAGLOOP_HNSW_BUILD_MEMORY;
+    `maintenance_work_mem` replaces that setting for this build."""
+    from django.conf import settings
     from django.db import connection
 
     from knowledge.services.embeddings import embedding_space_index_build
@@ -306,18 +317,16 @@ def index_build(space, *, maintenance_work_mem: str) -> tuple[float, list[str]]:
     notices: list[str] = []
     handler = lambda diagnostic: notices.append(diagnostic.message_primary)  # noqa: E731
     connection.connection.add_notice_handler(handler)
+    shipped = settings.RAGLOOP_HNSW_BUILD_MEMORY
     try:
-        with connection.cursor() as cursor:
-            if maintenance_work_mem:
-                cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [maintenance_work_mem])
+        if maintenance_work_mem:
+            settings.RAGLOOP_HNSW_BUILD_MEMORY = maintenance_work_mem
         started = time.perf_counter()
         built = embedding_space_index_build(space_id=space.pk)
         seconds = time.perf_counter() - started
     finally:
+        settings.RAGLOOP_HNSW_BUILD_MEMORY = shipped
         connection.connection.remove_notice_handler(handler)
-        if maintenance_work_mem:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET maintenance_work_mem")
     if not built:
         raise RuntimeError("the index service reported the index as already built")
     return seconds, notices
@@ -353,7 +362,7 @@ def main() -> None:
     texts = [json.loads(line)["text"] for line in QUERIES_PATH.read_text().splitlines()[: args.text_queries]]
     print(harness.table("Environment", ["", ""], harness.environment()))
     print(f"\nk = {args.k}; {args.queries} vector queries and {len(texts)} SciFact claims per path; "
-          f"selector ef_search for k={args.k}: {min(1000, max(40, 2 * args.k))}; "
+          f"selector ef_search for k={args.k}: {min(1000, max(settings.RAGLOOP_HNSW_EF_SEARCH, 2 * args.k))}; "
           f"production switches to HNSW above RAGLOOP_EXACT_SEARCH_MAX_CHUNKS = {settings.RAGLOOP_EXACT_SEARCH_MAX_CHUNKS}")
 
     setup_rows, latency_rows, sweep_rows, contention_rows, slugs = [], [], [], [], []
@@ -393,7 +402,7 @@ def main() -> None:
 
             setup_rows.append([
                 size, f"{load_seconds:.1f}", f"{build_seconds:.1f}", f"{index_megabytes(space):.0f}",
-                args.maintenance_work_mem or "server default", len(notices),
+                args.maintenance_work_mem or settings.RAGLOOP_HNSW_BUILD_MEMORY, len(notices),
             ])
             for figures in (exact, hnsw):
                 recall = recall_at_k(figures.results, exact.results, args.k)
