@@ -142,14 +142,15 @@ def load_turns(*, knowledge_base, count: int, passages_per_turn: int, labelled_s
         turns.append((
             turn_id, knowledge_base.pk, "ingested", f"bench-{number}", f"{rng.choice(claims)} ({number})",
             "An extractive answer quoting the best passage.", "base", "extractive", rng.uniform(80, 900), feedback,
-            "", "{}", created, tier, order, 1 if done else 0, not done, False, False,
+            "", "{}", created, tier, order, 1 if done else 0, not done, False, False, "", "[]", "", "", "",
         ))
         for rank, (chunk_id, document_id, external_id, title, text) in enumerate(rng.sample(chunks, passages_per_turn), start=1):
             passages.append((first_passage + number * passages_per_turn + rank - 1, turn_id, rank, scores[rank - 1],
                              chunk_id, document_id, external_id, title, text))
     _copy("curation_turn", ["id", "knowledge_base_id", "source", "external_id", "query", "answer", "retriever_version",
                             "generator_version", "latency_ms", "feedback", "feedback_comment", "metadata", "created_at",
-                            "queue_tier", "queue_order", "label_count", "needs_labels", "disputed", "imported"], turns)
+                            "queue_tier", "queue_order", "label_count", "needs_labels", "disputed", "imported",
+                            "continuation_hash", "history", "rewritten_query", "queue_reason", "queue_scored_with"], turns)
     _copy("curation_retrievedpassage",
           ["id", "turn_id", "rank", "score", "chunk_id", "document_id", "source_id", "title", "text"], passages)
 
@@ -157,13 +158,14 @@ def load_turns(*, knowledge_base, count: int, passages_per_turn: int, labelled_s
     for index, number in enumerate(labelled):
         label_id, turn_id = first_label + index, first_turn + number
         labels.append((label_id, turn_id, other_curator.pk, rng.choice(["correct", "partly", "wrong"]), "A gold answer.",
-                       "", False, "", False, "", False, 1, NOW, NOW))
+                       "", False, "", False, "", False, 1, NOW, NOW, "", False))
         for rank in range(passages_per_turn):
             judgments.append((first_judgment + index * passages_per_turn + rank, label_id,
                               first_passage + number * passages_per_turn + rank, None, None, False, "",
                               "relevant" if rank == 0 else "not_relevant"))
     _copy("curation_label", ["id", "turn_id", "curator_id", "answer_rating", "gold_answer", "rationale", "has_personal_data",
-                             "comment", "skipped", "skip_reason", "imported", "version", "created_at", "updated_at"], labels)
+                             "comment", "skipped", "skip_reason", "imported", "version", "created_at", "updated_at",
+                             "corrected_query", "rewrite_wrong"], labels)
     _copy("curation_passagejudgment", ["id", "label_id", "retrieved_passage_id", "chunk_id", "document_id", "attached",
                                        "text", "relevance"], judgments)
     copied = time.perf_counter() - started
