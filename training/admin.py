@@ -11,6 +11,7 @@ from knowledge.admin_read_only import read_only_admin_register
 from knowledge.errors import ServiceError
 from training.models import (
     DatasetSnapshot,
+    ErasureReceipt,
     Evaluation,
     EvaluationJob,
     EvaluationQueryResult,
@@ -142,5 +143,5 @@ class LoopCycleAdmin(admin.ModelAdmin):
 
 read_only_admin_register(
     DatasetSnapshot, EvaluationSet, SnapshotExample, ModelVersion, TrainingRun, Evaluation, EvaluationQueryResult,
-    PromotionEvent, EvaluationJob,
+    PromotionEvent, EvaluationJob, ErasureReceipt,
 )  # fmt: skip
