@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from curation.models import Label, LabelDraft, LabelRevision, Membership, PassageJudgment, Suggestion
+from curation.models import Label, LabelDraft, Membership, PassageJudgment, Suggestion
 from curation.services.labels import LabelInput, label_draft_save, label_submit
 from knowledge.errors import Forbidden, InvalidInput, NotFound
 from knowledge.models import (
