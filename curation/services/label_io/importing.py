@@ -14,7 +14,7 @@ from django.db import transaction
 from curation.models import FailureTag, Label, Membership
 from curation.permissions import CURATOR_GROUP
 from curation.services.label_io.records import LabelFileError, LabelRecord
-from curation.services.labels import LabelInput, label_payload, label_submit
+from curation.services.labels import LabelInput, label_input_scrubbed, label_payload, label_submit
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
@@ -354,6 +354,9 @@ def labels_import(
                     )
                 ),
             )
+            # Compared as it would be stored (redacted under the personal-data mode), so an
+            # unchanged line of a re-imported file counts as unchanged.
+            data = label_input_scrubbed(knowledge_base=knowledge_base, data=data)
             if label is not None and label_payload(label) == _payload(data):
                 result.labels_unchanged += 1
                 continue
