@@ -38,6 +38,7 @@ POLICY_FIELDS = (
     "erased_data_action", "erased_data_deadline_days",
 )  # fmt: skip
 MAX_ERASED_DATA_DEADLINE_DAYS = 3650
+DEFAULT_ERASED_DATA_DEADLINE_DAYS = 30
 
 
 def _number(name: str, value, *, kind=float, low: float | None = None, high: float | None = None):
@@ -97,7 +98,8 @@ def _validated(knowledge_base: KnowledgeBase, component: str, values: dict) -> d
         raise InvalidInput(
             f"erased_data_action {erased_data_action!r} is unknown; choose one of {', '.join(ErasedDataAction.values)}."
         )
-    deadline_days = values.get("erased_data_deadline_days", 30)
+    deadline_days = values.get("erased_data_deadline_days")
+    deadline_days = DEFAULT_ERASED_DATA_DEADLINE_DAYS if deadline_days in (None, "") else deadline_days
     deadline_days = _number("erased_data_deadline_days", deadline_days, kind=int, low=1, high=MAX_ERASED_DATA_DEADLINE_DAYS)
     return {
         "erased_data_action": erased_data_action,
