@@ -13,6 +13,7 @@ from knowledge.errors import InvalidInput, NotFound
 from knowledge.models import ApiToken, Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
+from knowledge.services.personal_data import end_user_references
 from rag.conversation import ChatMessage
 from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
@@ -417,7 +418,8 @@ def conversations_list(*, knowledge_base: KnowledgeBase, end_user: str | None = 
     """The knowledge base's conversations, most recently active first."""
     conversations = Conversation.objects.filter(knowledge_base=knowledge_base)
     if end_user is not None:
-        conversations = conversations.filter(end_user=end_user)
+        # As stored: a reference holding personal data is kept as its keyed digest.
+        conversations = conversations.filter(end_user__in=end_user_references(end_user))
     return conversations.order_by("-last_activity_at", "-id")
 
 

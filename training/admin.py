@@ -11,6 +11,7 @@ from knowledge.admin_read_only import read_only_admin_register
 from knowledge.errors import ServiceError
 from training.models import (
     DatasetSnapshot,
+    ErasureReceipt,
     Evaluation,
     EvaluationJob,
     EvaluationQueryResult,
@@ -88,8 +89,14 @@ class RetrainingPolicyAdminForm(forms.ModelForm):
         fields = [
             "knowledge_base", "component", "name", "enabled", "mode", "parameters", "schedule", "timezone",
             "min_new_labels", "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote",
-            "include_synthetic",
+            "include_synthetic", "erased_data_action", "erased_data_deadline_days",
         ]  # fmt: skip
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Left out, they take the policy defaults (retrain at the next check; 30 days).
+        for name in ("erased_data_action", "erased_data_deadline_days"):
+            self.fields[name].required = False
 
     def clean(self):
         values = super().clean()
@@ -142,5 +149,5 @@ class LoopCycleAdmin(admin.ModelAdmin):
 
 read_only_admin_register(
     DatasetSnapshot, EvaluationSet, SnapshotExample, ModelVersion, TrainingRun, Evaluation, EvaluationQueryResult,
-    PromotionEvent, EvaluationJob,
+    PromotionEvent, EvaluationJob, ErasureReceipt,
 )  # fmt: skip

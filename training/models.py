@@ -132,8 +132,13 @@ class ModelVersion(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
     # Why it has that status, where someone said: e.g. the gate's reason for rejecting it.
     status_reason = models.TextField(blank=True)
-    # Set when a person's data this version was trained on was erased.
+    # Set when a person's data this version was trained on was erased (training.services.erasure):
+    # its snapshot held an erased example, or an ancestor's did. The receipt is the first erasure
+    # that flagged it; the retraining policy's erased-data rule counts from its time.
     trained_on_erased_data = models.BooleanField(default=False)
+    erasure_receipt = models.ForeignKey(
+        "ErasureReceipt", null=True, blank=True, on_delete=models.SET_NULL, related_name="flagged_versions"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -276,6 +281,48 @@ class EvaluationJob(models.Model):
         return self.status in {self.Status.SUCCEEDED, self.Status.FAILED}
 
 
+class ErasureReceipt(models.Model):
+    """That an erasure happened (training.services.erasure): which selector, how many rows of each
+    kind were deleted, which model versions it flagged, by whom and when. Never the erased
+    content; an end-user reference is kept only as a keyed digest (docs/erasure.md)."""
+
+    class Selector(models.TextChoices):
+        END_USER = "end_user", "end-user reference"
+        CONVERSATION = "conversation", "conversation"
+        TURN = "turn", "turn"
+        DOCUMENT = "document", "document"
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="erasure_receipts")
+    selector = models.CharField(max_length=20, choices=Selector.choices)
+    # The conversation's or document's external id, the turn id; for an end user "hmac:<digest>".
+    selector_value = models.CharField(max_length=600)
+    # {"<app>.<Model>": rows deleted}, e.g. {"knowledge.Turn": 3, "curation.Label": 2}.
+    counts = models.JSONField(default=dict)
+    # Names of the model versions flagged trained_on_erased_data by this erasure.
+    flagged_version_names = models.JSONField(default=list)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"erasure #{self.pk} ({self.get_selector_display()})"
+
+    @property
+    def rows_deleted(self) -> int:
+        return sum(self.counts.values())
+
+
+class ErasedDataAction(models.TextChoices):
+    """What a retraining policy does when its component's live version is flagged as trained on
+    erased data."""
+
+    NEXT_CYCLE = "next_cycle", "retrain at the next check"
+    DEADLINE = "deadline", "replace before a deadline"
+
+
 class RetrainingPolicy(models.Model):
     """When a component of a knowledge base is retrained by itself, how, and what may go live.
 
@@ -305,6 +352,14 @@ class RetrainingPolicy(models.Model):
     # Whether the cycle's snapshot takes the labels of synthetic turns (LLM-written questions;
     # knowledge.models.Turn.Source.SYNTHETIC) too: off, only questions people asked count.
     include_synthetic = models.BooleanField(default=False)
+    # A flagged live version (trained on erased data): retrained at the policy's next check,
+    # whatever the label threshold says, or replaced by a cycle that starts by the deadline
+    # (the erasure's time plus `erased_data_deadline_days`); training.services.loop.
+    erased_data_action = models.CharField(
+        max_length=20, choices=ErasedDataAction.choices, default=ErasedDataAction.NEXT_CYCLE,
+        db_default=ErasedDataAction.NEXT_CYCLE,
+    )  # fmt: skip
+    erased_data_deadline_days = models.PositiveIntegerField(default=30, db_default=30)
     # The last schedule time a cycle was started for (the next is computed after it).
     schedule_fired_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -334,6 +389,7 @@ class LoopCycle(models.Model):
         SCHEDULE = "schedule"
         LABELS = "labels", "new labels"
         MANUAL = "manual", "run now"
+        ERASURE = "erasure", "erased data in the live version"
 
     class Stage(models.TextChoices):
         SNAPSHOT = "snapshot"

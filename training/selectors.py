@@ -19,6 +19,7 @@ from knowledge.models import KnowledgeBase
 from training.models import (
     Component,
     DatasetSnapshot,
+    ErasureReceipt,
     Evaluation,
     EvaluationJob,
     EvaluationQueryResult,
@@ -37,7 +38,8 @@ from training.services.evaluation import (
     HEADLINE_METRIC,
     RETRIEVER_METRICS,
 )
-from training.services.loop import new_final_labels, policy_next_run_at
+from training.services.loop import new_final_labels, policy_erased_live_version, policy_next_run_at
+from training.services.loop.policies import ErasedLiveVersion
 
 # A per-query delta smaller than this is "unchanged" (float noise, not a change in ranking).
 UNCHANGED_TOLERANCE = 1e-9
@@ -86,7 +88,7 @@ def model_version_get(*, knowledge_base: KnowledgeBase, name: str) -> ModelVersi
 
 
 def model_versions_list(*, knowledge_base: KnowledgeBase, component: str | None = None) -> list[ModelVersion]:
-    versions = ModelVersion.objects.filter(knowledge_base=knowledge_base).select_related("parent", "snapshot")
+    versions = ModelVersion.objects.filter(knowledge_base=knowledge_base).select_related("parent", "snapshot", "erasure_receipt")
     if component:
         versions = versions.filter(component=component)
     return list(versions.order_by("component", "-created_at", "-pk"))
@@ -110,6 +112,10 @@ class ComponentVersions:
     versions: list[ModelVersion]
     live: ModelVersion | None
     metric_names: tuple[str, ...]
+    # The live version when it was trained on erased data, with what its policy makes of it.
+    erased_live: ErasedLiveVersion | None = None
+    # The live version is flagged but no retraining policy of the component will replace it.
+    erased_live_without_policy: bool = False
 
 
 @dataclass
@@ -154,6 +160,7 @@ def _metric_delta(evaluation, name: str) -> float | None:
 def models_overview(*, knowledge_base: KnowledgeBase) -> ModelsOverview:
     """Versions per component (each with its headline figures), recent runs, the promotion log."""
     versions = model_versions_list(knowledge_base=knowledge_base)
+    policies = {p.component: p for p in RetrainingPolicy.objects.filter(knowledge_base=knowledge_base)}
     latest_evaluation = {}
     for evaluation in Evaluation.objects.filter(candidate__in=versions).order_by("candidate_id", "-created_at", "-pk"):
         latest_evaluation.setdefault(evaluation.candidate_id, evaluation)
@@ -171,15 +178,21 @@ def models_overview(*, knowledge_base: KnowledgeBase) -> ModelsOverview:
             )
             for name in LIST_METRICS[version.component]
         ]
-    components = [
-        ComponentVersions(
-            component=component,
-            versions=[v for v in versions if v.component == component],
-            live=next((v for v in versions if v.component == component and v.status == ModelVersion.Status.LIVE), None),
-            metric_names=LIST_METRICS[component],
+    components = []
+    for component in Component.values:
+        live = next((v for v in versions if v.component == component and v.status == ModelVersion.Status.LIVE), None)
+        policy = policies.get(component)
+        flagged = live is not None and live.trained_on_erased_data
+        components.append(
+            ComponentVersions(
+                component=component,
+                versions=[v for v in versions if v.component == component],
+                live=live,
+                metric_names=LIST_METRICS[component],
+                erased_live=policy_erased_live_version(policy) if flagged and policy is not None else None,
+                erased_live_without_policy=flagged and policy is None,
+            )
         )
-        for component in Component.values
-    ]
     runs = training_runs_recent(knowledge_base=knowledge_base)
     events = list(
         PromotionEvent.objects.filter(knowledge_base=knowledge_base)
@@ -341,6 +354,7 @@ class PolicyStatus:
     new_final_labels: int
     labels_since: Any  # datetime | None
     running_cycle: Any  # LoopCycle | None
+    erased: ErasedLiveVersion | None = None  # the live version, when trained on erased data
 
     @property
     def labels_progress(self) -> float | None:
@@ -383,6 +397,7 @@ def loop_overview(*, knowledge_base: KnowledgeBase) -> LoopOverview:
                 new_final_labels=count.new_final_labels,
                 labels_since=count.since,
                 running_cycle=policy.cycles.filter(status=LoopCycle.Status.RUNNING).first(),
+                erased=policy_erased_live_version(policy),
             )
         )
     cycles = list(
@@ -439,6 +454,12 @@ def loop_cycle_get(*, knowledge_base: KnowledgeBase, cycle_id: int):
     if cycle is None:
         raise NotFound(f"Knowledge base {knowledge_base.slug!r} has no loop cycle #{cycle_id}.")
     return cycle
+
+
+def erasure_receipts_list(*, knowledge_base: KnowledgeBase, limit: int = 100) -> list[ErasureReceipt]:
+    return list(
+        ErasureReceipt.objects.filter(knowledge_base=knowledge_base).select_related("actor").order_by("-created_at", "-pk")[:limit]
+    )
 
 
 def retraining_policy_get(*, knowledge_base: KnowledgeBase, component: str):

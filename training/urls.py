@@ -25,6 +25,7 @@ urlpatterns = [
         views.snapshot_export_jsonl,
         name="training_snapshot_export",
     ),
+    path("kbs/<slug:slug>/erase/", views.erase_page, name="training_erase"),
     path("kbs/<slug:slug>/webhooks/", views.webhooks_page, name="training_webhooks"),
     path("kbs/<slug:slug>/webhooks/add/", views.webhook_endpoint_create_view, name="training_webhook_create"),
     path("kbs/<slug:slug>/webhooks/<int:endpoint_id>/delete/", views.webhook_endpoint_delete_view, name="training_webhook_delete"),

@@ -20,8 +20,9 @@ from curation.views.review import knowledge_base_admin_page
 from knowledge.errors import Conflict, InvalidInput, NotFound, ServiceError
 from knowledge.models import KnowledgeBase
 from training.loop_charts import labels_and_cycles_chart, metric_chart
-from training.models import Component, RetrainingPolicy, TrainingRun
+from training.models import Component, ErasureReceipt, RetrainingPolicy, TrainingRun
 from training.selectors import (
+    erasure_receipts_list,
     loop_cycle_get,
     loop_overview,
     model_version_get,
@@ -34,6 +35,7 @@ from training.selectors import (
     webhook_endpoint_get,
     webhooks_overview,
 )
+from training.services.erasure import erasure_execute, erasure_preview
 from training.services.evaluation import HEADLINE_METRIC
 from training.services.exports import (
     EXPORT_FORMATS,
@@ -273,8 +275,9 @@ def _policy_form_values(post) -> dict:
         "gate_guards": mapping("gate_guards", "Guards"),
         "auto_promote": post.get("auto_promote") == "on",
         "include_synthetic": post.get("include_synthetic") == "on",
+        "erased_data_action": post.get("erased_data_action", "").strip(),
     }
-    for name, kind in (("gate_margin", float), ("gate_min_queries", int)):
+    for name, kind in (("gate_margin", float), ("gate_min_queries", int), ("erased_data_deadline_days", int)):
         value = number(name, kind)
         if value is not None:
             values[name] = value
@@ -287,7 +290,7 @@ def _policy_form_initial(knowledge_base, component: str, policy) -> dict:
             "name": f"{knowledge_base.slug}-{component}", "enabled": True, "mode": DEFAULT_MODE[component], "parameters": "",
             "schedule": "", "timezone": "UTC", "min_new_labels": None, "gate_metric": HEADLINE_METRIC[component],
             "gate_margin": 0.01, "gate_min_queries": 20, "gate_guards": "", "auto_promote": False,
-            "include_synthetic": False,
+            "include_synthetic": False, "erased_data_action": "next_cycle", "erased_data_deadline_days": 30,
         }  # fmt: skip
     form = {field: getattr(policy, field) for field in POLICY_FIELDS}
     form["parameters"] = json.dumps(policy.parameters) if policy.parameters else ""
@@ -462,3 +465,39 @@ def webhook_endpoint_enabled_view(request, knowledge_base: KnowledgeBase, endpoi
     webhook_endpoint_set_enabled(endpoint=endpoint, enabled=enabled)
     messages.success(request, f"{endpoint.url} is {'enabled' if enabled else 'disabled'}.")
     return redirect("training_webhooks", slug=knowledge_base.slug)
+
+
+# --- erasure ---------------------------------------------------------------------------------
+
+
+def _erase_page(request, knowledge_base: KnowledgeBase, *, plan=None, error: str = "", form=None, status: int = 200):
+    return render(request, "training/erase.html", {
+        "kb": knowledge_base,
+        "selectors": ErasureReceipt.Selector.choices,
+        "form": form or {"selector": "end_user", "value": ""},
+        "plan": plan,
+        "error": error,
+        "receipts": erasure_receipts_list(knowledge_base=knowledge_base),
+    }, status=status)  # fmt: skip
+
+
+@knowledge_base_admin_page
+def erase_page(request, knowledge_base: KnowledgeBase):
+    """GET: the form and the receipts. POST "preview": what would go, with counts, and a confirm
+    button. POST "erase": erase it (the counts are recomputed in the erasing transaction)."""
+    if request.method == "GET":
+        return _erase_page(request, knowledge_base)
+    if request.method != "POST":
+        return HttpResponse(status=405)
+    form = {"selector": request.POST.get("selector", ""), "value": request.POST.get("value", "")}
+    try:
+        if request.POST.get("action") == "erase":
+            receipt = erasure_execute(
+                knowledge_base=knowledge_base, selector=form["selector"], value=form["value"], actor=request.user
+            )
+            messages.success(request, f"Erased {receipt.rows_deleted} rows (receipt #{receipt.pk}).")
+            return redirect(f"{reverse('training_erase', args=[knowledge_base.slug])}#receipt-{receipt.pk}")
+        plan = erasure_preview(knowledge_base=knowledge_base, selector=form["selector"], value=form["value"], actor=request.user)
+    except ServiceError as error:
+        return _erase_page(request, knowledge_base, error=str(error), form=form, status=error.status_code)
+    return _erase_page(request, knowledge_base, plan=plan, form=form)

@@ -30,6 +30,8 @@ from knowledge.selectors import conversation_messages
 from knowledge.services.personal_data import (
     PersonalDataScrubber,
     composed_answer_scrubbed,
+    end_user_reference_stored,
+    metadata_scrubbed,
     personal_data_check_written,
 )
 from knowledge.services.turns import PassageRecord, answer_compose, ingested_passages_store, turn_served_store
@@ -63,6 +65,7 @@ def conversation_get_or_create(
             raise InvalidInput(f"A conversation id must be 1 to {MAX_EXTERNAL_ID_CHARS} characters without NUL.")
     if len(end_user) > 255 or "\x00" in end_user:
         raise InvalidInput("The end-user reference must be at most 255 characters without NUL.")
+    end_user = end_user_reference_stored(knowledge_base=knowledge_base, end_user=end_user)
     defaults = {"end_user": end_user, "system_prompt": system_prompt}
     try:
         return Conversation.objects.get_or_create(
@@ -155,7 +158,9 @@ def chat_ask(
         if end_user:
             # Two end users whose chats began alike ("Hi" / "Hello! How can I help?") must
             # not be merged into one conversation.
-            candidates = candidates.filter(conversation__end_user=end_user)
+            candidates = candidates.filter(
+                conversation__end_user=end_user_reference_stored(knowledge_base=knowledge_base, end_user=end_user)
+            )
         continued = candidates.select_related("conversation").order_by("-pk").first()
         conversation = continued.conversation if continued else None
     if conversation is None:
@@ -242,7 +247,7 @@ def conversation_record_scrubbed(*, knowledge_base: KnowledgeBase, record: Conve
             )
         )
     scrubber.raise_if_rejected()
-    return replace(record, messages=messages)
+    return replace(record, messages=messages, metadata=metadata_scrubbed(scrubber, record.metadata))
 
 
 def conversation_ingest(*, knowledge_base: KnowledgeBase, record: ConversationRecord) -> ConversationIngestResult:

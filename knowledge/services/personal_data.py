@@ -13,6 +13,8 @@ under "redact". Under "off" nothing is looked at.
 
 from dataclasses import replace
 
+from django.utils.crypto import salted_hmac
+
 from knowledge.errors import InvalidInput, PersonalDataRejected
 from knowledge.models import KnowledgeBase, PersonalDataMode
 from rag.conversation import ChatMessage
@@ -95,3 +97,48 @@ def composed_answer_scrubbed(*, knowledge_base: KnowledgeBase, composed):
         retrieved=[replace(p, text=scrubber.produced(p.text), title=scrubber.produced(p.title)) for p in composed.retrieved],
         personal_data_scrubbed=True,
     )
+
+
+# An end-user reference is the app's id for a person, and apps often use an e-mail address for
+# it. Under redact and reject such a reference is stored as a keyed digest instead of a
+# placeholder: one person's conversations must stay linked (the chat endpoint continues a
+# conversation by it, erasure finds a person's data by it), which `<EMAIL>` for everyone would
+# break. The key is SECRET_KEY (salted_hmac): the digest cannot be reversed by hashing a list of
+# addresses without it. Rotating SECRET_KEY changes the digests of new conversations; erasure
+# also takes the stored digest itself (docs/erasure.md).
+END_USER_DIGEST_PREFIX = "pd-"
+_END_USER_SALT = "ragloop.personal_data.end_user"
+
+
+def end_user_digest(end_user: str) -> str:
+    """The keyed digest an end-user reference holding personal data is stored as ("pd-<hex>")."""
+    return END_USER_DIGEST_PREFIX + salted_hmac(_END_USER_SALT, end_user, algorithm="sha256").hexdigest()[:40]
+
+
+def end_user_reference_stored(*, knowledge_base: KnowledgeBase, end_user: str) -> str:
+    """The end-user reference as it is stored under the knowledge base's personal-data mode: as
+    sent under "off" or when it holds no personal data, else its keyed digest (under both redact
+    and reject: the app chose the reference, the person did not write it)."""
+    if not end_user or knowledge_base.personal_data_mode == PersonalDataMode.OFF or end_user.startswith(END_USER_DIGEST_PREFIX):
+        return end_user
+    return end_user_digest(end_user) if redact(end_user, PersonalDataMode.REDACT).found else end_user
+
+
+def end_user_references(end_user: str) -> list[str]:
+    """Every form in which a reference may be stored: as sent and as its digest."""
+    if end_user.startswith(END_USER_DIGEST_PREFIX):
+        return [end_user]
+    return [end_user, end_user_digest(end_user)]
+
+
+def metadata_scrubbed(scrubber: PersonalDataScrubber, metadata):
+    """A turn's or conversation's `metadata` with every string value (at any depth, keys kept)
+    redacted as produced text: the app attached it, the person did not type it, so it is never
+    a reason to refuse the turn."""
+    if isinstance(metadata, str):
+        return scrubber.produced(metadata)
+    if isinstance(metadata, dict):
+        return {key: metadata_scrubbed(scrubber, value) for key, value in metadata.items()}
+    if isinstance(metadata, list):
+        return [metadata_scrubbed(scrubber, value) for value in metadata]
+    return metadata

@@ -25,6 +25,7 @@ from knowledge.selectors import passages_search, retrieval_mode_checked
 from knowledge.services.personal_data import (
     PersonalDataScrubber,
     composed_answer_scrubbed,
+    metadata_scrubbed,
     personal_data_check_written,
 )
 from knowledge.signals import turns_stored_send_on_commit
@@ -359,6 +360,7 @@ def turn_records_scrubbed(*, knowledge_base: KnowledgeBase, records: list[TurnRe
                 answer=scrubber.produced(r.answer),
                 rewritten_query=scrubber.produced(r.rewritten_query),
                 passages=[replace(p, text=scrubber.produced(p.text), title=scrubber.produced(p.title)) for p in r.passages],
+                metadata=metadata_scrubbed(scrubber, r.metadata),
             )
         )
     scrubber.raise_if_rejected()

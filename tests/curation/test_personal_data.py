@@ -132,3 +132,50 @@ def test_the_settings_page_sets_the_mode(admin_client, knowledge_base):
     assert bad.status_code == 422
     knowledge_base.refresh_from_db()
     assert (knowledge_base.personal_data_mode, knowledge_base.labels_per_turn) == ("redact", 1)  # nothing half-written
+
+
+def _import_line(**fields) -> dict:
+    return {"query_id": "q-1", "query": "Refill for bob.jones@example.org?", "curator": "carol",
+            "relevant": [{"text": "Call +1 415-555-0132 for refills.", "title": "Mail ann@example.com"}],
+            "answer_rating": "correct", "gold_answer": "Ask bob.jones@example.org to call.", **fields}  # fmt: skip
+
+
+def test_turns_made_by_a_label_import_are_redacted_and_a_re_import_finds_them(knowledge_base, curator):
+    from curation.services.label_io import labels_import
+    from curation.services.label_io.records import label_record_parse
+    from knowledge.models import Turn
+
+    knowledge_base_personal_data_mode_set(knowledge_base=knowledge_base, mode="redact")
+    record = label_record_parse(_import_line(), origin="labels.jsonl, line 1")
+    result = labels_import(knowledge_base=knowledge_base, records=[record])
+    assert result.turns_created == 1 and result.labels_created == 1
+    turn = Turn.objects.get(imported=True)
+    assert turn.query == "Refill for <EMAIL>?"
+    passage = turn.passages.get()
+    assert (passage.text, passage.title) == ("Call <PHONE_NUMBER> for refills.", "Mail <EMAIL>")
+    label = Label.objects.get(turn=turn)
+    assert label.gold_answer == "Ask <EMAIL> to call."
+    assert label.passage_judgments.get().retrieved_passage == passage
+
+    # The same file again: the turn and its passage are found, nothing is added or refused.
+    again = labels_import(knowledge_base=knowledge_base, records=[record])
+    assert (again.turns_created, again.turns_existing, again.labels_unchanged, again.passages_added) == (0, 1, 1, 0)
+    # Without a query_id the turn is keyed on a hash of the stored (redacted) query.
+    unnamed = label_record_parse({**_import_line(), "query_id": None}, origin="labels.jsonl, line 1")
+    labels_import(knowledge_base=knowledge_base, records=[unnamed])
+    labels_import(knowledge_base=knowledge_base, records=[unnamed])
+    assert Turn.objects.filter(imported=True).count() == 2
+    assert "bob.jones" not in " ".join(Turn.objects.values_list("query", flat=True))
+
+
+def test_a_label_import_under_reject_is_refused_naming_the_line(knowledge_base, curator):
+    from curation.services.label_io import labels_import
+    from curation.services.label_io.records import label_record_parse
+    from knowledge.models import Turn
+
+    knowledge_base_personal_data_mode_set(knowledge_base=knowledge_base, mode="reject")
+    record = label_record_parse(_import_line(), origin="labels.jsonl, line 1")
+    with pytest.raises(PersonalDataRejected) as refused:
+        labels_import(knowledge_base=knowledge_base, records=[record])
+    assert "labels.jsonl, line 1 query" in str(refused.value) and refused.value.status_code == 422
+    assert not Turn.objects.filter(imported=True).exists() and not Label.objects.exists()

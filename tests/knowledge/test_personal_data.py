@@ -132,3 +132,60 @@ def test_an_unknown_mode_is_refused(db):
     with pytest.raises(InvalidInput):
         knowledge_base_personal_data_mode_set(knowledge_base=knowledge_base, mode="")
     assert KnowledgeBase.objects.get(slug="kb-y").personal_data_mode == "reject"
+
+
+def test_turn_metadata_strings_are_redacted_at_any_depth_and_never_refuse(api, knowledge_base):
+    metadata = {"user_email": "bob.jones@example.org", "client": {"ip": "10.0.0.12", "tags": ["vip", "+1 415-555-0132"]}, "n": 3}
+    set_mode(knowledge_base, "redact")
+    assert ingest_one(api, metadata=metadata).status_code == 200
+    assert Turn.objects.get().metadata == {
+        "user_email": "<EMAIL>", "client": {"ip": "<IP_ADDRESS>", "tags": ["vip", "<PHONE_NUMBER>"]}, "n": 3,
+    }  # fmt: skip
+    # Under reject what the app attached is redacted too: only what the person wrote refuses.
+    set_mode(knowledge_base, "reject")
+    clean_query = {"turns": [{"external_id": "t-2", "query": "statins?", "metadata": metadata}]}
+    assert post_json(api, f"{API}/kbs/test-kb/turns", clean_query).status_code == 200
+    assert Turn.objects.get(external_id="t-2").metadata["user_email"] == "<EMAIL>"
+
+
+def test_conversation_metadata_is_redacted(api, knowledge_base):
+    set_mode(knowledge_base, "redact")
+    payload = {"external_id": "log-m", "metadata": {"contact": "ann@example.com"},
+               "messages": [{"role": "user", "content": "statins?"}, {"role": "assistant", "content": "Yes."}]}
+    assert post_json(api, f"{API}/kbs/test-kb/conversations", payload).status_code == 200
+    assert Conversation.objects.get().metadata == {"contact": "<EMAIL>"}
+
+
+def test_an_end_user_reference_holding_personal_data_is_stored_as_a_keyed_digest(api, knowledge_base):
+    from knowledge.services.personal_data import end_user_digest
+
+    set_mode(knowledge_base, "redact")
+    messages = [{"role": "user", "content": "statins?"}, {"role": "assistant", "content": "Yes."}]
+    for external_id, end_user in (("log-a", "ann@example.com"), ("log-b", "ann@example.com"), ("log-c", "user-42")):
+        payload = {"external_id": external_id, "end_user": end_user, "messages": messages}
+        assert post_json(api, f"{API}/kbs/test-kb/conversations", payload).status_code == 200
+    stored = dict(Conversation.objects.values_list("external_id", "end_user"))
+    digest = end_user_digest("ann@example.com")
+    assert stored == {"log-a": digest, "log-b": digest, "log-c": "user-42"}
+    assert digest.startswith("pd-") and "ann" not in digest
+    # Listing by the reference as the app knows it still finds both of Ann's conversations.
+    listed = api.get(f"{API}/kbs/test-kb/conversations", {"end_user": "ann@example.com"}).json()
+    assert sorted(c["external_id"] for c in listed["items"]) == ["log-a", "log-b"]
+    # Under off the reference is stored as sent.
+    set_mode(knowledge_base, "off")
+    payload = {"external_id": "log-d", "end_user": "ann@example.com", "messages": messages}
+    assert post_json(api, f"{API}/kbs/test-kb/conversations", payload).status_code == 200
+    assert Conversation.objects.get(external_id="log-d").end_user == "ann@example.com"
+
+
+def test_a_chat_with_an_e_mail_as_user_continues_its_conversation_under_redact(api, embedded_knowledge_base):
+    set_mode(embedded_knowledge_base, "redact")
+    question = {"role": "user", "content": "Which enzyme do statins inhibit?"}
+    first = post_json(api, "/v1/chat/completions", {"model": "test-kb", "user": "ann@example.com", "messages": [question]}).json()
+    answer = {"role": "assistant", "content": first["choices"][0]["message"]["content"]}
+    follow_up = {"role": "user", "content": "Does it cause muscle pain?"}
+    second = post_json(
+        api, "/v1/chat/completions", {"model": "test-kb", "user": "ann@example.com", "messages": [question, answer, follow_up]}
+    ).json()
+    assert second["conversation_id"] == first["conversation_id"]
+    assert Conversation.objects.get().end_user.startswith("pd-")

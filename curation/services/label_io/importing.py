@@ -3,7 +3,7 @@ imported turns with curator labels."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -14,11 +14,12 @@ from django.db import transaction
 from curation.models import FailureTag, Label, Membership
 from curation.permissions import CURATOR_GROUP
 from curation.services.label_io.records import LabelFileError, LabelRecord
-from curation.services.labels import LabelInput, label_payload, label_submit
+from curation.services.labels import LabelInput, label_input_scrubbed, label_payload, label_submit
 from curation.signals import labels_finalised_send_on_commit
 from knowledge.errors import InvalidInput
 from knowledge.models import Document, KnowledgeBase, RetrievedPassage, Turn
 from knowledge.services.audit import audit_record
+from knowledge.services.personal_data import PersonalDataScrubber
 from knowledge.services.turns import (
     MAX_TURNS_PER_BATCH,
     PassageRecord,
@@ -79,7 +80,12 @@ def _documents_for(*, knowledge_base: KnowledgeBase, records: list[LabelRecord])
 
 
 def _resolve(
-    *, records: list[LabelRecord], documents: dict[str, Document], skip_missing: bool, result: LabelImportResult
+    *,
+    records: list[LabelRecord],
+    documents: dict[str, Document],
+    skip_missing: bool,
+    result: LabelImportResult,
+    scrubber: PersonalDataScrubber,
 ) -> list[tuple[LabelRecord, list[tuple[_Passage, str]]]]:
     missing = [
         (ref.origin, ref.document)
@@ -103,10 +109,12 @@ def _resolve(
             if ref.document and ref.document not in documents:
                 continue
             document = documents.get(ref.document)
+            # As turns_ingest will store the copy (redacted under redact and reject), so the
+            # stored passage is found again by this key.
             passage = _Passage(
                 document_external_id=ref.document,
-                text=ref.text or document.text,
-                title=ref.title or (document.title if document is not None else ""),
+                text=scrubber.produced(ref.text or document.text),
+                title=scrubber.produced(ref.title or (document.title if document is not None else "")),
             )
             if passage.key in seen:
                 raise LabelFileError(f"the same passage is listed twice ({_describe(passage)})", origin=record.origin)
@@ -117,6 +125,27 @@ def _resolve(
             continue
         resolved.append((record, passages))
     return resolved
+
+
+def _records_scrubbed(*, knowledge_base: KnowledgeBase, records: list[LabelRecord]) -> list[LabelRecord]:
+    """The records' queries as the imported turns are to store them under the knowledge base's
+    personal-data mode (PersonalDataRejected, a 422 naming the lines, under reject), before
+    anything is keyed on them: a query without a query_id is found again by a hash of its stored
+    text, so a re-import of the same file finds the redacted turn instead of clashing with it.
+    The labels' own texts are checked by label_submit; passage copies in `_resolve`."""
+    scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+    if not scrubber.active:
+        return records
+    scrubbed = [
+        replace(
+            record,
+            query=scrubber.written(record.query, where=f"{record.origin} query"),
+            rewritten_query=None if record.rewritten_query is None else scrubber.produced(record.rewritten_query),
+        )
+        for record in records
+    ]
+    scrubber.raise_if_rejected()
+    return scrubbed
 
 
 def _describe(passage: _Passage) -> str:
@@ -200,13 +229,17 @@ def labels_import(
     """
     if not records:
         raise InvalidInput("Nothing to import.")
+    records = _records_scrubbed(knowledge_base=knowledge_base, records=records)
     result = LabelImportResult()
     with transaction.atomic():
         # One import (or ingest) per knowledge base at a time, so two runs of one file cannot
         # both create a turn or a label; the checks below read under this lock.
         KnowledgeBase.objects.select_for_update().get(pk=knowledge_base.pk)
         documents = _documents_for(knowledge_base=knowledge_base, records=records)
-        resolved = _resolve(records=records, documents=documents, skip_missing=skip_missing, result=result)
+        scrubber = PersonalDataScrubber.for_knowledge_base(knowledge_base)
+        resolved = _resolve(
+            records=records, documents=documents, skip_missing=skip_missing, result=result, scrubber=scrubber
+        )
         _check_consistency(resolved)
         if not resolved:
             return result
@@ -321,6 +354,9 @@ def labels_import(
                     )
                 ),
             )
+            # Compared as it would be stored (redacted under the personal-data mode), so an
+            # unchanged line of a re-imported file counts as unchanged.
+            data = label_input_scrubbed(knowledge_base=knowledge_base, data=data)
             if label is not None and label_payload(label) == _payload(data):
                 result.labels_unchanged += 1
                 continue

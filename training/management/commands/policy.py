@@ -40,6 +40,10 @@ def _policy_summary(status) -> dict:
         "auto_promote": policy.auto_promote,
         "include_synthetic": policy.include_synthetic,
         "running_cycle": status.running_cycle.pk if status.running_cycle else None,
+        "erased_data_action": policy.erased_data_action,
+        "erased_data_deadline_days": policy.erased_data_deadline_days,
+        "erased_live_version": status.erased.version.name if status.erased else None,
+        "erasure_deadline": status.erased.deadline.isoformat() if status.erased and status.erased.deadline else None,
     }
 
 
@@ -97,6 +101,11 @@ class Command(BaseCommand):
         change.add_argument("--gate-margin", type=float)
         change.add_argument("--guard", action="append", default=None, metavar="METRIC=TOLERANCE", help="replaces all guards")
         change.add_argument("--gate-min-queries", type=int)
+        change.add_argument(
+            "--erased-data", dest="erased_data_action", choices=["next_cycle", "deadline"],
+            help="a live version trained on erased data: retrain at the next check, or replace by a deadline",
+        )  # fmt: skip
+        change.add_argument("--erased-data-deadline-days", type=int, help="days after the erasure (with --erased-data deadline)")
         for flag in ("enabled", "auto-promote", "include-synthetic"):
             group = change.add_mutually_exclusive_group()
             group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), action="store_true", default=None)
@@ -141,7 +150,8 @@ class Command(BaseCommand):
             ("name", "name"), ("mode", "mode"), ("schedule", "schedule"), ("timezone", "timezone"),
             ("gate_metric", "gate_metric"), ("gate_margin", "gate_margin"), ("gate_min_queries", "gate_min_queries"),
             ("enabled", "enabled"), ("auto_promote", "auto_promote"), ("min_new_labels", "min_new_labels"),
-            ("include_synthetic", "include_synthetic"),
+            ("include_synthetic", "include_synthetic"), ("erased_data_action", "erased_data_action"),
+            ("erased_data_deadline_days", "erased_data_deadline_days"),
         ]:  # fmt: skip
             if options.get(option) is not None:
                 changes[field] = options[option]

@@ -32,6 +32,7 @@ from training.services.loop.cycles import (
 from training.services.loop.policies import (
     POLICY_FIELDS,
     new_final_labels,
+    policy_erased_live_version,
     policy_next_run_at,
     retraining_policy_set,
 )
@@ -50,15 +51,25 @@ __all__ = [
     "loop_tick",
     "new_final_labels",
     "next_fire_time",
+    "policy_erased_live_version",
     "policy_next_run_at",
     "retraining_policy_set",
 ]
 
 
 def _policy_check(policy: RetrainingPolicy, now) -> LoopCycle | None:
-    """Start a cycle if the policy's schedule came due or enough new labels arrived."""
+    """Start a cycle if the live version was trained on erased data (at once, or by the
+    deadline, as the policy says), the policy's schedule came due or enough new labels arrived."""
     if LoopCycle.objects.filter(policy=policy, status=LoopCycle.Status.RUNNING).exists():
         return None
+    erased = policy_erased_live_version(policy)
+    # One cycle per flagging: a cycle the gate refuses is not started again at every tick; the
+    # schedule and the label threshold still apply, and an admin can run one by hand.
+    if erased is not None and not erased.cycle_started and (erased.deadline is None or erased.deadline <= now):
+        why = f"live version {erased.version.name} was trained on erased data"
+        if erased.deadline is not None:
+            why += f" (to be replaced by {erased.deadline:%Y-%m-%d %H:%M} UTC)"
+        return loop_cycle_start(policy=policy, trigger=LoopCycle.Trigger.ERASURE, note=why)
     due_at = policy_next_run_at(policy)
     if due_at is not None and due_at <= now:
         # Recorded even when the start is refused (the component is training): a missed time

@@ -3,16 +3,26 @@ its triggers see: the next scheduled time and the final labels since the last sn
 knows (trained on, started a cycle with, or pinned as the evaluation set)."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from curation.selectors import turn_final_judgments
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import KnowledgeBase, Turn
 from knowledge.services.audit import audit_record
-from training.models import Component, DatasetSnapshot, EvaluationSet, LoopCycle, RetrainingPolicy, TrainingRun
+from training.models import (
+    Component,
+    DatasetSnapshot,
+    ErasedDataAction,
+    EvaluationSet,
+    LoopCycle,
+    ModelVersion,
+    RetrainingPolicy,
+    TrainingRun,
+)
 from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RETRIEVER_METRICS
 from training.services.loop.schedule import cron_parse, next_fire_time, time_zone_get
 from training.services.runs.parameters import LABEL_FREE_MODES, validated_parameters
@@ -25,7 +35,10 @@ NAME_MAX_LENGTH = 100
 POLICY_FIELDS = (
     "name", "enabled", "mode", "parameters", "schedule", "timezone", "min_new_labels",
     "gate_metric", "gate_margin", "gate_guards", "gate_min_queries", "auto_promote", "include_synthetic",
+    "erased_data_action", "erased_data_deadline_days",
 )  # fmt: skip
+MAX_ERASED_DATA_DEADLINE_DAYS = 3650
+DEFAULT_ERASED_DATA_DEADLINE_DAYS = 30
 
 
 def _number(name: str, value, *, kind=float, low: float | None = None, high: float | None = None):
@@ -80,7 +93,17 @@ def _validated(knowledge_base: KnowledgeBase, component: str, values: dict) -> d
         if metric not in metrics:
             raise InvalidInput(f"Guard metric {metric!r} is not a {component} metric; choose among {', '.join(metrics)}.")
         _number(f"The tolerance of guard {metric}", tolerance, low=0, high=1)
+    erased_data_action = values.get("erased_data_action") or ErasedDataAction.NEXT_CYCLE
+    if erased_data_action not in ErasedDataAction.values:
+        raise InvalidInput(
+            f"erased_data_action {erased_data_action!r} is unknown; choose one of {', '.join(ErasedDataAction.values)}."
+        )
+    deadline_days = values.get("erased_data_deadline_days")
+    deadline_days = DEFAULT_ERASED_DATA_DEADLINE_DAYS if deadline_days in (None, "") else deadline_days
+    deadline_days = _number("erased_data_deadline_days", deadline_days, kind=int, low=1, high=MAX_ERASED_DATA_DEADLINE_DAYS)
     return {
+        "erased_data_action": erased_data_action,
+        "erased_data_deadline_days": deadline_days,
         "name": name,
         "enabled": enabled,
         "mode": mode,
@@ -137,6 +160,41 @@ def retraining_policy_set(*, knowledge_base: KnowledgeBase, component: str, chan
             after={"component": component, **{field: after[field] for field in changed}},
         )  # fmt: skip
     return policy
+
+
+@dataclass(frozen=True)
+class ErasedLiveVersion:
+    """The component's live version, trained on erased data, and what its policy makes of it."""
+
+    version: ModelVersion
+    flagged_at: datetime
+    # When a replacing cycle must have started (None: the policy retrains at its next check).
+    deadline: datetime | None
+    # Whether a cycle was already started for it since it was flagged.
+    cycle_started: bool
+
+
+def policy_erased_live_version(policy: RetrainingPolicy) -> ErasedLiveVersion | None:
+    """The policy component's live version when it is flagged trained_on_erased_data (None: the
+    live version is clean, or there is none)."""
+    live = (
+        ModelVersion.objects.filter(
+            knowledge_base_id=policy.knowledge_base_id, component=policy.component, status=ModelVersion.Status.LIVE,
+            trained_on_erased_data=True,
+        )  # fmt: skip
+        .select_related("erasure_receipt")
+        .first()
+    )
+    if live is None:
+        return None
+    flagged_at = live.erasure_receipt.created_at if live.erasure_receipt_id else live.created_at
+    deadline = None
+    if policy.erased_data_action == ErasedDataAction.DEADLINE:
+        deadline = flagged_at + timedelta(days=policy.erased_data_deadline_days)
+    started = LoopCycle.objects.filter(policy=policy, created_at__gte=flagged_at).filter(
+        Q(trigger=LoopCycle.Trigger.ERASURE) | Q(status=LoopCycle.Status.RUNNING)
+    )
+    return ErasedLiveVersion(version=live, flagged_at=flagged_at, deadline=deadline, cycle_started=started.exists())
 
 
 def policy_next_run_at(policy: RetrainingPolicy) -> datetime | None:
