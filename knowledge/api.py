@@ -25,6 +25,7 @@ from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict
 
 from knowledge.errors import Forbidden, InvalidInput, NotFound, PersonalDataRejected, ServiceError
 from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, RetrievalMode, Turn
+from knowledge.rate_limits import API, INGEST, rate_limit_hit
 from knowledge.selectors import (
     conversation_turns,
     conversations_list,
@@ -72,7 +73,27 @@ class JsonObjectParser(Parser):
         return body
 
 
-api = NinjaAPI(
+class RagloopApi(NinjaAPI):
+    """The API, whose OpenAPI document also says that a 429 carries Retry-After (ninja's
+    response declarations name bodies only)."""
+
+    def get_openapi_schema(self, **kwargs):
+        schema = super().get_openapi_schema(**kwargs)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if str(status) == "429":
+                        response["description"] = "Rate limit exceeded (requests per minute per token and knowledge base)"
+                        response["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        return schema
+
+
+RETRY_AFTER_HEADER = {
+    "description": "Seconds until the token's budget on this knowledge base opens again.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+api = RagloopApi(
     title="ragloop API",
     version="1",
     description="Serve RAG answers with the live model versions, log turns, ingest documents.",
@@ -169,7 +190,13 @@ def _require(request: HttpRequest, *scopes: str) -> None:
         raise Forbidden(f"This token may not {wanted}; its scopes are {', '.join(request.auth.scopes) or 'none'}.")
 
 
-def _knowledge_base_for(request: HttpRequest, slug: str, *scopes: str) -> KnowledgeBase:
+def _throttle(request: HttpRequest, knowledge_base: KnowledgeBase | None, budget: str = API) -> None:
+    """Count the request against the token's budget on the knowledge base: 429 past it
+    (knowledge.rate_limits)."""
+    rate_limit_hit(token_id=request.auth.pk, knowledge_base_id=knowledge_base.pk if knowledge_base else None, budget=budget)
+
+
+def _knowledge_base_for(request: HttpRequest, slug: str, *scopes: str, budget: str = API) -> KnowledgeBase:
     _require(request, *scopes)
     if "\x00" in slug:  # "%00" in the URL; no slug has one, and Postgres cannot compare it
         raise NotFound(f"Knowledge base {slug!r} not found.")
@@ -177,6 +204,7 @@ def _knowledge_base_for(request: HttpRequest, slug: str, *scopes: str) -> Knowle
     if not api_token_can_access(token=request.auth, knowledge_base=knowledge_base):
         # The same answer as an unknown KB: a token must not learn which KBs exist.
         raise NotFound(f"Knowledge base {slug!r} not found.")
+    _throttle(request, knowledge_base, budget)
     return knowledge_base
 
 
@@ -201,6 +229,7 @@ def _turn_for(request: HttpRequest, turn_id: int, *scopes: str) -> Turn:
     turn = _turn_loaded(turn_id)
     if turn is None or not api_token_can_access(token=request.auth, knowledge_base=turn.knowledge_base):
         raise NotFound(f"Turn {turn_id} not found.")
+    _throttle(request, turn.knowledge_base)
     return turn
 
 
@@ -208,7 +237,7 @@ def _turn_for(request: HttpRequest, turn_id: int, *scopes: str) -> Turn:
 
 
 class ErrorOut(Schema):
-    detail: str
+    detail: str = Field(description="What went wrong. A 429 (rate limit) also sends Retry-After: seconds to wait.")
     # A 422 for personal data the knowledge base rejects: the types found (EMAIL_ADDRESS, ...).
     entity_types: list[str] | None = None
 
@@ -504,12 +533,14 @@ def _time(value: str | None, *, field: str):
 
 kbs = Router(tags=["knowledge bases"])
 turns = Router(tags=["turns"])
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+# 429: over the token's requests per minute on the knowledge base (knowledge.rate_limits), with Retry-After.
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut, 429: ErrorOut}
 
 
 @kbs.get("", response={200: list[KnowledgeBaseOut], **ERRORS})
 def knowledge_base_list(request):
     _require(request, "read", "ask", "ingest")
+    _throttle(request, None)
     visible = api_token_knowledge_bases(token=request.auth).select_related("live_space").order_by("slug")
     return [
         {
@@ -587,7 +618,7 @@ def retrieve(request, slug: str, payload: RetrieveIn):
 @kbs.post("/{slug}/turns", response={200: TurnBatchOut, **ERRORS})
 def turns_ingest_batch(request, slug: str, payload: TurnBatchIn):
     """Log turns from an external RAG app. Idempotent: a known external id is left as it is."""
-    knowledge_base = _knowledge_base_for(request, slug, "ingest")
+    knowledge_base = _knowledge_base_for(request, slug, "ingest", budget=INGEST)
     records = []
     for index, turn in enumerate(payload.turns):
         created_at = _time(turn.created_at, field=f"turns.{index}.created_at")
@@ -630,7 +661,7 @@ def conversation_ingest_one(request, slug: str, payload: ConversationIn):
     """Log a whole conversation in the OpenAI messages format, one turn per assistant message.
     Idempotent on `external_id`: sent again with more messages, only the new turns are added;
     a history that differs from the stored one is refused (409)."""
-    knowledge_base = _knowledge_base_for(request, slug, "ingest")
+    knowledge_base = _knowledge_base_for(request, slug, "ingest", budget=INGEST)
     messages = []
     for index, message in enumerate(payload.messages):
         where = f"messages[{index}]"
@@ -756,6 +787,7 @@ def conversation_get(request, conversation_id: int):
     conversation = Conversation.objects.select_related("knowledge_base").filter(pk=conversation_id).first()
     if conversation is None or not api_token_can_access(token=request.auth, knowledge_base=conversation.knowledge_base):
         raise NotFound(f"Conversation {conversation_id} not found.")
+    _throttle(request, conversation.knowledge_base)
     turns_in_order = conversation_turns(conversation=conversation).select_related("knowledge_base", "conversation")
     return {**_conversation_out(conversation), "turns": [_turn_out(t) for t in turns_in_order]}
 

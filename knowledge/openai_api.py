@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from knowledge.errors import ServiceError, Unauthenticated
 from knowledge.models import KnowledgeBase, Turn
+from knowledge.rate_limits import RateLimited, rate_limit_hit
 from knowledge.services.conversations import chat_ask
 from knowledge.services.tokens import (
     api_token_authenticate,
@@ -43,6 +44,13 @@ class OpenAIError(Exception):
     def response(self) -> JsonResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return JsonResponse(body, status=self.status)
+
+
+def _rate_limited_response(error: RateLimited) -> JsonResponse:
+    # OpenAI's own 429 shape; the official clients wait for Retry-After before they retry.
+    response = openai_error_response(429, str(error), type="requests", code="rate_limit_exceeded")
+    response["Retry-After"] = str(error.retry_after_seconds)
+    return response
 
 
 def openai_error_response(status: int, message: str, **kwargs) -> JsonResponse:
@@ -119,6 +127,7 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
             raise OpenAIError(403, "This API key may not ask (it lacks the 'ask' scope).", code="insufficient_scope")
         body = _parse_body(request)
         knowledge_base, pinned_version = _model(token, body.get("model"))
+        rate_limit_hit(token_id=token.pk, knowledge_base_id=knowledge_base.pk)
         if pinned_version and pinned_version != _live_generator_version(knowledge_base):
             raise OpenAIError(
                 404,
@@ -154,6 +163,8 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
         )
     except OpenAIError as error:
         return error.response()
+    except RateLimited as error:
+        return _rate_limited_response(error)
     except ServiceError as error:
         # OpenAI answers every invalid request with 400 (clients raise BadRequestError for it).
         status = 400 if error.status_code == 422 else error.status_code
@@ -257,8 +268,11 @@ def models_list(request: HttpRequest) -> HttpResponse:
         if request.method != "GET":
             raise OpenAIError(405, "Use GET for /v1/models.")
         token = _authenticated(request)
+        rate_limit_hit(token_id=token.pk, knowledge_base_id=None)
     except OpenAIError as error:
         return error.response()
+    except RateLimited as error:
+        return _rate_limited_response(error)
     visible = api_token_knowledge_bases(token=token).order_by("slug")
     return JsonResponse(
         {

@@ -88,3 +88,39 @@ def test_a_stopped_redis_comes_back_on_the_port_it_had(tmp_path, monkeypatch):
         assert devservices._redis_ping(int(first.rsplit(":", 1)[1].split("/")[0]))
     finally:
         devservices._stop_redis()
+
+
+def test_the_deploy_check_finds_no_warning_in_production_settings():
+    """What CI asks of the production settings: `check --deploy --fail-level WARNING` with the
+    environment they need (a strong key, the hosts, external services), axes' checks included."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL", "RAGLOOP_"))}
+    env = {
+        **clean,
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "DJANGO_SECRET_KEY": GOOD_KEY,
+        "DJANGO_ALLOWED_HOSTS": "ragloop.example.com",
+        **SERVICES,
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout + result.stderr
+
+
+def test_a_domain_without_https_subdomains_turns_hsts_subdomains_off_and_still_passes():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
+    env = {
+        **clean,
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "DJANGO_SECRET_KEY": GOOD_KEY,
+        "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "false",
+        **SERVICES,
+    }
+    probe = "from django.conf import settings as s; print(s.SECURE_HSTS_INCLUDE_SUBDOMAINS, s.SECURE_HSTS_PRELOAD)"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False False"

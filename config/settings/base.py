@@ -5,6 +5,7 @@ are unset, the embedded services started by `manage.py devservices start` are us
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -44,6 +45,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # ninja in INSTALLED_APPS makes its API docs page use the bundled Swagger UI, not a CDN.
     "ninja",
+    # Login lockout after repeated failures (django-axes, docs/deployment.md "Login lockout").
+    "axes",
     "knowledge",
     "curation",
     "training",
@@ -63,6 +66,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: it turns a locked-out login into the lockout page (429).
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes checks every login against its failure records before Django's own backend runs.
+# https://django-axes.readthedocs.io/en/latest/2_installation.html
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -94,6 +106,28 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
+
+# --- Login lockout (django-axes, https://django-axes.readthedocs.io/en/latest/4_configuration.html)
+# Failures are rows in PostgreSQL (the database handler), so every web process, gunicorn worker
+# and machine sees the same count and a lockout holds across all of them.
+# https://django-axes.readthedocs.io/en/latest/8_reference.html#handlers
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+# After this many failed logins the pair below is refused, even with the right password...
+AXES_FAILURE_LIMIT = env_int("RAGLOOP_LOGIN_FAILURE_LIMIT", 5)
+# ...until this many minutes after the last failure (a timedelta, as axes wants).
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("RAGLOOP_LOGIN_COOLOFF_MINUTES", 15))
+# What is locked: one username from one client address. Someone guessing a curator's password
+# from elsewhere cannot lock the curator out, and one address guessing cannot try another
+# user's password past the limit either. The address is REMOTE_ADDR (docs/deployment.md: set
+# gunicorn's --forwarded-allow-ips behind a proxy, or every client is the proxy's address).
+# https://django-axes.readthedocs.io/en/latest/4_configuration.html#customizing-lockout-parameters
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# A successful login forgets the earlier failures of that username and address.
+AXES_RESET_ON_SUCCESS = True
+# The lockout answer: our page, 429 Too Many Requests (never a 500).
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# Admins unlock with `manage.py axes_reset` (all), `axes_reset_username NAME` or `axes_reset_ip IP`.
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -171,6 +205,17 @@ RAGLOOP_SYNTHETIC_QUESTIONS_MODEL = os.environ.get("RAGLOOP_SYNTHETIC_QUESTIONS_
 # How often beat's loop tick checks retraining policies (schedules and label counts) and moves
 # running cycles on; also the period of the stalled-run sweepers.
 RAGLOOP_LOOP_TICK_SECONDS = env_int("RAGLOOP_LOOP_TICK_SECONDS", 60)
+
+# --- API rate limits (knowledge.rate_limits, docs/deployment.md "Rate limits") -----------
+# Requests per minute one API token may send to one knowledge base (fixed one-minute windows,
+# counted in Redis by the `limits` library, https://limits.readthedocs.io/en/stable/strategies.html#fixed-window,
+# so every web worker shares the count); past it: 429 with Retry-After. 0 turns a limit off.
+RAGLOOP_API_RATE_LIMIT_PER_MINUTE = env_int("RAGLOOP_API_RATE_LIMIT_PER_MINUTE", 600)
+# Logging turns (POST /kbs/{slug}/turns and /conversations) has its own, larger budget: an app
+# logs every turn it serves, and a batch is one request.
+RAGLOOP_API_INGEST_RATE_LIMIT_PER_MINUTE = env_int("RAGLOOP_API_INGEST_RATE_LIMIT_PER_MINUTE", 3000)
+# Where the counters live; the broker's Redis unless told otherwise.
+RAGLOOP_RATE_LIMIT_REDIS_URL = os.environ.get("RAGLOOP_RATE_LIMIT_REDIS_URL") or REDIS_URL
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -------------
 CELERY_BROKER_URL = REDIS_URL

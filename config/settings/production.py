@@ -58,7 +58,20 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = os.environ.get("DJANGO_SECURE_SSL_REDIRECT", "true").lower() == "true"
 # https://docs.djangoproject.com/en/5.2/ref/middleware/#http-strict-transport-security
 SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
-SECURE_HSTS_INCLUDE_SUBDOMAINS = os.environ.get("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", "false").lower() == "true"
+# HSTS for every subdomain too, and the preload flag (which lets the domain be submitted to the
+# browsers' preload list; sending it submits nothing). Both on by default so `check --deploy
+# --fail-level WARNING` passes (tests/test_config.py runs it as CI does). A domain whose
+# subdomains are not all HTTPS sets DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS=false (and then
+# preload, which requires it, goes off too); that choice is the operator's, so the two checks
+# that would only repeat it (security.W005, W021) are silenced with it.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secure-hsts-include-subdomains
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secure-hsts-preload
+SECURE_HSTS_INCLUDE_SUBDOMAINS = os.environ.get("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", "true").lower() == "true"
+SECURE_HSTS_PRELOAD = SECURE_HSTS_INCLUDE_SUBDOMAINS and os.environ.get("DJANGO_SECURE_HSTS_PRELOAD", "true").lower() == "true"
+SILENCED_SYSTEM_CHECKS = [
+    *([] if SECURE_HSTS_INCLUDE_SUBDOMAINS else ["security.W005"]),
+    *([] if SECURE_HSTS_PRELOAD else ["security.W021"]),
+]
 if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", "false").lower() == "true":
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
