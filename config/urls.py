@@ -10,3 +10,6 @@ urlpatterns = [
     path("", include("curation.urls")),
     path("", include("training.urls")),
 ]
+
+# A database or task-queue outage is a 503 with Retry-After, not a 500 page (knowledge.error_views).
+handler500 = "knowledge.error_views.server_error"

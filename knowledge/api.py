@@ -23,6 +23,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, Strict, StrictInt
 
+from knowledge.error_views import OUTAGE_ERRORS, outage_of, outage_response
 from knowledge.errors import Forbidden, InvalidInput, NotFound, PersonalDataRejected, ServiceError
 from knowledge.models import ApiToken, Conversation, EmbeddingJob, KnowledgeBase, RetrievalMode, Turn
 from knowledge.rate_limits import API, INGEST, rate_limit_hit
@@ -155,6 +156,16 @@ def on_suspicious_request(request, error: SuspiciousOperation):
 def on_malformed_multipart(request, error: MultiPartParserError):
     # e.g. a multipart Content-Type without a boundary
     return api.create_response(request, {"detail": f"The multipart body is malformed: {error}"}, status=400)
+
+
+def on_outage(request, error: Exception):
+    # PostgreSQL or Redis cannot be reached: 503 with Retry-After, whatever DEBUG says
+    # (knowledge.error_views answers the same for the pages and for errors outside a view).
+    return outage_response(request, outage_of(error) or "database")
+
+
+for _outage_error in OUTAGE_ERRORS:
+    api.add_exception_handler(_outage_error, on_outage)
 
 
 @api.exception_handler(AuthenticationError)

@@ -97,7 +97,15 @@ TEMPLATES = [
 ]
 
 # https://github.com/jazzband/dj-database-url
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60) if DATABASE_URL else {}}
+# Connections are kept for a minute and checked before reuse (CONN_HEALTH_CHECKS): after a
+# PostgreSQL restart the next request reconnects instead of failing on a dead connection.
+# connect_timeout bounds the wait for a server that does not answer (docs/deployment.md).
+RAGLOOP_DATABASE_CONNECT_TIMEOUT_SECONDS = env_int("RAGLOOP_DATABASE_CONNECT_TIMEOUT_SECONDS", 5)
+DATABASES = {
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True) if DATABASE_URL else {}
+}
+if DATABASES["default"]:
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", RAGLOOP_DATABASE_CONNECT_TIMEOUT_SECONDS)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -239,6 +247,22 @@ CELERY_TASK_ROUTES = {
     "curation.tasks.synthetic_question_job_execute_task": {"queue": "embedding"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Bounded waits on Redis (docs/deployment.md, "When Redis or PostgreSQL goes away"). A request
+# that queues a task gives up after about RAGLOOP_REDIS_SOCKET_TIMEOUT_SECONDS per attempt and
+# two quick retries, and answers 503; without socket timeouts a Redis that hangs (stopped,
+# or a network partition) would hold the request forever. A worker whose broker went away
+# reconnects for as long as it takes (no retry limit), so it consumes again once Redis is back.
+RAGLOOP_REDIS_SOCKET_TIMEOUT_SECONDS = env_int("RAGLOOP_REDIS_SOCKET_TIMEOUT_SECONDS", 5)
+CELERY_BROKER_CONNECTION_TIMEOUT = RAGLOOP_REDIS_SOCKET_TIMEOUT_SECONDS
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": RAGLOOP_REDIS_SOCKET_TIMEOUT_SECONDS,
+    "socket_connect_timeout": RAGLOOP_REDIS_SOCKET_TIMEOUT_SECONDS,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+    "retry_on_timeout": False,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_BEAT_SCHEDULE = {
     "resume-stalled-embedding-jobs": {
         "task": "knowledge.tasks.embedding_jobs_resume_stalled_task",
