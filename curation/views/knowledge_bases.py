@@ -13,6 +13,7 @@ from curation.permissions import knowledge_bases_for, user_can_curate, user_is_a
 from curation.selectors import turn_personal_data_flags
 from curation.services.personal_data import turn_personal_data_clear
 from curation.views.access import fragment, knowledge_base_page
+from curation.workbench_selectors import turn_label_history
 from knowledge.errors import Forbidden, ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
 from knowledge.selectors import live_version_names, live_version_names_of
@@ -97,6 +98,7 @@ def turn_detail(request, turn_id: int):
         "personal_data_flags": flags,
         "personal_data_held": any(label.personal_data_cleared_at is None for label in flags),
         "is_admin": user_is_admin(request.user),
+        "history": turn_label_history(turn=turn),
     }
     return render(request, "curation/turn_detail.html", context)
 

@@ -7,6 +7,7 @@ Pages of a knowledge base answer 404 to non-members and 403 to members who are n
 
 from datetime import timedelta
 
+from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.db import transaction
 from django.http import HttpResponse
@@ -34,6 +35,7 @@ from curation.services.accounts import (
     invitation_accept,
     invitation_create,
     invitation_for_key,
+    invitation_revoke,
     membership_add,
     membership_remove,
 )
@@ -49,6 +51,7 @@ from curation.services.guidelines import knowledge_base_guidelines_set
 from curation.services.queue import knowledge_base_curation_settings_set
 from curation.suggestion_selectors import suggestion_review
 from curation.views.access import admin_page, fragment, knowledge_base_page
+from curation.workbench_selectors import readable
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import KnowledgeBase, PersonalDataMode, Turn
 from knowledge.services.knowledge_bases import knowledge_base_personal_data_mode_set
@@ -255,8 +258,10 @@ def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", st
         "turn": turn,
         "comparison": comparison,
         "rows": rows,
-        "relevances": Relevance.choices,
-        "ratings": AnswerRating.choices,
+        "relevances": [(value, readable(value)) for value in Relevance.values],
+        "ratings": [(value, readable(value)) for value in AnswerRating.values],
+        # A letter per curator: the page's one-key "take A's" / "take B's" (static/js/adjudicate.js).
+        "columns": [{"letter": "abcdefgh"[i], "label": label} for i, label in enumerate(comparison.labels[:8])],
         "selected_rating": submitted.get("answer_rating", comparison.final_rating),
         "gold_answer": submitted.get("gold_answer", comparison.final_gold_answer),
         "note": submitted.get("note", comparison.final_note),
@@ -379,6 +384,11 @@ def settings_page(request, knowledge_base: KnowledgeBase):
     except ServiceError as error:
         context.update(error=str(error), submitted=request.POST)
         return render(request, "curation/review/settings.html", context, status=error.status_code)
+    knowledge_base.refresh_from_db()
+    messages.success(request, (
+        f"Saved: {knowledge_base.labels_per_turn} label{'s' if knowledge_base.labels_per_turn != 1 else ''} per turn, "
+        f"holds of {knowledge_base.hold_minutes} minutes, personal data mode: {knowledge_base.personal_data_mode}."
+    ))
     return redirect("review_settings", slug=knowledge_base.slug)
 
 
@@ -441,6 +451,8 @@ def failure_tag_change(request, knowledge_base: KnowledgeBase):
             "tag_error": str(error),
         }  # fmt: skip
         return render(request, "curation/review/settings.html", context, status=error.status_code)
+    messages.success(request, {"add": "Failure tag added.", "rename": "Failure tag renamed.", "retire": "Failure tag retired.",
+                               "restore": "Failure tag restored."}[action])
     return redirect(reverse("review_settings", args=[knowledge_base.slug]) + "#failure-tags")
 
 
@@ -478,6 +490,18 @@ def invitation_new(request):
     return render(request, "curation/review/invitation_new.html", _invitation_form_context(
         request, created=invitation, link=link, created_kbs=chosen
     ))
+
+
+@require_POST
+@admin_page
+def invitation_revoke_view(request, invitation_id: int):
+    try:
+        invitation = invitation_revoke(invitation_id=invitation_id, actor=request.user)
+    except ServiceError as error:
+        context = _invitation_form_context(request, error=str(error))
+        return render(request, "curation/review/invitation_new.html", context, status=error.status_code)
+    messages.success(request, f"The invitation for {invitation.email} is revoked: its link no longer works.")
+    return redirect("invitation_new")
 
 
 @never_cache
@@ -521,4 +545,5 @@ urlpatterns = [
     path("kbs/<slug:slug>/settings/members/<int:user_id>/remove/", member_remove, name="review_member_remove"),
     path("invitations/new/", invitation_new, name="invitation_new"),
     path("invitations/<str:key>/accept/", invitation_accept_page, name="invitation_accept"),
+    path("invitations/<int:invitation_id>/revoke/", invitation_revoke_view, name="invitation_revoke"),
 ]
