@@ -55,11 +55,9 @@ from curation.workbench_selectors import readable
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import KnowledgeBase, PersonalDataMode, Turn
 from knowledge.services.knowledge_bases import knowledge_base_personal_data_mode_set
+from rag.charts import bar_chart
 
 DISPUTES_SHOWN = 200
-CHART_HEIGHT = 120
-CHART_BAR = 16
-CHART_GAP = 4
 
 
 def knowledge_base_admin_page(view):
@@ -87,29 +85,15 @@ def _clean(value: str) -> str:
 
 
 def _label_chart(labels_per_day) -> dict:
-    """Bar geometry of the labels-per-day chart (inline SVG; no chart library)."""
-    most = max((n for _, n in labels_per_day), default=0)
-    bars = []
-    for i, (day, n) in enumerate(labels_per_day):
-        height = round(CHART_HEIGHT * n / most) if most else 0
-        if n and height < 2:
-            height = 2  # a day with labels stays visible next to a busy day
-        bars.append({
-            "x": i * (CHART_BAR + CHART_GAP),
-            "y": CHART_HEIGHT - height,
-            "height": height,
-            "day": day,
-            "count": n,
-            "tick": i % 7 == 0 or i == len(labels_per_day) - 1,
-        })
-    return {
-        "bars": bars,
-        "most": most,
-        "width": len(labels_per_day) * (CHART_BAR + CHART_GAP),
-        "height": CHART_HEIGHT,
-        "bar_width": CHART_BAR,
-        "total": sum(n for _, n in labels_per_day),
-    }
+    """The labels-per-day chart (rag.charts: a y-axis, dates thinned so none overlap, the
+    day's count on hover), with the figures the page states under it."""
+    counts = [n for _, n in labels_per_day]
+    chart = bar_chart(
+        [float(n) for n in counts],
+        labels=[day.strftime("%-d %b") for day, _ in labels_per_day],
+        titles=[f"{day:%a %-d %b}: {n} label{'s' if n != 1 else ''}" for day, n in labels_per_day],
+    )
+    return {"svg": chart, "most": max(counts, default=0), "total": sum(counts), "label": f"Labels per day, last {len(counts)} days"}
 
 
 TAG_CHART_WIDTH = 420

@@ -354,7 +354,17 @@ def test_dashboard_page_for_members_with_svg_chart(client, curated, curators):
     page = client.get("/kbs/test-kb/dashboard/")
     assert page.status_code == 200
     html = page.content.decode()
-    assert '<svg class="bars"' in html and html.count('<rect class="bar"') == 30
+    assert '<svg class="chart bars"' in html and html.count('<rect class="bar"') == 30
+    import re
+
+    chart = html[html.index('<svg class="chart bars"'):html.index("</svg>")]
+    ticks = re.findall(r'<text class="tick"[^>]*text-anchor="end">([^<]+)</text>', chart)
+    assert ticks[0] == "0" and len(ticks) >= 3  # a y-axis from 0
+    today = timezone.localdate()
+    assert f"<title>{today:%a %-d %b}: " in chart  # the day's count on hover
+    dates = re.findall(r'<text class="tick" x="([\d.]+)" y="[\d.]+" text-anchor="(?:start|middle|end)">(\d+ \w+)</text>', chart)
+    xs = [float(x) for x, _ in dates]
+    assert dates[-1][1] == f"{today:%-d %b}" and all(b - a >= 56 for a, b in zip(xs, xs[1:]))  # no two dates overlap
     assert 'id="ready-retriever">3<' in html and 'id="ready-generator">2<' in html
     assert "/kbs/test-kb/agreement/" not in html  # admin links are for admins
     assert "<script" not in html.split("<main>")[1]  # no chart library
