@@ -751,7 +751,8 @@
     showSaved(imported, saved);
     current.replaceWith(imported);
     document.title = next.title;
-    window.history.pushState({ workbench: true }, "", url);
+    // The address of the turn itself: the notice was for this moment, not for a reload.
+    window.history.pushState({ workbench: true }, "", url.split("?")[0]);
     window.scrollTo(0, 0);
     boot();
     return true;
