@@ -38,6 +38,8 @@ class Invitation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     accepted_at = models.DateTimeField(null=True, blank=True)
+    # Set when an admin revoked the invitation before it was used (curation.services.accounts).
+    revoked_at = models.DateTimeField(null=True, blank=True)
 
 
 class TurnHold(models.Model):

@@ -715,7 +715,7 @@ def guidelines_html(markdown_text: str) -> str:
 @dataclass(frozen=True)
 class InvitationRow:
     invitation: Invitation
-    status: str  # "accepted", "expired" or "pending"
+    status: str  # "accepted", "revoked", "expired" or "pending"
 
 
 def invitations_recent(*, limit: int = 20) -> list[InvitationRow]:
@@ -729,7 +729,10 @@ def invitations_recent(*, limit: int = 20) -> list[InvitationRow]:
     return [
         InvitationRow(
             invitation=invitation,
-            status="accepted" if invitation.accepted_at else "expired" if invitation.expires_at <= now else "pending",
+            status=(
+                "accepted" if invitation.accepted_at else "revoked" if invitation.revoked_at
+                else "expired" if invitation.expires_at <= now else "pending"
+            ),
         )
         for invitation in invitations
     ]

@@ -10,7 +10,16 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from knowledge.errors import InvalidInput, NotFound
-from knowledge.models import ApiToken, Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
+from knowledge.models import (
+    ApiToken,
+    ChunkEmbedding,
+    Conversation,
+    EmbeddingSpace,
+    KnowledgeBase,
+    QueryEncoder,
+    RetrievalMode,
+    Turn,
+)
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
 from knowledge.services.personal_data import end_user_references
@@ -457,3 +466,14 @@ def api_tokens_of_others(*, user) -> QuerySet:
         .prefetch_related("knowledge_bases")
         .order_by("user__username", "-created_at")
     )
+
+
+def live_space_chunks_missing(*, knowledge_base: KnowledgeBase) -> int:
+    """How many of the knowledge base's chunks have no vector yet in its live embedding space
+    (all of them when there is no live space): while it is above 0, asking searches part of
+    the corpus. Two COUNTs."""
+    total = knowledge_base.chunks.count()
+    if knowledge_base.live_space_id is None:
+        return total
+    embedded = ChunkEmbedding.objects.filter(space_id=knowledge_base.live_space_id).count()
+    return max(0, total - embedded)

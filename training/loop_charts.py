@@ -1,5 +1,8 @@
 """Geometry of the loop page's two inline SVG charts (no chart library): the headline metric of
-every version over time with the live one marked, and labels per day against cycles."""
+every version over time with the live one marked, and labels per day against cycles; and the
+models page's chart of every metric over the versions (rag.charts draws the axes)."""
+
+from rag.charts import line_chart
 
 METRIC_WIDTH = 560
 METRIC_HEIGHT = 140
@@ -61,3 +64,27 @@ def labels_and_cycles_chart(labels_per_day, cycles_per_day) -> dict:
         "labels": sum(n for _, n in labels_per_day),
         "cycles": sum(cycles_per_day.values()),
     }
+
+
+def metrics_over_versions(components) -> list[dict]:
+    """One chart per component and metric (training.selectors.ComponentVersions): the metric of
+    each version that has it, oldest first, the live version marked, its value on hover.
+    Versions are evenly spaced by creation order, as on the loop page."""
+    charts = []
+    for group in components:
+        versions = sorted(group.versions, key=lambda version: (version.created_at, version.pk))
+        for name in group.metric_names:
+            scored = [v for v in versions if isinstance(v.metrics.get(name), int | float) and not isinstance(v.metrics.get(name), bool)]
+            if not scored:
+                continue
+            live = next((i for i, v in enumerate(scored) if v.status == "live"), None)
+            chart = line_chart(
+                [float(v.metrics[name]) for v in scored],
+                labels=[v.name for v in scored],
+                titles=[f"{v.name} ({v.status}): {name} {float(v.metrics[name]):.3f}" for v in scored],
+                marked=live,
+                classes=["dot-rejected" if v.status == "rejected" else "" for v in scored],
+            )
+            charts.append({"component": group.component, "metric": name, "svg": chart,
+                           "live": scored[live] if live is not None else None})  # fmt: skip
+    return charts

@@ -19,7 +19,8 @@ from curation.views.access import fragment
 from curation.views.review import knowledge_base_admin_page
 from knowledge.errors import Conflict, InvalidInput, NotFound, ServiceError
 from knowledge.models import KnowledgeBase
-from training.loop_charts import labels_and_cycles_chart, metric_chart
+from rag.charts import line_chart
+from training.loop_charts import labels_and_cycles_chart, metric_chart, metrics_over_versions
 from training.models import Component, ErasureReceipt, RetrainingPolicy, TrainingRun
 from training.selectors import (
     erasure_receipts_list,
@@ -77,16 +78,15 @@ def _curve_chart(curve: list) -> dict | None:
         shown.append(points[-1])
     low = min(loss for _, loss in points)
     high = max(loss for _, loss in points)
-    spread = (high - low) or 1.0
-    last = len(shown) - 1
-    coordinates = " ".join(
-        f"{CURVE_WIDTH * i / last:.1f},{CURVE_HEIGHT - CURVE_HEIGHT * (loss - low) / spread:.1f}"
-        for i, (_, loss) in enumerate(shown)
+    # A y-axis of round ticks and a dot per shown step, its loss on hover (rag.charts).
+    chart = line_chart(
+        [loss for _, loss in shown],
+        labels=[f"step {step}" for step, _ in shown],
+        titles=[f"step {step}: loss {loss:.4f}" for step, loss in shown],
     )
     return {
-        "points": coordinates,
-        "width": CURVE_WIDTH,
-        "height": CURVE_HEIGHT,
+        "svg": chart,
+        "label": f"Training loss over {len(points)} steps; hover a dot for its step and loss",
         "first": points[0],
         "last": points[-1],
         "low": low,
@@ -112,10 +112,12 @@ def _version_or_404(knowledge_base: KnowledgeBase, name: str):
 @require_GET
 @knowledge_base_admin_page
 def models_page(request, knowledge_base: KnowledgeBase):
+    overview = models_overview(knowledge_base=knowledge_base)
     return render(request, "training/models.html", {
         "kb": knowledge_base,
-        "overview": models_overview(knowledge_base=knowledge_base),
+        "overview": overview,
         "export_formats": [f for f in EXPORT_FORMATS if f != "beir"],
+        "metric_trends": metrics_over_versions(overview.components),
     })
 
 

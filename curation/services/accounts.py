@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from curation.models import Invitation, Membership, TurnHold
 from curation.permissions import ADMIN_GROUP, CURATOR_GROUP, user_is_curator
-from knowledge.errors import InvalidInput, NotFound, ServiceError
+from knowledge.errors import Conflict, InvalidInput, NotFound, ServiceError
 from knowledge.models import KnowledgeBase
 from knowledge.services.audit import audit_record
 
@@ -82,8 +82,33 @@ def invitation_for_key(*, key: str, lock: bool = False) -> Invitation:
         raise NotFound("This invitation link is not valid. Ask an admin for a new one.")
     if invitation.accepted_at is not None:
         raise InvitationUnusable("This invitation has already been used. Log in, or ask an admin for a new one.")
+    if invitation.revoked_at is not None:
+        raise InvitationUnusable("This invitation was revoked. Ask an admin for a new one.")
     if invitation.expires_at <= timezone.now():
         raise InvitationUnusable("This invitation has expired. Ask an admin for a new one.")
+    return invitation
+
+
+def invitation_revoke(*, invitation_id: int, actor: AbstractBaseUser) -> Invitation:
+    """Revoke a pending invitation, so its link no longer works; the caller checks that the
+    actor is an admin. An accepted invitation cannot be revoked (remove the user's access
+    instead); revoking one already revoked or expired changes nothing and records nothing."""
+    with transaction.atomic():
+        invitation = Invitation.objects.select_for_update().filter(pk=invitation_id).first()
+        if invitation is None:
+            raise NotFound(f"No invitation {invitation_id}.")
+        if invitation.accepted_at is not None:
+            raise Conflict(
+                f"The invitation for {invitation.email} was accepted already: remove the user's access instead."
+            )
+        if invitation.revoked_at is not None or invitation.expires_at <= timezone.now():
+            return invitation
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(
+            action="invitation.revoke", object_type="invitation", object_id=invitation.pk, actor=actor,
+            before={"email": invitation.email, "status": "pending"}, after={"email": invitation.email, "status": "revoked"},
+        )  # fmt: skip
     return invitation
 
 

@@ -7,6 +7,7 @@ from curation.models import Adjudication, AnswerRating, FailureTag, Label, Relev
 from curation.services.failure_tags import failure_tags_resolve
 from curation.services.labels import MAX_TEXT, turn_label_state_refresh
 from curation.signals import labels_finalised_send_on_commit
+from curation.workbench_selectors import readable
 from knowledge.errors import InvalidInput
 from knowledge.models import Turn
 from knowledge.services.audit import audit_record
@@ -24,6 +25,7 @@ def _text(name: str, value: str) -> str:
 
 
 def _passage_relevance(turn: Turn, raw: dict) -> dict[int, str]:
+    ranks = dict(turn.passages.values_list("pk", "rank"))
     relevance_by_passage: dict[int, str] = {}
     for key, relevance in raw.items():
         try:
@@ -33,11 +35,12 @@ def _passage_relevance(turn: Turn, raw: dict) -> dict[int, str]:
         if relevance in ("", None):
             continue  # not judged
         if relevance not in Relevance.values:
-            raise InvalidInput(f"Passage {passage_id}: {relevance!r} is not one of {', '.join(Relevance.values)}.")
+            where = f"Passage #{ranks[passage_id]}" if passage_id in ranks else f"Passage id {passage_id}"
+            raise InvalidInput(f"{where}: {relevance!r} is not one of {', '.join(readable(v) for v in Relevance.values)}.")
         relevance_by_passage[passage_id] = relevance
-    unknown = sorted(set(relevance_by_passage) - set(turn.passages.values_list("pk", flat=True)))
+    unknown = sorted(set(relevance_by_passage) - set(ranks))
     if unknown:
-        raise InvalidInput(f"Passage(s) {unknown} do not belong to turn {turn.pk}.")
+        raise InvalidInput(f"Passage id(s) {unknown} do not belong to turn {turn.pk}.")
     return relevance_by_passage
 
 
@@ -52,7 +55,13 @@ def _undecided_disagreements(turn: Turn, passages: dict[int, str], answer_rating
         for judgment in label.passage_judgments.all():
             if judgment.retrieved_passage_id:
                 seen.setdefault(judgment.retrieved_passage_id, set()).add(judgment.relevance)
-    open_points = [f"passage {pid}" for pid, values in sorted(seen.items()) if len(values) > 1 and pid not in passages]
+    # Named by rank, as the page shows them, not by database id.
+    ranks = dict(turn.passages.values_list("pk", "rank"))
+    open_points = [
+        f"passage #{ranks.get(pid, '?')}"
+        for pid, values in sorted(seen.items(), key=lambda item: ranks.get(item[0], 0))
+        if len(values) > 1 and pid not in passages
+    ]
     if len(ratings) > 1 and not answer_rating:
         open_points.append("the answer rating")
     return open_points

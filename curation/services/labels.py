@@ -226,12 +226,16 @@ def label_payload(label: Label) -> dict:
     }
 
 
-def _validate_against_turn(turn: Turn, data: LabelInput) -> dict[int, Chunk]:
+def _validate_against_turn(turn: Turn, data: LabelInput, *, imported: bool = False) -> dict[int, Chunk]:
     if data.skipped:
         if not data.skip_reason.strip():
             raise InvalidInput("A skip needs a reason.")
         return {}
     _validate_rewrite_verdict(turn, data)
+    if data.answer_rating and not turn.answer.strip() and not imported:
+        # An imported turn (or any turn logged without one) has no model answer: the judging
+        # page asks for no rating, and a rating sent anyway would rate nothing.
+        raise InvalidInput(f"Turn {turn.pk} has no answer to rate: leave answer_rating empty.")
     passage_ids = set(turn.passages.values_list("pk", flat=True))
     unknown = sorted(set(data.passages) - passage_ids)
     if unknown:
@@ -273,7 +277,7 @@ def label_submit(
     `expected_version` is the label version the curator's page started from; a submit from
     a page that predates a newer label (another tab) is refused with Conflict, not applied.
     """
-    chunks = _validate_against_turn(turn, data)
+    chunks = _validate_against_turn(turn, data, imported=imported)
     data = label_input_scrubbed(knowledge_base=turn.knowledge_base, data=data)
     shown = {} if data.skipped else _suggestions_shown(turn, data)
     # A retired tag the label already carries may stay on it; none is put on anew.

@@ -104,6 +104,9 @@ class QueueFilter:
     STATUSES = ("all", "unlabelled", "labelled_by_me", "disputed")
     FEEDBACK = ("any", "negative", "positive", "none")
     GROUPS = ("none", "conversation")
+    # Where the turns came from: served here, logged by an external app (ingested), made by a
+    # label import (imported: ingested rows with Turn.imported), or written by an LLM (synthetic).
+    SOURCES = ("any", "served", "ingested", "imported", "synthetic")
 
     def __init__(
         self,
@@ -115,6 +118,7 @@ class QueueFilter:
         search: str = "",
         conversation_id: int | None = None,
         group: str = "none",
+        source: str = "any",
     ):
         if status not in self.STATUSES:
             raise ValueError(f"status must be one of {', '.join(self.STATUSES)}")
@@ -122,6 +126,9 @@ class QueueFilter:
             raise ValueError(f"feedback must be one of {', '.join(self.FEEDBACK)}")
         if group not in self.GROUPS:
             raise ValueError(f"group must be one of {', '.join(self.GROUPS)}")
+        if source not in self.SOURCES:
+            raise ValueError(f"source must be one of {', '.join(self.SOURCES)}")
+        self.source = source
         self.date_from, self.date_to = date_from, date_to
         self.feedback, self.status, self.search = feedback, status, search.strip()
         self.conversation_id, self.group = conversation_id, group
@@ -165,6 +172,12 @@ def turn_queue_list(*, knowledge_base: KnowledgeBase, curator, queue_filter: Que
         turns = turns.filter(disputed=True)
     if f.search:
         turns = turns.filter(query__icontains=f.search)
+    if f.source == "imported":
+        turns = turns.filter(imported=True)
+    elif f.source == "ingested":
+        turns = turns.filter(source=Turn.Source.INGESTED, imported=False)
+    elif f.source != "any":
+        turns = turns.filter(source=f.source)
     if f.group == "conversation":
         return _grouped_by_conversation(turns)
     return turns.order_by(*QUEUE_ORDER)

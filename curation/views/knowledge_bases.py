@@ -13,10 +13,11 @@ from curation.permissions import knowledge_bases_for, user_can_curate, user_is_a
 from curation.selectors import turn_personal_data_flags
 from curation.services.personal_data import turn_personal_data_clear
 from curation.views.access import fragment, knowledge_base_page
-from knowledge.errors import Forbidden, ServiceError
+from curation.workbench_selectors import turn_label_history
+from knowledge.errors import Forbidden, InvalidInput, ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
-from knowledge.selectors import live_version_names, live_version_names_of
-from knowledge.services.turns import turn_ask
+from knowledge.selectors import live_space_chunks_missing, live_version_names, live_version_names_of
+from knowledge.services.turns import turn_ask, turn_feedback_set
 
 
 def _embedding_progress(knowledge_base: KnowledgeBase) -> list[EmbeddingJob]:
@@ -51,9 +52,14 @@ def knowledge_base_detail(request, knowledge_base: KnowledgeBase):
         "chunk_count": knowledge_base.chunks.count(),
         "jobs": _embedding_progress(knowledge_base),
         "documents": knowledge_base.documents.order_by("external_id")[:50],
-        "turns": knowledge_base.turns.order_by("-created_at")[:20],
+        "turns": _recent_turns(knowledge_base),
+        "chunks_missing": live_space_chunks_missing(knowledge_base=knowledge_base),
     }
     return render(request, "curation/kb_detail.html", context)
+
+
+def _recent_turns(knowledge_base: KnowledgeBase):
+    return knowledge_base.turns.order_by("-created_at", "-pk")[:20]
 
 
 @require_GET
@@ -66,7 +72,7 @@ def knowledge_base_progress(request, knowledge_base: KnowledgeBase):
 @knowledge_base_page
 def knowledge_base_ask(request, knowledge_base: KnowledgeBase):
     query = request.POST.get("query", "").replace("\x00", "").strip()
-    context = {"kb": knowledge_base, "query": query}
+    context = {"kb": knowledge_base, "query": query, "chunks_missing": live_space_chunks_missing(knowledge_base=knowledge_base)}
     try:
         context["turn"] = turn_ask(knowledge_base=knowledge_base, query=query, k=5)
     except ServiceError as error:
@@ -74,7 +80,26 @@ def knowledge_base_ask(request, knowledge_base: KnowledgeBase):
         response = fragment(render(request, "curation/_answer.html", context))
         response.status_code = error.status_code
         return response
+    context["turns"] = _recent_turns(knowledge_base)  # the list below the answer gains the new turn (out of band)
     return fragment(render(request, "curation/_answer.html", context))
+
+
+@require_POST
+@knowledge_base_page
+def turn_feedback_view(request, knowledge_base: KnowledgeBase, turn_id: int):
+    """Thumbs up or down (or `clear`) on an answer asked on the knowledge base page: the same
+    service as the API's feedback endpoint, so the turn moves in the curation queue alike."""
+    turn = get_object_or_404(Turn, pk=turn_id, knowledge_base=knowledge_base)
+    value = {"up": 1, "down": -1, "clear": None}.get(request.POST.get("feedback", ""), "bad")
+    context = {"kb": knowledge_base, "turn": turn}
+    try:
+        if value == "bad":
+            raise InvalidInput("feedback must be up, down or clear.")
+        turn_feedback_set(turn=turn, feedback=value, comment=turn.feedback_comment)
+    except ServiceError as error:
+        context["feedback_error"] = str(error)
+        return fragment(render(request, "curation/_feedback.html", context, status=error.status_code))
+    return fragment(render(request, "curation/_feedback.html", context))
 
 
 @require_GET
@@ -97,6 +122,7 @@ def turn_detail(request, turn_id: int):
         "personal_data_flags": flags,
         "personal_data_held": any(label.personal_data_cleared_at is None for label in flags),
         "is_admin": user_is_admin(request.user),
+        "history": turn_label_history(turn=turn),
     }
     return render(request, "curation/turn_detail.html", context)
 
@@ -123,5 +149,6 @@ urlpatterns = [
     path("kbs/<slug:slug>/ask/", knowledge_base_ask, name="kb_ask"),
     path("kbs/<slug:slug>/documents/<int:document_id>/", document_detail, name="document_detail"),
     path("turns/<int:turn_id>/", turn_detail, name="turn_detail"),
+    path("kbs/<slug:slug>/turns/<int:turn_id>/feedback/", turn_feedback_view, name="turn_feedback"),
     path("turns/<int:turn_id>/personal-data/clear/", turn_personal_data_clear_view, name="turn_personal_data_clear"),
 ]

@@ -7,6 +7,7 @@ Pages of a knowledge base answer 404 to non-members and 403 to members who are n
 
 from datetime import timedelta
 
+from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.db import transaction
 from django.http import HttpResponse
@@ -34,6 +35,7 @@ from curation.services.accounts import (
     invitation_accept,
     invitation_create,
     invitation_for_key,
+    invitation_revoke,
     membership_add,
     membership_remove,
 )
@@ -49,14 +51,13 @@ from curation.services.guidelines import knowledge_base_guidelines_set
 from curation.services.queue import knowledge_base_curation_settings_set
 from curation.suggestion_selectors import suggestion_review
 from curation.views.access import admin_page, fragment, knowledge_base_page
+from curation.workbench_selectors import readable
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import KnowledgeBase, PersonalDataMode, Turn
 from knowledge.services.knowledge_bases import knowledge_base_personal_data_mode_set
+from rag.charts import bar_chart
 
 DISPUTES_SHOWN = 200
-CHART_HEIGHT = 120
-CHART_BAR = 16
-CHART_GAP = 4
 
 
 def knowledge_base_admin_page(view):
@@ -84,29 +85,15 @@ def _clean(value: str) -> str:
 
 
 def _label_chart(labels_per_day) -> dict:
-    """Bar geometry of the labels-per-day chart (inline SVG; no chart library)."""
-    most = max((n for _, n in labels_per_day), default=0)
-    bars = []
-    for i, (day, n) in enumerate(labels_per_day):
-        height = round(CHART_HEIGHT * n / most) if most else 0
-        if n and height < 2:
-            height = 2  # a day with labels stays visible next to a busy day
-        bars.append({
-            "x": i * (CHART_BAR + CHART_GAP),
-            "y": CHART_HEIGHT - height,
-            "height": height,
-            "day": day,
-            "count": n,
-            "tick": i % 7 == 0 or i == len(labels_per_day) - 1,
-        })
-    return {
-        "bars": bars,
-        "most": most,
-        "width": len(labels_per_day) * (CHART_BAR + CHART_GAP),
-        "height": CHART_HEIGHT,
-        "bar_width": CHART_BAR,
-        "total": sum(n for _, n in labels_per_day),
-    }
+    """The labels-per-day chart (rag.charts: a y-axis, dates thinned so none overlap, the
+    day's count on hover), with the figures the page states under it."""
+    counts = [n for _, n in labels_per_day]
+    chart = bar_chart(
+        [float(n) for n in counts],
+        labels=[day.strftime("%-d %b") for day, _ in labels_per_day],
+        titles=[f"{day:%a %-d %b}: {n} label{'s' if n != 1 else ''}" for day, n in labels_per_day],
+    )
+    return {"svg": chart, "most": max(counts, default=0), "total": sum(counts), "label": f"Labels per day, last {len(counts)} days"}
 
 
 TAG_CHART_WIDTH = 420
@@ -255,8 +242,10 @@ def _dispute_page(request, knowledge_base, turn, *, submitted=None, error="", st
         "turn": turn,
         "comparison": comparison,
         "rows": rows,
-        "relevances": Relevance.choices,
-        "ratings": AnswerRating.choices,
+        "relevances": [(value, readable(value)) for value in Relevance.values],
+        "ratings": [(value, readable(value)) for value in AnswerRating.values],
+        # A letter per curator: the page's one-key "take A's" / "take B's" (static/js/adjudicate.js).
+        "columns": [{"letter": "abcdefgh"[i], "label": label} for i, label in enumerate(comparison.labels[:8])],
         "selected_rating": submitted.get("answer_rating", comparison.final_rating),
         "gold_answer": submitted.get("gold_answer", comparison.final_gold_answer),
         "note": submitted.get("note", comparison.final_note),
@@ -379,6 +368,11 @@ def settings_page(request, knowledge_base: KnowledgeBase):
     except ServiceError as error:
         context.update(error=str(error), submitted=request.POST)
         return render(request, "curation/review/settings.html", context, status=error.status_code)
+    knowledge_base.refresh_from_db()
+    messages.success(request, (
+        f"Saved: {knowledge_base.labels_per_turn} label{'s' if knowledge_base.labels_per_turn != 1 else ''} per turn, "
+        f"holds of {knowledge_base.hold_minutes} minutes, personal data mode: {knowledge_base.personal_data_mode}."
+    ))
     return redirect("review_settings", slug=knowledge_base.slug)
 
 
@@ -441,6 +435,8 @@ def failure_tag_change(request, knowledge_base: KnowledgeBase):
             "tag_error": str(error),
         }  # fmt: skip
         return render(request, "curation/review/settings.html", context, status=error.status_code)
+    messages.success(request, {"add": "Failure tag added.", "rename": "Failure tag renamed.", "retire": "Failure tag retired.",
+                               "restore": "Failure tag restored."}[action])
     return redirect(reverse("review_settings", args=[knowledge_base.slug]) + "#failure-tags")
 
 
@@ -478,6 +474,18 @@ def invitation_new(request):
     return render(request, "curation/review/invitation_new.html", _invitation_form_context(
         request, created=invitation, link=link, created_kbs=chosen
     ))
+
+
+@require_POST
+@admin_page
+def invitation_revoke_view(request, invitation_id: int):
+    try:
+        invitation = invitation_revoke(invitation_id=invitation_id, actor=request.user)
+    except ServiceError as error:
+        context = _invitation_form_context(request, error=str(error))
+        return render(request, "curation/review/invitation_new.html", context, status=error.status_code)
+    messages.success(request, f"The invitation for {invitation.email} is revoked: its link no longer works.")
+    return redirect("invitation_new")
 
 
 @never_cache
@@ -521,4 +529,5 @@ urlpatterns = [
     path("kbs/<slug:slug>/settings/members/<int:user_id>/remove/", member_remove, name="review_member_remove"),
     path("invitations/new/", invitation_new, name="invitation_new"),
     path("invitations/<str:key>/accept/", invitation_accept_page, name="invitation_accept"),
+    path("invitations/<int:invitation_id>/revoke/", invitation_revoke_view, name="invitation_revoke"),
 ]

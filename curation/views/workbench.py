@@ -22,6 +22,7 @@ from curation.selectors import (
     knowledge_base_failure_tags,
     turn_conversation,
 )
+from curation.services.identical import label_submit_with_identical
 from curation.services.labels import (
     LabelInput,
     label_draft_save,
@@ -38,6 +39,7 @@ from curation.services.queue import (
 from curation.services.search import chunks_search
 from curation.suggestion_selectors import turn_suggestions
 from curation.views.access import fragment, knowledge_base_page
+from curation.workbench_selectors import curator_previous_turn, turn_identical_turns, turn_label_history
 from knowledge.errors import InvalidInput, ServiceError
 from knowledge.models import Chunk, KnowledgeBase, RetrievedPassage, Turn
 from rag.text_checks import unstorable_text_problem
@@ -87,6 +89,8 @@ ANSWER_CHOICES = [
 FEEDBACK_CHOICES = [("any", "Any"), ("negative", "Negative"), ("positive", "Positive"), ("none", "None")]
 STATUS_CHOICES = [("all", "All"), ("unlabelled", "Unlabelled"), ("labelled_by_me", "Labelled by me"), ("disputed", "Disputed")]
 GROUP_CHOICES = [("none", "Turn by turn"), ("conversation", "By conversation")]
+SOURCE_CHOICES = [("any", "Any"), ("served", "Served here"), ("ingested", "Ingested"), ("imported", "Imported"),
+                  ("synthetic", "Synthetic")]
 # The tag picker (t) toggles tags with these keys, in picker order.
 FAILURE_TAG_KEYS = "1234567890"
 
@@ -143,9 +147,13 @@ def _queue_filter_from(params) -> tuple[QueueFilter, list[str]]:
     if group not in QueueFilter.GROUPS:
         errors.append(f"Group must be one of {', '.join(QueueFilter.GROUPS)}.")
         group = "none"
+    source = params.get("source", "any") or "any"
+    if source not in QueueFilter.SOURCES:
+        errors.append(f"Source must be one of {', '.join(QueueFilter.SOURCES)}.")
+        source = "any"
     queue_filter = QueueFilter(
         date_from=dates.get("from"), date_to=dates.get("to"), feedback=feedback, status=status, search=search,
-        conversation_id=conversation_id, group=group,
+        conversation_id=conversation_id, group=group, source=source,
     )
     return queue_filter, errors
 
@@ -235,12 +243,14 @@ def queue(request, knowledge_base: KnowledgeBase):
             "status": queue_filter.status,
             "q": queue_filter.search,
             "group": queue_filter.group,
+            "source": queue_filter.source,
         },
         "conversation": conversation,
         "grouped": grouped,
         "feedback_choices": FEEDBACK_CHOICES,
         "status_choices": STATUS_CHOICES,
         "group_choices": GROUP_CHOICES,
+        "source_choices": SOURCE_CHOICES,
         "filter_query": params.urlencode(),
         "errors": errors,
         "progress": curator_progress(knowledge_base=knowledge_base, curator=request.user),
@@ -255,9 +265,19 @@ def queue(request, knowledge_base: KnowledgeBase):
 def judge_next(request, knowledge_base: KnowledgeBase):
     """Hand the curator the next turn (held for them) and send them to its judging page."""
     turn = turn_next(knowledge_base=knowledge_base, curator=request.user)
+    saved = _saved_label(knowledge_base, request.user, request.GET.get("saved", ""))
     if turn is None:
-        return render(request, "curation/workbench/queue_empty.html", {"kb": knowledge_base})
-    return redirect("turn_judge", slug=knowledge_base.slug, turn_id=turn.pk)
+        return render(request, "curation/workbench/queue_empty.html", {"kb": knowledge_base, "saved": saved})
+    url = reverse("turn_judge", args=[knowledge_base.slug, turn.pk])
+    return redirect(f"{url}?saved={saved.turn_id}" if saved else url)
+
+
+def _saved_label(knowledge_base: KnowledgeBase, curator, turn_id: str) -> Label | None:
+    """The curator's label of the turn named by `?saved=` (the turn they just submitted), for
+    the "Saved" notice; None for a missing, foreign or malformed id."""
+    if not (turn_id.isascii() and turn_id.isdigit() and len(turn_id) < 19):
+        return None
+    return Label.objects.filter(turn_id=int(turn_id), turn__knowledge_base=knowledge_base, curator=curator).first()
 
 
 def _turn_of(knowledge_base: KnowledgeBase, turn_id: int) -> Turn:
@@ -299,6 +319,14 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
             "next": reverse("kb_judge_next", args=[knowledge_base.slug]),
         },
     }
+    previous_turn = curator_previous_turn(knowledge_base=knowledge_base, curator=request.user, current=turn)
+    state["urls"]["previous"] = reverse("turn_judge", args=[knowledge_base.slug, previous_turn.pk]) if previous_turn else None
+    repeats = turn_identical_turns(turn=turn)
+    my_versions = dict(
+        Label.objects.filter(turn__in=repeats, curator=request.user).values_list("turn_id", "version")
+    )
+    state["identical"] = {str(repeat.pk): my_versions.get(repeat.pk, 0) for repeat in repeats}
+    state["has_answer"] = bool(turn.answer.strip())
     tier_name, tier_class = QUEUE_TIERS.get(turn.queue_tier, QUEUE_TIERS[2])
     context = {
         "kb": knowledge_base,
@@ -321,8 +349,34 @@ def turn_judge(request, knowledge_base: KnowledgeBase, turn_id: int):
         "guidelines_html": guidelines_html(knowledge_base.guidelines),
         "conversation": turn_conversation(turn=turn, curator=request.user),
         "progress": curator_progress(knowledge_base=knowledge_base, curator=request.user, on_screen=turn),
+        "saved": _saved_label(knowledge_base, request.user, request.GET.get("saved", "")),
+        "previous_turn": previous_turn,
+        "history": turn_label_history(turn=turn, curator=request.user),
+        "repeats": [{"turn": repeat, "version": my_versions.get(repeat.pk, 0)} for repeat in repeats],
+        "has_answer": state["has_answer"],
     }
     return render(request, "curation/workbench/judge.html", context)
+
+
+def _identical_from(request) -> dict[int, int]:
+    """The repeats of the turn the curator asked to label alike: {"<turn id>": the label
+    version their page saw there} in the JSON body's `identical`."""
+    if request.content_type != "application/json":
+        return {}
+    try:
+        raw = json.loads(request.body or b"{}").get("identical") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("identical must map turn ids to the label version seen.")
+    identical = {}
+    for key, version in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) < 19):
+            raise InvalidInput(f"identical: {key[:40]!r} is not a turn id.")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidInput(f"identical: {version!r} is not a label version.")
+        identical[int(key)] = version
+    return identical
 
 
 def _label_request_body(request) -> tuple[dict, int | None]:
@@ -389,12 +443,22 @@ def turn_label_submit(request, knowledge_base: KnowledgeBase, turn_id: int):
     try:
         payload, base_version = _label_request_body(request)
         data = LabelInput.from_payload(payload)
-        label = label_submit(turn=turn, curator=request.user, data=data, expected_version=base_version)
+        identical = _identical_from(request)
+        if identical:
+            label, copies = label_submit_with_identical(
+                turn=turn, curator=request.user, data=data, expected_version=base_version, identical=identical
+            )
+        else:
+            label, copies = label_submit(turn=turn, curator=request.user, data=data, expected_version=base_version), []
     except ServiceError as error:
         return _error_response(error)
     next_turn = turn_next(knowledge_base=knowledge_base, curator=request.user)
+    answer = _next_turn_answer(knowledge_base, next_turn)
+    # The next page names the turn just saved, with a link back to edit it.
+    answer["next_url"] += f"?saved={turn.pk}"
     return JsonResponse({"label_id": label.pk, "version": label.version, "skipped": label.skipped,
-                         **_next_turn_answer(knowledge_base, next_turn)})
+                         "saved_turn_id": turn.pk, "saved_url": reverse("turn_judge", args=[knowledge_base.slug, turn.pk]),
+                         "applied_to": [copy.turn_id for copy in copies], **answer})
 
 
 @require_POST

@@ -182,7 +182,7 @@
         var suggestion = self.suggestions.passages[article.dataset.passageId];
         if (suggestion) items.push({ container: article, suggestion: suggestion });
       });
-      if (self.suggestions.answer) items.push({ container: form.querySelector(".wb-rating").parentNode, suggestion: self.suggestions.answer });
+      if (self.suggestions.answer && form.querySelector(".wb-rating")) items.push({ container: form.querySelector(".wb-rating").parentNode, suggestion: self.suggestions.answer });
       return items;
     }
 
@@ -219,6 +219,7 @@
     }
 
     function checkRadio(container, value) {
+      if (!container) return; // a turn without an answer has no rating to set
       container.querySelectorAll("input[type=radio]").forEach(function (radio) { radio.checked = radio.value === value; });
     }
 
@@ -390,7 +391,7 @@
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(), Accept: "application/json" },
-        body: JSON.stringify({ payload: payload, base_version: self.baseVersion }),
+        body: JSON.stringify({ payload: payload, base_version: self.baseVersion, identical: identicalChosen() }),
       }).then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (body) {
           self.submitting = false;
@@ -404,13 +405,21 @@
           self.pending = false;
           storageRemove(self.storageKey);
           setStatus(payload.skipped ? "Skipped." : "Submitted.");
-          goNext(body.next_turn_id, body.next_url);
+          goNext(body.next_turn_id, body.next_url, {
+            turnId: body.saved_turn_id, url: body.saved_url, skipped: payload.skipped, appliedTo: body.applied_to || [],
+          });
         });
       }).catch(function () {
         self.submitting = false;
         showAlert("The server could not be reached: the label was not submitted. Your draft is kept in this browser; try again.");
         setStatus("Not submitted.");
       });
+    }
+
+    // The repeats of this query to label alike, when the curator ticked the box: {turn id: version seen}.
+    function identicalChosen() {
+      var box = $("#wb-apply-identical");
+      return box && box.checked ? (self.state.identical || {}) : {};
     }
 
     function submitCurrent() {
@@ -458,11 +467,11 @@
       }).catch(function () { /* no preload: moving on loads the next page normally */ });
     }
 
-    function goNext(turnId, url) {
+    function goNext(turnId, url, saved) {
       var preload = self.preload;
       if (!turnId || !preload || preload.turnId !== turnId) { window.location.assign(url); return; }
       preload.ready.then(function (html) {
-        if (html && swapIn(html, url)) return;
+        if (html && swapIn(html, url, saved)) return;
         window.location.assign(url);
       });
     }
@@ -640,6 +649,11 @@
           break;
         case "/": $("#wb-search-input").focus(); $("#wb-search-input").select(); break;
         case "s": openSkip(); break;
+        case "b":
+          if (!self.state.urls.previous) { setStatus("No earlier turn of yours in this knowledge base."); break; }
+          sendBeaconIfPending();
+          window.location.assign(self.state.urls.previous);
+          break;
         case "?": toggleShortcuts(); break;
         case "h": toggleGuidelines(); break;
         case "x": case "Delete": {
@@ -703,15 +717,42 @@
     return self;
   }
 
-  function swapIn(html, url) {
+  // The "Saved" notice on a page swapped in from the preload (which was rendered before the
+  // submit, so it names neither the saved turn nor it as the previous one): set both here.
+  function showSaved(root, saved) {
+    if (!saved || !saved.turnId) return;
+    var notice = root.querySelector("#wb-saved");
+    if (notice) {
+      notice.textContent = (saved.skipped ? "Skipped" : "Saved") + " turn #" + saved.turnId +
+        (saved.appliedTo.length ? " and " + saved.appliedTo.length + " repeat" + (saved.appliedTo.length === 1 ? "" : "s") : "") + " — ";
+      var link = document.createElement("a");
+      link.href = saved.url;
+      link.textContent = "undo/edit";
+      notice.appendChild(link);
+      notice.hidden = false;
+    }
+    var state = root.querySelector("#workbench-state");
+    if (state) {
+      var parsed = JSON.parse(state.textContent);
+      parsed.urls.previous = saved.url;
+      state.textContent = JSON.stringify(parsed);
+    }
+    var previous = root.querySelector("#wb-previous");
+    if (previous) { previous.href = saved.url; previous.lastChild.textContent = " Previous turn #" + saved.turnId; }
+  }
+
+  function swapIn(html, url, saved) {
     // Show the preloaded next turn without a page load; false if the HTML is not a judging page.
     var next = new DOMParser().parseFromString(html, "text/html");
     var nextRoot = next.getElementById("workbench");
     var current = document.getElementById("workbench");
     if (!nextRoot || !current) return false;
-    current.replaceWith(document.importNode(nextRoot, true));
+    var imported = document.importNode(nextRoot, true);
+    showSaved(imported, saved);
+    current.replaceWith(imported);
     document.title = next.title;
-    window.history.pushState({ workbench: true }, "", url);
+    // The address of the turn itself: the notice was for this moment, not for a reload.
+    window.history.pushState({ workbench: true }, "", url.split("?")[0]);
     window.scrollTo(0, 0);
     boot();
     return true;

@@ -149,7 +149,7 @@ def test_disputes_list_and_side_by_side_comparison(admin_client, dispute):
     html = page.content.decode()
     assert page.status_code == 200
     assert "alice" in html and "bob" in html
-    assert html.count('class="differs"') == 2  # passage 1 and the answer rating
+    assert html.count(' differs"') == 2  # passage 1 and the answer rating
     assert XSS not in html and "&lt;script&gt;" in html  # bob's gold answer, escaped
     first, second, third = passage_ids(dispute)
     # the form starts from what the curators agree on: passage 2 not relevant, passage 3 partly
@@ -180,6 +180,31 @@ def test_adjudication_resolves_the_dispute(admin_client, admin_user, dispute):
     # recording again replaces the judgment (one adjudication per turn)
     adjudication_record(turn=dispute, admin=admin_user, passage_relevance={first: P}, answer_rating="wrong")
     assert Adjudication.objects.get(turn=dispute).passage_relevance == {str(first): P}
+
+
+def test_the_comparison_reads_as_words_with_one_key_per_curator(admin_client, dispute):
+    import re
+
+    html = admin_client.get(f"/kbs/test-kb/disputes/{dispute.pk}/").content.decode()
+    first_row = html.split('data-rank="1"')[1].split("</tr>")[0]
+    cells = re.findall(r'<td class="judgment[^"]*" data-label="(\w+)">(.*?)\s*(?:<button|</td>)', first_row, re.S)
+    assert [(name, value.strip()) for name, value in cells] == [("alice", "relevant"), ("bob", "not relevant")]
+    assert "not_relevant</td>" not in html and ">not relevant</option>" in html
+    assert 'data-take="not_relevant" data-letter="b"' in first_row and 'data-take="relevant" data-letter="a"' in first_row
+    assert "<th>A: alice</th>" in html and "<th>B: bob</th>" in html
+    assert "<kbd>a</kbd> takes alice's, <kbd>b</kbd> takes bob's" in html
+    assert "js/adjudicate.js" in html
+
+
+def test_an_open_disagreement_is_named_by_rank_not_database_id(admin_client, dispute):
+    first, second, third = passage_ids(dispute)
+    response = admin_client.post(f"/kbs/test-kb/disputes/{dispute.pk}/", {
+        f"passage-{second}": N, f"passage-{third}": P, "answer_rating": "partly"})
+    assert response.status_code == 422
+    assert "The curators disagree on passage #1: decide it." in response.content.decode()
+    assert f"passage {first}" not in response.content.decode()
+    response = admin_client.post(f"/kbs/test-kb/disputes/{dispute.pk}/", {f"passage-{second}": "very", "answer_rating": "partly"})
+    assert "Passage #2: &#x27;very&#x27; is not one of relevant, partly, not relevant." in response.content.decode()
 
 
 @pytest.mark.parametrize("form, message", [
@@ -329,7 +354,17 @@ def test_dashboard_page_for_members_with_svg_chart(client, curated, curators):
     page = client.get("/kbs/test-kb/dashboard/")
     assert page.status_code == 200
     html = page.content.decode()
-    assert '<svg class="bars"' in html and html.count('<rect class="bar"') == 30
+    assert '<svg class="chart bars"' in html and html.count('<rect class="bar"') == 30
+    import re
+
+    chart = html[html.index('<svg class="chart bars"'):html.index("</svg>")]
+    ticks = re.findall(r'<text class="tick"[^>]*text-anchor="end">([^<]+)</text>', chart)
+    assert ticks[0] == "0" and len(ticks) >= 3  # a y-axis from 0
+    today = timezone.localdate()
+    assert f"<title>{today:%a %-d %b}: " in chart  # the day's count on hover
+    dates = re.findall(r'<text class="tick" x="([\d.]+)" y="[\d.]+" text-anchor="(?:start|middle|end)">(\d+ \w+)</text>', chart)
+    xs = [float(x) for x, _ in dates]
+    assert dates[-1][1] == f"{today:%-d %b}" and all(b - a >= 56 for a, b in zip(xs, xs[1:]))  # no two dates overlap
     assert 'id="ready-retriever">3<' in html and 'id="ready-generator">2<' in html
     assert "/kbs/test-kb/agreement/" not in html  # admin links are for admins
     assert "<script" not in html.split("<main>")[1]  # no chart library

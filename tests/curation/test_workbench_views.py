@@ -317,7 +317,7 @@ def test_submit_stores_the_label_and_names_the_next_turn(alice_client, alice, kn
         "comment": "hm", "skipped": False, "skip_reason": ""}})
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["next_turn_id"] == turns["b"].pk and body["next_url"] == f"/kbs/test-kb/turns/{turns['b'].pk}/judge/"
+    assert body["next_turn_id"] == turns["b"].pk and body["next_url"] == f"/kbs/test-kb/turns/{turns['b'].pk}/judge/?saved={turns['a'].pk}"
     label = Label.objects.get(turn=turns["a"], curator=alice)
     assert (label.answer_rating, label.gold_answer, label.rationale, label.has_personal_data, label.comment) == (
         "partly", "better", "passage 0", True, "hm")
@@ -512,7 +512,7 @@ def test_search_endpoint_renders_attachable_hits_and_marks_retrieved_ones(alice_
     assert "already retrieved as #1" in page
     # the attached chunk goes into the label
     submit = _post_json(alice_client, f"/kbs/test-kb/turns/{turn_id}/label/", {"base_version": 0, "payload": {
-        "attached": [{"chunk_id": vitd_chunk.pk, "relevance": "relevant"}], "answer_rating": "wrong"}})
+        "attached": [{"chunk_id": vitd_chunk.pk, "relevance": "relevant"}]}})  # no answer: nothing to rate
     assert submit.status_code == 200
     judgment = PassageJudgment.objects.get(attached=True)
     assert (judgment.chunk_id, judgment.relevance, judgment.text) == (vitd_chunk.pk, "relevant", vitd_chunk.text)

@@ -1,6 +1,8 @@
 """The model review pages: who may see them, what they show (escaped), promote and roll back
 from the page, the runs fragment, and a fixed number of SQL queries per page."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
@@ -162,7 +164,10 @@ def test_version_page_shows_lineage_and_the_evaluation_side_by_side(admin_client
     html = response.content.decode()
     assert "3 examples (0 train, 3 held-out)" in html and "3 labels by cur" in html
     assert "abc123" in html and "f" * 64 in html and "<code>test-kb/retriever-v1</code>" in html and "<code>epochs</code> = 2" in html
-    assert '<svg class="curve"' in html and 'points="0.0,0.0 240.0,80.0 480.0,120.0"' in html
+    assert '<svg class="chart curve"' in html
+    assert [t.strip() for t in re.findall(r"<circle[^>]*><title>([^<]+)</title>", html)] == [
+        "step 1: loss 2.0000", "step 2: loss 1.0000", "step 3: loss 0.5000"]  # a value per step on hover
+    assert re.findall(r'<text class="tick"[^>]*text-anchor="end">([^<]+)</text>', html)[:2] == ["0.5", "1.0"]  # the y-axis
     assert "Loss 2.0000 → 0.5000" in html
     metrics = html[html.index('id="metrics"'):html.index("</table>", html.index('id="metrics"'))]
     assert '<td class="num better">+0.250</td>' in metrics  # nDCG@10 0.75 vs 0.5
@@ -329,3 +334,24 @@ def test_models_list_shows_each_versions_delta_from_its_own_evaluation(admin_cli
     v2_row = html[html.index('href="/kbs/test-kb/models/retriever-v2/"'):]
     v2_row = v2_row[: v2_row.index("</tr>")]
     assert "0.800" in v2_row and 'class="delta' not in v2_row and "<td>—</td>" in v2_row
+
+
+def test_models_page_charts_each_metric_over_the_versions_with_the_live_one_marked(admin_client, knowledge_base):
+    from training.models import ModelVersion
+
+    retriever_version(knowledge_base, "retriever-v1", metrics={"ndcg@10": 0.50, "mrr@10": 0.40})
+    retriever_version(knowledge_base, "retriever-v2", metrics={"ndcg@10": 0.62, "mrr@10": 0.45})
+    retriever_version(knowledge_base, "retriever-v3", metrics={"ndcg@10": 0.58})
+    ModelVersion.objects.filter(name="retriever-v2").update(status="live")
+    ModelVersion.objects.filter(name="retriever-v3").update(status="rejected")
+    html = admin_client.get("/kbs/test-kb/models/").content.decode()
+    trends = html[html.index('id="metric-trends"'):]
+    ndcg = trends[trends.index('data-metric="ndcg@10"'):trends.index("</figure>")]
+    assert "live: retriever-v2 at 0.620" in ndcg
+    titles = re.findall(r'<circle class="([^"]+)"[^>]*><title>([^<]+)</title>', ndcg)
+    assert titles == [("dot", "retriever-v1 (candidate): ndcg@10 0.500"), ("dot dot-marked", "retriever-v2 (live): ndcg@10 0.620"),
+                      ("dot dot-rejected", "retriever-v3 (rejected): ndcg@10 0.580")]
+    assert re.findall(r'<text class="tick"[^>]*text-anchor="end">([^<]+)</text>', ndcg) == ["0.50", "0.55", "0.60", "0.65"]
+    mrr = trends[trends.index('data-metric="mrr@10"'):]
+    assert len(re.findall(r"<circle ", mrr[:mrr.index("</figure>")])) == 2  # v3 has no mrr@10
+    assert 'data-metric="recall@10"' not in trends  # no version has it: no empty chart
