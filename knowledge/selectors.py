@@ -7,14 +7,25 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from knowledge.errors import InvalidInput, NotFound
-from knowledge.models import ApiToken, Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
+from knowledge.models import (
+    ApiToken,
+    Conversation,
+    EmbeddingJob,
+    EmbeddingSpace,
+    KnowledgeBase,
+    QueryEncoder,
+    RetrievalMode,
+    Turn,
+)
 from knowledge.services.embeddings import as_vector_literal
 from knowledge.services.knowledge_bases import retriever_model_path
 from rag.conversation import ChatMessage
 from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
+from rag.progress import duration_text, remaining_seconds
 
 
 @dataclass(frozen=True)
@@ -443,3 +454,23 @@ def api_tokens_of_others(*, user) -> QuerySet:
         .prefetch_related("knowledge_bases")
         .order_by("user__username", "-created_at")
     )
+
+
+EMBEDDING_JOBS_SHOWN = 3
+
+
+def embedding_jobs_recent(*, knowledge_base: KnowledgeBase) -> list:
+    """The knowledge base's newest embedding jobs, each with `eta` (text, "" when unknown) and
+    `eta_seconds`: the rest of its chunks at the pace of those embedded since it started."""
+    jobs = list(
+        EmbeddingJob.objects.filter(space__knowledge_base=knowledge_base).select_related("space").order_by("-created_at")[:EMBEDDING_JOBS_SHOWN]
+    )
+    now = timezone.now()
+    for job in jobs:
+        job.eta_seconds = None
+        if job.status == EmbeddingJob.Status.RUNNING and job.started_at and job.total_chunks:
+            job.eta_seconds = remaining_seconds(
+                elapsed_seconds=(now - job.started_at).total_seconds(), fraction_done=job.embedded_chunks / job.total_chunks
+            )
+        job.eta = duration_text(job.eta_seconds)
+    return jobs

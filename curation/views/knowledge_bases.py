@@ -15,16 +15,13 @@ from curation.services.personal_data import turn_personal_data_clear
 from curation.views.access import fragment, knowledge_base_page
 from knowledge.errors import Forbidden, ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
-from knowledge.selectors import live_version_names, live_version_names_of
+from knowledge.selectors import embedding_jobs_recent, live_version_names, live_version_names_of
 from knowledge.services.turns import turn_ask
+from rag.documents import SUPPORTED_SUFFIXES
 
 
 def _embedding_progress(knowledge_base: KnowledgeBase) -> list[EmbeddingJob]:
-    return list(
-        EmbeddingJob.objects.filter(space__knowledge_base=knowledge_base)
-        .select_related("space")
-        .order_by("-created_at")[:3]
-    )
+    return embedding_jobs_recent(knowledge_base=knowledge_base)
 
 
 @require_GET
@@ -37,7 +34,7 @@ def home(request):
         .order_by("slug")
     )
     rows = [(kb, live_version_names_of(knowledge_base=kb)) for kb in knowledge_bases]
-    return render(request, "curation/home.html", {"rows": rows})
+    return render(request, "curation/home.html", {"rows": rows, "is_admin": user_is_admin(request.user)})
 
 
 @require_GET
@@ -52,6 +49,7 @@ def knowledge_base_detail(request, knowledge_base: KnowledgeBase):
         "jobs": _embedding_progress(knowledge_base),
         "documents": knowledge_base.documents.order_by("external_id")[:50],
         "turns": knowledge_base.turns.order_by("-created_at")[:20],
+        "supported": ", ".join(SUPPORTED_SUFFIXES),
     }
     return render(request, "curation/kb_detail.html", context)
 
@@ -81,7 +79,9 @@ def knowledge_base_ask(request, knowledge_base: KnowledgeBase):
 @knowledge_base_page
 def document_detail(request, knowledge_base: KnowledgeBase, document_id: int):
     document = get_object_or_404(Document, pk=document_id, knowledge_base=knowledge_base)
-    return render(request, "curation/document_detail.html", {"document": document, "chunks": document.chunks.order_by("order")})
+    return render(request, "curation/document_detail.html", {
+        "document": document, "chunks": document.chunks.order_by("order"), "is_admin": user_is_admin(request.user),
+    })
 
 
 @require_GET
