@@ -8,12 +8,14 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from knowledge.errors import InvalidInput, NotFound
 from knowledge.models import (
     ApiToken,
     ChunkEmbedding,
     Conversation,
+    EmbeddingJob,
     EmbeddingSpace,
     KnowledgeBase,
     QueryEncoder,
@@ -26,6 +28,7 @@ from knowledge.services.personal_data import end_user_references
 from rag.conversation import ChatMessage
 from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
+from rag.progress import duration_text, remaining_seconds
 from rag.query_cache import QueryVectorCache
 
 
@@ -477,3 +480,23 @@ def live_space_chunks_missing(*, knowledge_base: KnowledgeBase) -> int:
         return total
     embedded = ChunkEmbedding.objects.filter(space_id=knowledge_base.live_space_id).count()
     return max(0, total - embedded)
+
+
+EMBEDDING_JOBS_SHOWN = 3
+
+
+def embedding_jobs_recent(*, knowledge_base: KnowledgeBase) -> list:
+    """The knowledge base's newest embedding jobs, each with `eta` (text, "" when unknown) and
+    `eta_seconds`: the rest of its chunks at the pace of those embedded since it started."""
+    jobs = list(
+        EmbeddingJob.objects.filter(space__knowledge_base=knowledge_base).select_related("space").order_by("-created_at")[:EMBEDDING_JOBS_SHOWN]
+    )
+    now = timezone.now()
+    for job in jobs:
+        job.eta_seconds = None
+        if job.status == EmbeddingJob.Status.RUNNING and job.started_at and job.total_chunks:
+            job.eta_seconds = remaining_seconds(
+                elapsed_seconds=(now - job.started_at).total_seconds(), fraction_done=job.embedded_chunks / job.total_chunks
+            )
+        job.eta = duration_text(job.eta_seconds)
+    return jobs

@@ -5,6 +5,7 @@ page in a fixed number of queries; and the loop page's policies, cycles and char
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.utils import timezone
 from curation.models import Label
 from knowledge.errors import NotFound
 from knowledge.models import KnowledgeBase
+from rag.progress import duration_text, remaining_seconds
 from training.models import (
     Component,
     DatasetSnapshot,
@@ -40,6 +42,7 @@ from training.services.evaluation import (
 )
 from training.services.loop import new_final_labels, policy_erased_live_version, policy_next_run_at
 from training.services.loop.policies import ErasedLiveVersion
+from training.services.versions import rollback_target
 
 # A per-query delta smaller than this is "unchanged" (float noise, not a change in ranking).
 UNCHANGED_TOLERANCE = 1e-9
@@ -504,3 +507,142 @@ def webhooks_overview(*, knowledge_base: KnowledgeBase) -> WebhooksOverview:
         .order_by("-created_at", "-pk")[:WEBHOOK_MESSAGES_SHOWN]
     )
     return WebhooksOverview(endpoints=endpoints, messages=messages)
+
+
+# --- the admins' actions: snapshot, run, promotion and rollback -----------------------------
+
+
+def snapshot_latest(*, knowledge_base: KnowledgeBase) -> DatasetSnapshot | None:
+    return DatasetSnapshot.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-pk").first()
+
+
+def snapshot_heldout_warnings(*, snapshot: DatasetSnapshot) -> list[str]:
+    """What an admin should know about a snapshot's held-out part before training on it: empty
+    (nothing to evaluate a candidate on), or smaller than a retraining gate's minimum of queries
+    (the gate refuses to judge on it), per policy; without policies, the gate's default minimum."""
+    pinned = EvaluationSet.objects.filter(knowledge_base_id=snapshot.knowledge_base_id).values_list("snapshot_id", flat=True).first()
+    warnings: list[str] = []
+    held = snapshot.heldout_count
+    if pinned is not None and pinned != snapshot.pk:
+        warnings.append(f"Candidates are scored on the pinned evaluation set (snapshot #{pinned}), not on this snapshot's held-out part.")
+    if held == 0:
+        warnings.append(
+            "The held-out part is empty: a candidate trained on this snapshot has nothing of it to be evaluated on. "
+            "Label more turns, or take a snapshot with a larger held-out share."
+        )
+        return warnings
+    minimums = dict(
+        RetrainingPolicy.objects.filter(knowledge_base_id=snapshot.knowledge_base_id).values_list("component", "gate_min_queries")
+    ) or {"": RetrainingPolicy._meta.get_field("gate_min_queries").default}
+    for component, minimum in sorted(minimums.items()):
+        if held < minimum:
+            gate = f"the {component} policy's gate" if component else "the retraining gate's default"
+            warnings.append(
+                f"The held-out part has {held} queries, fewer than {gate} minimum of {minimum}: "
+                "a gate would not judge a candidate on it."
+            )
+    return warnings
+
+
+# The latest "loss 0.1234" a trainer wrote to the run's log (training.services.runs.shared._metrics_text).
+_LOSS_IN_LOG = re.compile(r"(?:^|[ ,])loss (-?[0-9][0-9.eE+-]*|nan|inf)(?=,|$)", re.MULTILINE)
+
+
+@dataclass
+class RunProgress:
+    run: TrainingRun
+    eta_seconds: float | None
+    eta: str
+    current_loss: float | None
+    version: ModelVersion | None
+
+
+def training_run_progress(*, run: TrainingRun) -> RunProgress:
+    """A run's state for its page: the ETA at the pace since it started, the latest loss it
+    logged, and the model version it made (once it succeeded)."""
+    eta_seconds = None
+    if run.status == TrainingRun.Status.RUNNING and run.started_at:
+        eta_seconds = remaining_seconds(
+            elapsed_seconds=(timezone.now() - run.started_at).total_seconds(), fraction_done=run.progress
+        )
+    losses = _LOSS_IN_LOG.findall(run.log)
+    try:
+        current_loss = float(losses[-1]) if losses else None
+    except ValueError:
+        current_loss = None
+    return RunProgress(
+        run=run, eta_seconds=eta_seconds, eta=duration_text(eta_seconds), current_loss=current_loss,
+        version=ModelVersion.objects.filter(training_run=run).first(),
+    )  # fmt: skip
+
+
+@dataclass
+class ChangeSummary:
+    """What a promotion (or rollback) changes, for its confirmation: every metric of the
+    evaluation that compares the two versions, and the ones that got worse by name."""
+
+    version: ModelVersion  # promoted, or rolled back
+    live: ModelVersion | None  # serving now (None: the base model)
+    after: ModelVersion | None  # serving afterwards (None: the base model)
+    evaluation: Evaluation | None
+    rows: list[MetricRow]
+    # The evaluation's baseline is not what serves now: another version went live since.
+    baseline_stale: bool = False
+
+    @property
+    def regressions(self) -> list[MetricRow]:
+        return [row for row in self.rows if row.delta is not None and row.delta < -UNCHANGED_TOLERANCE]
+
+    @property
+    def live_name(self) -> str:
+        return self.live.name if self.live else "base"
+
+    @property
+    def after_name(self) -> str:
+        return self.after.name if self.after else "base"
+
+
+def _metric_rows(version: ModelVersion, evaluation: Evaluation | None) -> list[MetricRow]:
+    if evaluation is None:
+        return []
+    headline = HEADLINE_METRIC[version.component]
+    names = RETRIEVER_METRICS if version.component == Component.RETRIEVER else GENERATOR_METRICS
+    return [
+        MetricRow(name, evaluation.candidate_metrics.get(name), evaluation.baseline_metrics.get(name), name == headline,
+                  evaluation.delta_intervals.get(name))
+        for name in names
+    ]  # fmt: skip
+
+
+def _live_version(version: ModelVersion) -> ModelVersion | None:
+    return ModelVersion.objects.filter(
+        knowledge_base_id=version.knowledge_base_id, component=version.component, status=ModelVersion.Status.LIVE
+    ).first()
+
+
+def model_version_promotion_summary(*, version: ModelVersion) -> ChangeSummary:
+    """Promoting `version`: its latest evaluation against the version it was compared with,
+    flagged when that is no longer the live one."""
+    live = _live_version(version)
+    evaluation = evaluation_latest(version=version)
+    stale = evaluation is not None and evaluation.baseline_id != (live.pk if live else None)
+    return ChangeSummary(version=version, live=live, after=version, evaluation=evaluation,
+                         rows=_metric_rows(version, evaluation), baseline_stale=stale)  # fmt: skip
+
+
+def model_version_rollback_summary(*, version: ModelVersion) -> ChangeSummary:
+    """Rolling back the live `version`: what comes back, and the figures given up, i.e. the live
+    version's evaluation against it with the signs turned (a metric the version improved is a
+    regression of the rollback)."""
+    after = rollback_target(knowledge_base=version.knowledge_base, component=version.component, current=version)
+    evaluation = evaluation_latest(version=version)
+    rows: list[MetricRow] = []
+    stale = False
+    if evaluation is not None:
+        stale = evaluation.baseline_id != (after.pk if after else None)
+        rows = [
+            MetricRow(row.name, row.baseline, row.candidate, row.headline,
+                      {"low": -row.interval["high"], "high": -row.interval["low"]} if row.interval else None)
+            for row in _metric_rows(version, evaluation)
+        ]  # fmt: skip
+    return ChangeSummary(version=version, live=version, after=after, evaluation=evaluation, rows=rows, baseline_stale=stale)

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from curation.views.access import fragment
 from curation.views.review import knowledge_base_admin_page
@@ -21,17 +21,22 @@ from knowledge.errors import Conflict, InvalidInput, NotFound, ServiceError
 from knowledge.models import KnowledgeBase
 from rag.charts import line_chart
 from training.loop_charts import labels_and_cycles_chart, metric_chart, metrics_over_versions
-from training.models import Component, ErasureReceipt, RetrainingPolicy, TrainingRun
+from training.models import Component, DatasetSnapshot, ErasureReceipt, RetrainingPolicy, TrainingRun
 from training.selectors import (
     erasure_receipts_list,
     loop_cycle_get,
     loop_overview,
     model_version_get,
+    model_version_promotion_summary,
     model_version_review,
+    model_version_rollback_summary,
     models_overview,
     retraining_policy_get,
     runs_active,
     snapshot_get,
+    snapshot_heldout_warnings,
+    snapshot_latest,
+    training_run_progress,
     training_runs_recent,
     webhook_endpoint_get,
     webhooks_overview,
@@ -46,8 +51,9 @@ from training.services.exports import (
 from training.services.loop import POLICY_FIELDS, loop_cycle_run_now, retraining_policy_set
 from training.services.loop.policies import DEFAULT_MODE
 from training.services.loop.policies import METRICS as POLICY_METRICS
-from training.services.runs import training_run_cancel
-from training.services.runs.parameters import MODES
+from training.services.runs import training_run_cancel, training_run_start
+from training.services.runs.parameters import MODES, mode_parameter_fields, parameter_value_from_text
+from training.services.snapshots import dataset_snapshot_create
 from training.services.versions import model_version_promote, model_version_rollback
 from training.services.webhooks import (
     webhook_endpoint_create,
@@ -113,12 +119,118 @@ def _version_or_404(knowledge_base: KnowledgeBase, name: str):
 @knowledge_base_admin_page
 def models_page(request, knowledge_base: KnowledgeBase):
     overview = models_overview(knowledge_base=knowledge_base)
+    latest = snapshot_latest(knowledge_base=knowledge_base)
     return render(request, "training/models.html", {
         "kb": knowledge_base,
         "overview": overview,
         "export_formats": [f for f in EXPORT_FORMATS if f != "beir"],
         "metric_trends": metrics_over_versions(overview.components),
+        "snapshot_panel": _snapshot_panel_context(knowledge_base, latest=latest),
     })
+
+
+# --- snapshots and new runs -------------------------------------------------------------------
+
+
+def _snapshot_panel_context(knowledge_base, *, latest=None, created=None, error: str = "", form=None) -> dict:
+    shown = created or latest
+    return {
+        "kb": knowledge_base, "snapshot": shown, "created": created is not None, "error": error,
+        "warnings": snapshot_heldout_warnings(snapshot=shown) if shown else [],
+        "form": form or {"heldout_share": "0.2", "include_synthetic": False},
+    }  # fmt: skip
+
+
+@require_POST
+@knowledge_base_admin_page
+def snapshot_create_view(request, knowledge_base: KnowledgeBase):
+    """Freeze the current labels (`dataset_snapshot_create`, as `manage.py snapshot_create`);
+    answers with the snapshot panel: its counts and held-out warnings, or the refusal."""
+    form = {"heldout_share": request.POST.get("heldout_share", "").strip() or "0.2",
+            "include_synthetic": request.POST.get("include_synthetic") == "on"}  # fmt: skip
+    status = 200
+    try:
+        try:
+            share = float(form["heldout_share"])
+        except ValueError:
+            raise InvalidInput(f"heldout_share must be a number between 0 and 1, got {form['heldout_share']!r}.") from None
+        created = dataset_snapshot_create(
+            knowledge_base=knowledge_base, created_by=request.user, heldout_share=share,
+            include_synthetic=form["include_synthetic"],
+        )  # fmt: skip
+        context = _snapshot_panel_context(knowledge_base, created=created, form=form)
+    except ServiceError as error:
+        status = error.status_code
+        context = _snapshot_panel_context(knowledge_base, latest=snapshot_latest(knowledge_base=knowledge_base), error=str(error), form=form)
+    if request.headers.get("HX-Request") != "true":
+        if status == 200:
+            messages.success(request, f"Snapshot #{context['snapshot'].pk} was taken.")
+        else:
+            messages.error(request, context["error"])
+        return redirect("training_models", slug=knowledge_base.slug)
+    return fragment(render(request, "training/_snapshot_panel.html", context, status=status))
+
+
+def _mode_choices() -> list[tuple[str, list[tuple[str, str]]]]:
+    return [(component, [(f"{component}:{mode}", mode) for mode in MODES[component]]) for component in Component.values]
+
+
+def _run_form_context(knowledge_base, data, *, error: str = "") -> dict:
+    choice = data.get("mode", "").strip() or f"{Component.RETRIEVER}:{MODES[Component.RETRIEVER][0]}"
+    component, _, mode = choice.partition(":")
+    if component not in MODES or mode not in MODES[component]:
+        component, mode = Component.RETRIEVER, MODES[Component.RETRIEVER][0]
+        choice = f"{component}:{mode}"
+        error = error or f"{data.get('mode')!r} is not a training mode; choose one from the list."
+    fields = [
+        {"field": field, "value": data.get(f"param_{field.name}", "").strip()} for field in mode_parameter_fields(mode=mode)
+    ]
+    snapshots = list(DatasetSnapshot.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-pk")[:10])
+    return {
+        "kb": knowledge_base, "choice": choice, "component": component, "mode": mode, "modes": _mode_choices(),
+        "fields": fields, "snapshots": snapshots, "snapshot_choice": data.get("snapshot", ""),
+        "include_synthetic": data.get("include_synthetic") == "on", "error": error,
+    }  # fmt: skip
+
+
+def _run_parameters(post, mode: str) -> dict:
+    """The form's filled-in parameter fields, read like `--param key=value`; blank: the default."""
+    parameters = {}
+    for field in mode_parameter_fields(mode=mode):
+        text = post.get(f"param_{field.name}", "").replace("\x00", "").strip()
+        if text:
+            parameters[field.name] = parameter_value_from_text(text)
+    return parameters
+
+
+@require_http_methods(["GET", "POST"])
+@knowledge_base_admin_page
+def training_run_new(request, knowledge_base: KnowledgeBase):
+    """GET: the run form for a mode (the mode picker reloads its parameter fields with HTMX);
+    POST: `training_run_start`, as `manage.py train`, then the run's page."""
+    data = request.POST if request.method == "POST" else request.GET
+    context = _run_form_context(knowledge_base, data)
+    if request.method == "GET":
+        return render(request, "training/run_new.html", context, status=422 if context["error"] else 200)
+    try:
+        if context["error"]:
+            raise InvalidInput(context["error"])
+        snapshot = None
+        if context["snapshot_choice"]:
+            try:
+                snapshot = snapshot_get(knowledge_base=knowledge_base, snapshot_id=context["snapshot_choice"])
+            except NotFound:
+                raise InvalidInput(f"Snapshot {context['snapshot_choice']!r} is not one of this knowledge base's.") from None
+        run = training_run_start(
+            knowledge_base=knowledge_base, component=context["component"], mode=context["mode"],
+            parameters=_run_parameters(request.POST, context["mode"]), snapshot=snapshot,
+            include_synthetic=context["include_synthetic"], created_by=request.user,
+        )  # fmt: skip
+    except ServiceError as error:
+        context["error"] = str(error)
+        return render(request, "training/run_new.html", context, status=error.status_code)
+    messages.success(request, f"Training run #{run.pk} ({run.component}, {run.mode}) is queued.")
+    return redirect("training_run_detail", slug=knowledge_base.slug, run_id=run.pk)
 
 
 @require_GET
@@ -164,15 +276,45 @@ def version_detail(request, knowledge_base: KnowledgeBase, name: str):
     return _version_page(request, knowledge_base, _version_or_404(knowledge_base, name))
 
 
+def _confirmation(request, knowledge_base, version, action: str, *, error: str = "", reason: str = "", status: int = 200):
+    """The promotion (or rollback) confirmation: every metric's change against what serves, the
+    regressions named, a required reason. A panel on the version page (HTMX) or a page."""
+    summary = (
+        model_version_promotion_summary(version=version) if action == "promote" else model_version_rollback_summary(version=version)
+    )
+    context = {"kb": knowledge_base, "version": version, "summary": summary, "action": action, "error": error, "reason": reason}
+    if request.headers.get("HX-Request") == "true" and request.method == "GET":
+        return fragment(render(request, "training/_change_confirm.html", context, status=status))
+    return fragment(render(request, "training/change_confirm.html", context, status=status))
+
+
+@require_GET
+@knowledge_base_admin_page
+def version_promote_confirm(request, knowledge_base: KnowledgeBase, name: str):
+    return _confirmation(request, knowledge_base, _version_or_404(knowledge_base, name), "promote")
+
+
+@require_GET
+@knowledge_base_admin_page
+def version_rollback_confirm(request, knowledge_base: KnowledgeBase, name: str):
+    return _confirmation(request, knowledge_base, _version_or_404(knowledge_base, name), "rollback")
+
+
+def _reason_required(reason: str, action: str) -> None:
+    if not reason:
+        raise InvalidInput(f"Say why you {action}: a reason is required, and kept in the promotion log.")
+
+
 @require_POST
 @knowledge_base_admin_page
 def version_promote(request, knowledge_base: KnowledgeBase, name: str):
     version = _version_or_404(knowledge_base, name)
     reason = _reason(request)
     try:
+        _reason_required(reason, f"promote {version.name}")
         event = model_version_promote(version=version, actor=request.user, reason=reason)
     except ServiceError as error:
-        return _version_page(request, knowledge_base, version, error=str(error), reason=reason, status=error.status_code)
+        return _confirmation(request, knowledge_base, version, "promote", error=str(error), reason=reason, status=error.status_code)
     previous = event.from_version.name if event.from_version else "the base model"
     messages.success(request, f"{version.name} is live; it replaced {previous}.")
     return redirect("training_version_detail", slug=knowledge_base.slug, name=version.name)
@@ -188,11 +330,12 @@ def version_rollback(request, knowledge_base: KnowledgeBase, name: str):
         # drawn, the admin is told instead of rolling back something they did not look at.
         if version.status != version.Status.LIVE:
             raise Conflict(f"{version.name} is not live ({version.status}); there is nothing to roll back.")
+        _reason_required(reason, f"roll back {version.name}")
         event = model_version_rollback(
             knowledge_base=knowledge_base, component=version.component, actor=request.user, reason=reason
         )
     except ServiceError as error:
-        return _version_page(request, knowledge_base, version, error=str(error), reason=reason, status=error.status_code)
+        return _confirmation(request, knowledge_base, version, "rollback", error=str(error), reason=reason, status=error.status_code)
     restored = event.to_version.name if event.to_version else "the base model"
     messages.success(request, f"{version.name} was rolled back; {restored} serves {version.component} again.")
     return redirect("training_version_detail", slug=knowledge_base.slug, name=version.name)
@@ -395,7 +538,7 @@ def _run_or_404(knowledge_base, run_id):
 @knowledge_base_admin_page
 def training_run_detail(request, knowledge_base: KnowledgeBase, run_id: int):
     run = _run_or_404(knowledge_base, run_id)
-    return render(request, "training/run_detail.html", {"kb": knowledge_base, "run": run})
+    return render(request, "training/run_detail.html", {"kb": knowledge_base, "run": run, "progress": training_run_progress(run=run)})
 
 
 @require_GET
@@ -403,7 +546,8 @@ def training_run_detail(request, knowledge_base: KnowledgeBase, run_id: int):
 def training_run_log_fragment(request, knowledge_base: KnowledgeBase, run_id: int):
     """The run's progress and log, polled while it runs."""
     run = _run_or_404(knowledge_base, run_id)
-    return fragment(render(request, "training/_run_log.html", {"kb": knowledge_base, "run": run}))
+    context = {"kb": knowledge_base, "run": run, "progress": training_run_progress(run=run)}
+    return fragment(render(request, "training/_run_log.html", context))
 
 
 # --- webhooks ---------------------------------------------------------------------------------

@@ -16,16 +16,13 @@ from curation.views.access import fragment, knowledge_base_page
 from curation.workbench_selectors import turn_label_history
 from knowledge.errors import Forbidden, InvalidInput, ServiceError
 from knowledge.models import Document, EmbeddingJob, KnowledgeBase, Turn
-from knowledge.selectors import live_space_chunks_missing, live_version_names, live_version_names_of
+from knowledge.selectors import embedding_jobs_recent, live_space_chunks_missing, live_version_names, live_version_names_of
 from knowledge.services.turns import turn_ask, turn_feedback_set
+from rag.documents import SUPPORTED_SUFFIXES
 
 
 def _embedding_progress(knowledge_base: KnowledgeBase) -> list[EmbeddingJob]:
-    return list(
-        EmbeddingJob.objects.filter(space__knowledge_base=knowledge_base)
-        .select_related("space")
-        .order_by("-created_at")[:3]
-    )
+    return embedding_jobs_recent(knowledge_base=knowledge_base)
 
 
 @require_GET
@@ -38,7 +35,7 @@ def home(request):
         .order_by("slug")
     )
     rows = [(kb, live_version_names_of(knowledge_base=kb)) for kb in knowledge_bases]
-    return render(request, "curation/home.html", {"rows": rows})
+    return render(request, "curation/home.html", {"rows": rows, "is_admin": user_is_admin(request.user)})
 
 
 @require_GET
@@ -54,6 +51,7 @@ def knowledge_base_detail(request, knowledge_base: KnowledgeBase):
         "documents": knowledge_base.documents.order_by("external_id")[:50],
         "turns": _recent_turns(knowledge_base),
         "chunks_missing": live_space_chunks_missing(knowledge_base=knowledge_base),
+        "supported": ", ".join(SUPPORTED_SUFFIXES),
     }
     return render(request, "curation/kb_detail.html", context)
 
@@ -106,7 +104,9 @@ def turn_feedback_view(request, knowledge_base: KnowledgeBase, turn_id: int):
 @knowledge_base_page
 def document_detail(request, knowledge_base: KnowledgeBase, document_id: int):
     document = get_object_or_404(Document, pk=document_id, knowledge_base=knowledge_base)
-    return render(request, "curation/document_detail.html", {"document": document, "chunks": document.chunks.order_by("order")})
+    return render(request, "curation/document_detail.html", {
+        "document": document, "chunks": document.chunks.order_by("order"), "is_admin": user_is_admin(request.user),
+    })
 
 
 @require_GET

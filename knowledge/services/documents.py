@@ -8,14 +8,16 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from knowledge.errors import InvalidInput
+from knowledge.errors import InvalidInput, NotFound
 from knowledge.models import (
     Chunk,
+    ChunkEmbedding,
     Document,
     EmbeddingJob,
     EmbeddingSpace,
     KnowledgeBase,
 )
+from knowledge.services.audit import audit_record
 from knowledge.services.embeddings import embedding_job_start
 from knowledge.services.knowledge_bases import retriever_model_path
 from rag.chunking import TextChunk, chunk_budget, chunk_text
@@ -128,3 +130,30 @@ def documents_ingest(*, knowledge_base: KnowledgeBase, documents: list[SourceDoc
                 if job is not None:
                     result.jobs.append(job)
     return result
+
+
+@dataclass
+class DocumentDeleted:
+    external_id: str
+    chunks: int
+    vectors: int
+
+
+def document_delete(*, document: Document, actor=None) -> DocumentDeleted:
+    """Remove a document with its chunks and their vectors in every space (the foreign keys
+    cascade); the turns and labels that cited it keep their copy of the passage text."""
+    with transaction.atomic():
+        # The same lock as an ingest: an upload of this document meanwhile waits, then re-creates it.
+        knowledge_base = KnowledgeBase.objects.select_for_update().get(pk=document.knowledge_base_id)
+        document = Document.objects.filter(pk=document.pk, knowledge_base=knowledge_base).first()
+        if document is None:
+            raise NotFound("That document was already deleted.")
+        chunk_ids = list(document.chunks.values_list("pk", flat=True))
+        vectors = ChunkEmbedding.objects.filter(chunk_id__in=chunk_ids).count()
+        deleted = DocumentDeleted(external_id=document.external_id, chunks=len(chunk_ids), vectors=vectors)
+        audit_record(
+            action="document.delete", object_type="document", object_id=document.pk, knowledge_base=knowledge_base,
+            actor=actor, before={"external_id": document.external_id, "chunks": deleted.chunks, "vectors": vectors},
+        )  # fmt: skip
+        document.delete()
+    return deleted

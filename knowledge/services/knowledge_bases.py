@@ -14,6 +14,11 @@ from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedde
 
 BASE_MODEL_REFERENCE = f"base:{BASE_RETRIEVER_NAME}"
 BASE_RETRIEVER_VERSION = "base"
+DEFAULT_CHUNK_MAX_TOKENS = 200
+DEFAULT_CHUNK_OVERLAP_TOKENS = 40
+CHUNK_MIN_TOKENS = 16
+NAME_MAX_LENGTH = 200
+GENERATOR_MODEL_MAX_LENGTH = 500
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
@@ -34,7 +39,11 @@ def knowledge_base_create(
     generator_model: str = "",
     retrieval_mode: str = RetrievalMode.DENSE,
     personal_data_mode: str = PersonalDataMode.OFF,
+    chunk_max_tokens: int = DEFAULT_CHUNK_MAX_TOKENS,
+    chunk_overlap_tokens: int = DEFAULT_CHUNK_OVERLAP_TOKENS,
 ) -> KnowledgeBase:
+    """Create the knowledge base and its base space; the CLI (`kb_create`) and the admins' page
+    both call this, so they refuse the same input with the same messages."""
     _check_retrieval_mode(retrieval_mode)
     _check_personal_data_mode(personal_data_mode)
     if not _SLUG.match(slug or ""):
@@ -49,7 +58,12 @@ def knowledge_base_create(
         )
     if generator_backend != KnowledgeBase.GeneratorBackend.EXTRACTIVE and not generator_model:
         raise InvalidInput(f"Generator backend {generator_backend!r} needs a model (a model name or a path).")
+    if len(name) > NAME_MAX_LENGTH:
+        raise InvalidInput(f"Knowledge base name is {len(name)} characters long; the limit is {NAME_MAX_LENGTH}.")
+    if len(generator_model) > GENERATOR_MODEL_MAX_LENGTH:
+        raise InvalidInput(f"Generator model is {len(generator_model)} characters long; the limit is {GENERATOR_MODEL_MAX_LENGTH}.")
     embedder = load_embedder(base_retriever_path())
+    _check_chunking(chunk_max_tokens, chunk_overlap_tokens, window=embedder.max_tokens - 2)
     try:
         with transaction.atomic():
             knowledge_base = KnowledgeBase.objects.create(
@@ -60,6 +74,8 @@ def knowledge_base_create(
                 generator_model=generator_model,
                 retrieval_mode=retrieval_mode,
                 personal_data_mode=personal_data_mode,
+                chunk_max_tokens=chunk_max_tokens,
+                chunk_overlap_tokens=chunk_overlap_tokens,
             )
             # An empty space is complete, so the base space is ready and live at once; new
             # documents are embedded into it as they arrive.
@@ -75,11 +91,31 @@ def knowledge_base_create(
             audit_record(
                 action="knowledge_base.create", object_type="knowledge_base", object_id=knowledge_base.pk,
                 knowledge_base=knowledge_base,
-                after={"slug": slug, "generator_backend": generator_backend, "generator_model": generator_model},
+                after={
+                    "slug": slug, "generator_backend": generator_backend, "generator_model": generator_model,
+                    "chunk_max_tokens": chunk_max_tokens, "chunk_overlap_tokens": chunk_overlap_tokens,
+                },
             )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"Knowledge base {slug!r} already exists.") from None
     return knowledge_base
+
+
+def _check_chunking(max_tokens, overlap_tokens, *, window: int) -> None:
+    """Chunks are cut to `max_tokens` of the retriever's tokenizer, each repeating the last
+    `overlap_tokens` of the one before (rag.chunking); the base retriever's window bounds both."""
+    for label, value in (("Chunk size", max_tokens), ("Chunk overlap", overlap_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"{label} must be a whole number of tokens, got {value!r}.")
+    if not CHUNK_MIN_TOKENS <= max_tokens <= window:
+        raise InvalidInput(
+            f"Chunk size must be between {CHUNK_MIN_TOKENS} and {window} tokens (the base retriever's window), "
+            f"got {max_tokens}."
+        )
+    if overlap_tokens < 0 or overlap_tokens * 2 >= max_tokens:
+        raise InvalidInput(
+            f"Chunk overlap must be at least 0 and less than half the chunk size ({max_tokens} tokens), got {overlap_tokens}."
+        )
 
 
 def _check_retrieval_mode(mode: str) -> None:

@@ -46,7 +46,7 @@ def test_promote_and_rollback_from_the_page_write_one_row_each(admin_client, kno
     assert promoted.before == {"live": None}
     assert promoted.after == {"live": "retriever-v1", "component": "retriever", "automatic": False, "reason": "better nDCG"}
     # promoting it again is refused: no second row
-    assert admin_client.post("/kbs/test-kb/models/retriever-v1/promote/").status_code == 409
+    assert admin_client.post("/kbs/test-kb/models/retriever-v1/promote/", {"reason": "again"}).status_code == 409
     with pytest.raises(Conflict):
         model_version_promote(version=version)
     assert len(rows("model_version.promote")) == 1

@@ -241,7 +241,7 @@ def test_a_retriever_still_embedding_is_not_promoted_and_the_page_says_why(admin
 
 def test_rolling_back_a_version_that_is_not_live_is_refused(admin_client, knowledge_base):
     retriever_version(knowledge_base, "retriever-v1")
-    response = admin_client.post("/kbs/test-kb/models/retriever-v1/rollback/")
+    response = admin_client.post("/kbs/test-kb/models/retriever-v1/rollback/", {"reason": "bad"})
     assert response.status_code == 409 and b"not live" in response.content
     assert not PromotionEvent.objects.exists()
     assert admin_client.get("/kbs/test-kb/models/retriever-v1/rollback/").status_code == 405
@@ -256,7 +256,7 @@ def test_promotion_needs_the_csrf_token(admin_user, knowledge_base):
     page = client.get("/kbs/test-kb/models/retriever-v1/")
     token = page.cookies["csrftoken"].value
     assert b'name="csrfmiddlewaretoken"' in page.content
-    assert client.post("/kbs/test-kb/models/retriever-v1/promote/", {"csrfmiddlewaretoken": token}).status_code == 302
+    assert client.post("/kbs/test-kb/models/retriever-v1/promote/", {"csrfmiddlewaretoken": token, "reason": "ok"}).status_code == 302
     assert PromotionEvent.objects.count() == 1
 
 

@@ -60,7 +60,9 @@ def test_a_snapshot_freezes_final_judgments_with_lineage(embedded_knowledge_base
     assert len(example.irrelevant) == 2 and len(example.retrieved) == 3
     assert example.gold_answer == "HMG-CoA reductase." and example.answer_rating == "correct"
     assert not SnapshotExample.objects.filter(turn=unlabelled).exists()
-    # the split is the stable hash of the id: the same in a later snapshot
+    # the split is the stable hash of the id: the same in a later snapshot (one more label, as
+    # a snapshot identical to the latest is refused)
+    _judge(unlabelled, curator)
     later = dataset_snapshot_create(knowledge_base=embedded_knowledge_base, heldout_share=0.5)
     assert SnapshotExample.objects.get(snapshot=later, turn=statins).split == example.split
     [as_dataclass] = [e for e in snapshot_dataset_examples(snapshot=snapshot) if e.example_id == example.example_id]

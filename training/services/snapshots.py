@@ -30,7 +30,7 @@ from django.db import transaction
 
 from curation.models import Label, Relevance
 from curation.selectors import turn_final_judgments, turn_ids_held_for_personal_data
-from knowledge.errors import InvalidInput
+from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import Chunk, Turn
 from rag.conversation import ChatMessage, history_within_budget
 from rag.datasets import DatasetExample, LabeledPassage, chat_history, split_for, split_key
@@ -41,13 +41,54 @@ def _passage(*, text: str, document_id: str = "", chunk_id: int | None = None, t
     return {"text": text, "document_id": document_id, "chunk_id": chunk_id, "title": title}
 
 
+class SnapshotUnchanged(Conflict):
+    """The labels have not changed since the latest snapshot: a new one would be a copy of it."""
+
+    def __init__(self, latest: DatasetSnapshot):
+        self.latest = latest
+        super().__init__(
+            f"Snapshot #{latest.pk} already holds exactly these examples ({latest.train_count} train / "
+            f"{latest.heldout_count} held-out, held-out share {latest.heldout_share:g}); nothing was judged, "
+            "corrected or adjudicated since. Label more turns first, or use snapshot "
+            f"#{latest.pk}."
+        )
+
+
+# What makes two snapshots the same dataset: every field an example is trained or scored on.
+_EXAMPLE_FIELDS = (
+    "turn_id", "example_id", "split", "query", "question", "history", "gold_answer", "answer_rating", "rationale",
+    "relevant", "irrelevant", "retrieved", "label_ids", "failure_tags",
+)  # fmt: skip
+
+
+def _same_examples(snapshot: DatasetSnapshot, examples: list[SnapshotExample]) -> bool:
+    if snapshot.example_count != len(examples):
+        return False
+    stored = sorted(
+        (tuple(row[name] for name in _EXAMPLE_FIELDS) for row in snapshot.examples.values(*_EXAMPLE_FIELDS)),
+        key=repr,
+    )
+    new = sorted((tuple(getattr(example, name) for name in _EXAMPLE_FIELDS) for example in examples), key=repr)
+    return stored == new
+
+
 def dataset_snapshot_create(
-    *, knowledge_base, created_by=None, heldout_share: float = 0.2, include_synthetic: bool = False
+    *,
+    knowledge_base,
+    created_by=None,
+    heldout_share: float = 0.2,
+    include_synthetic: bool = False,
+    reuse_identical: bool = False,
 ) -> DatasetSnapshot:
     """Freeze the final judgments; labels of synthetic turns only when `include_synthetic`.
 
     Synthetic examples always go to the train split: held-out figures measure questions
     people asked, whatever was trained on.
+
+    A snapshot identical to the knowledge base's latest one (the same examples, split the same
+    way) is refused with SnapshotUnchanged, so the list never fills with copies; with
+    `reuse_identical` (a training run that wants "the current labels") the latest one is
+    returned instead.
     """
     if not 0.0 <= heldout_share <= 1.0:
         raise InvalidInput(f"heldout_share must be between 0 and 1, got {heldout_share}.")
@@ -130,6 +171,18 @@ def dataset_snapshot_create(
         )
     if not examples:
         raise InvalidInput("No curated turn has a relevant passage or a gold answer yet.")
+    latest = DatasetSnapshot.objects.filter(knowledge_base=knowledge_base).order_by("-created_at", "-pk").first()
+    if (
+        latest is not None
+        and latest.heldout_share == heldout_share
+        and latest.include_synthetic == include_synthetic
+        and latest.split_rule == DatasetSnapshot.SplitRule.QUERY_TEXT
+        and latest.personal_data_excluded == len(held)
+        and _same_examples(latest, examples)
+    ):
+        if reuse_identical:
+            return latest
+        raise SnapshotUnchanged(latest)
     with transaction.atomic():
         snapshot = DatasetSnapshot.objects.create(
             knowledge_base=knowledge_base,

@@ -241,6 +241,19 @@ def model_version_promote(
         return promotion
 
 
+def rollback_target(*, knowledge_base: KnowledgeBase, component: str, current: ModelVersion) -> ModelVersion | None:
+    """The version a rollback of `current` puts back: what was live before `current` was
+    *promoted* (not before a rollback put it back), so rolling back twice walks down the
+    promotion history instead of flip-flopping; None: the base model."""
+    went_live = (
+        PromotionEvent.objects.filter(knowledge_base=knowledge_base, component=component, to_version=current)
+        .exclude(action=PromotionEvent.Action.ROLLBACK)
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+    return went_live.from_version if went_live else None
+
+
 def model_version_rollback(
     *, knowledge_base: KnowledgeBase, component: str, actor=None, reason: str = "", actor_name: str = ""
 ) -> PromotionEvent:
@@ -256,15 +269,7 @@ def model_version_rollback(
         ).first()
         if current is None:
             raise Conflict(f"No {component} version is live in {knowledge_base.slug!r}: it already serves the base model.")
-        # What was live before the current version was *promoted* (not before a rollback put
-        # it back): rolling back twice walks down the promotion history instead of flip-flopping.
-        went_live = (
-            PromotionEvent.objects.filter(knowledge_base=knowledge_base, component=component, to_version=current)
-            .exclude(action=PromotionEvent.Action.ROLLBACK)
-            .order_by("-created_at", "-pk")
-            .first()
-        )
-        previous = went_live.from_version if went_live else None
+        previous = rollback_target(knowledge_base=knowledge_base, component=component, current=current)
         if previous is not None:
             _serving_ready(previous)
         ModelVersion.objects.filter(pk=current.pk).update(status=ModelVersion.Status.RETIRED)

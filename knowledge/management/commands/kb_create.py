@@ -18,6 +18,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--retrieval-mode", default="dense", help="dense (default), lexical or hybrid (docs/retrieval.md)"
         )
+        parser.add_argument("--chunk-max-tokens", type=int, default=200, help="chunk size in retriever tokens (default 200)")
+        parser.add_argument(
+            "--chunk-overlap-tokens", type=int, default=40, help="tokens a chunk repeats of the one before (default 40)"
+        )
         parser.add_argument(
             "--personal-data", default="off", choices=["off", "redact", "reject"],
             help="what happens to e-mail addresses, phone numbers, cards, IBANs, IPs and URLs in stored text",
@@ -33,5 +37,7 @@ class Command(BaseCommand):
                 generator_model=generator_model,
                 retrieval_mode=retrieval_mode,
                 personal_data_mode=options["personal_data"],
+                chunk_max_tokens=options["chunk_max_tokens"],
+                chunk_overlap_tokens=options["chunk_overlap_tokens"],
             )
         self.stdout.write(f"created knowledge base {knowledge_base.slug}")

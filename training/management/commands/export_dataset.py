@@ -62,7 +62,7 @@ class Command(BaseCommand):
                 # Said before a new snapshot is taken, so a typo leaves nothing behind.
                 dataset_export_files(snapshot=None, format=export_format, split=split)
             if snapshot == "new":
-                chosen = dataset_snapshot_create(knowledge_base=knowledge_base)
+                chosen = dataset_snapshot_create(knowledge_base=knowledge_base, reuse_identical=True)
             else:
                 chosen = snapshot_get(knowledge_base=knowledge_base, snapshot_id=snapshot)
             summary = dataset_export(

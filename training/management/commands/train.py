@@ -13,6 +13,7 @@ from knowledge.management.cli import service_errors_as_command_errors
 from knowledge.selectors import knowledge_base_get
 from training.models import Component, DatasetSnapshot, ModelVersion, TrainingRun
 from training.services.runs import GENERATOR_MODES, RETRIEVER_MODES, training_run_start
+from training.services.runs.parameters import parameter_value_from_text
 
 
 def parse_parameter(text: str) -> tuple[str, Any]:
@@ -20,13 +21,7 @@ def parse_parameter(text: str) -> tuple[str, Any]:
     name, separator, raw = text.partition("=")
     if not separator or not name.strip():
         raise CommandError(f"--param {text!r}: expected key=value", returncode=2)
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    if not isinstance(value, bool | int | float | str):
-        value = raw  # objects, lists and null are not parameter values: keep the text
-    return name.strip(), value
+    return name.strip(), parameter_value_from_text(raw)
 
 
 def run_summary(run: TrainingRun) -> dict[str, Any]:

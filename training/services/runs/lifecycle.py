@@ -85,7 +85,7 @@ def training_run_start(
             if snapshot is None:
                 snapshot = dataset_snapshot_create(
                     knowledge_base=knowledge_base, created_by=created_by, heldout_share=effective["heldout_share"],
-                    include_synthetic=include_synthetic,
+                    include_synthetic=include_synthetic, reuse_identical=True,
                 )  # fmt: skip
             effective["heldout_share"] = snapshot.heldout_share
             check_trainable(snapshot=snapshot, mode=mode)

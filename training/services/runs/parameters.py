@@ -1,6 +1,7 @@
 """The run parameter schema: which parameters each training mode takes, their bounds and
 defaults, and the checks `training_run_start` makes before it queues a run."""
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -238,3 +239,36 @@ def check_corpus_trainable(*, knowledge_base: KnowledgeBase) -> None:
             f"Knowledge base {knowledge_base.slug!r} has no embedded chunks in its live space "
             f"({live.space.retriever_version}) to draw corpus pairs from; ingest documents first."
         )
+
+
+def parameter_value_from_text(raw: str) -> Any:
+    """A parameter typed as text (`--param key=value`, a form field): read as JSON when it is a
+    number or true/false, else kept as text; `validated_parameters` then checks it."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(value, bool | int | float | str):
+        return raw  # objects, lists and null are not parameter values: keep the text
+    return value
+
+
+@dataclass(frozen=True)
+class ParameterField:
+    """One parameter of a mode as a form shows it: its default (None: optional, no default)
+    and what it accepts, in the words of the validation message."""
+
+    name: str
+    kind: str  # "int", "float", "bool", "str"
+    default: Any
+    accepts: str
+
+
+def mode_parameter_fields(*, mode: str) -> list[ParameterField]:
+    """The schema of one mode's parameters, in the order MODE_PARAMETERS lists them."""
+    if mode not in MODE_PARAMETERS:
+        raise InvalidInput(f"Mode {mode!r} is unknown; choose one of {', '.join(MODE_PARAMETERS)}.")
+    return [
+        ParameterField(name=name, kind=PARAMETERS[name].kind.__name__, default=default, accepts=PARAMETERS[name].describe())
+        for name, default in MODE_PARAMETERS[mode].items()
+    ]
