@@ -28,7 +28,9 @@ NOT_PAGES = {
     "account_token_revoke", "account_token_rotate", "training_runs", "training_run_log", "training_run_cancel",
     "training_version_promote", "training_version_rollback", "training_snapshot_export_beir", "training_loop_cycles",
     "training_loop_cycle_log", "training_loop_policy_run", "training_snapshot_export", "training_webhook_create",
-    "training_webhook_delete", "training_webhook_enabled",
+    "training_webhook_delete", "training_webhook_enabled", "kb_documents_upload", "training_snapshot_create",
+    # Needs a version that was live before the live one; its panel's layout is the promote panel's.
+    "training_version_rollback_confirm",
 }
 
 
@@ -89,6 +91,11 @@ def _site(knowledge_base, admin_user, django_user_model) -> dict[str, str]:
         training_curve=[{"step": n, "loss": 2.0 / n} for n in range(1, 60)],
     )  # fmt: skip
     ModelVersion.objects.filter(pk=version.pk).update(status="live")
+    model_version_register(
+        knowledge_base=knowledge_base, component="retriever", artifact_folder=None, name="retriever-v2",
+        embedding_space=knowledge_base.embedding_spaces.get(retriever_version="base"),
+        query_model_reference="base:all-MiniLM-L6-v2", metrics={"ndcg@10": 0.55, "recall@10": 0.72, "mrr@10": 0.41},
+    )  # fmt: skip
     run = TrainingRun.objects.create(knowledge_base=knowledge_base, component="retriever", mode="contrastive",
                                      status="failed", progress=0.5, error=f"broke: {long_word}", created_by=admin_user)
     policy = RetrainingPolicy.objects.create(knowledge_base=knowledge_base, component="retriever", name="kb-retriever",
@@ -112,6 +119,9 @@ def _site(knowledge_base, admin_user, django_user_model) -> dict[str, str]:
         "training_version_detail": f"/kbs/{slug}/models/retriever-v1/", "training_loop": f"/kbs/{slug}/loop/",
         "training_loop_cycle": f"/kbs/{slug}/loop/cycles/{cycle.pk}/",
         "training_loop_policy": f"/kbs/{slug}/loop/policies/retriever/", "training_webhooks": f"/kbs/{slug}/webhooks/",
+        "kb_create": "/knowledge-bases/new/", "document_delete": f"/kbs/{slug}/documents/{document.pk}/delete/",
+        "training_run_new": f"/kbs/{slug}/training-runs/new/", "training_erase": f"/kbs/{slug}/erase/",
+        "training_version_promote_confirm": f"/kbs/{slug}/models/retriever-v2/promote/confirm/",
         # Pages outside the URL names: the API docs and the error pages.
         "api_docs": "/api/v1/docs", "not_found": "/no-such-page/",
     }  # fmt: skip
