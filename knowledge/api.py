@@ -303,6 +303,7 @@ class RetrieveIn(Schema):
     k: Integer = Field(10, ge=1, le=100)
     retriever_version: Text | None = Field(None, max_length=100)
     mode: Mode | None = Field(None, description=MODE_DESCRIPTION)
+    rerank: bool = Field(True, description="false: the first stage's order even when a reranker version is live.")
 
 
 class PassageOut(Schema):
@@ -317,8 +318,10 @@ class PassageOut(Schema):
 class RetrieveOut(Schema):
     retriever_version: str = Field(description='What served, e.g. "base", "bm25" or "base+bm25/rrf60" (hybrid).')
     mode: str = Field(description="The retrieval mode that served: dense, lexical or hybrid.")
+    reranker_version: str = Field("", description="The live reranker that reordered the first stage's top N; blank: none.")
     passages: list[PassageOut] = Field(
-        description="Best first. score: cosine similarity (dense), BM25 (lexical) or the fused score (hybrid)."
+        description="Best first. score: cosine similarity (dense), BM25 (lexical), the fused score (hybrid), or the "
+        "reranker's score when a reranker reordered them."
     )
 
 
@@ -342,7 +345,11 @@ class TurnOut(Schema):
     retriever_version: str
     retrieval_mode: str = Field(description="dense, lexical or hybrid for a served turn; blank for a logged one.")
     generator_version: str
+    reranker_version: str = Field("", description="The reranker that reordered the passages; blank: none was live.")
     latency_ms: float | None
+    latency_split: dict[str, float] = Field(
+        default_factory=dict, description="Milliseconds per stage of a served turn: embed, first_stage, rerank, generate."
+    )
     feedback: int | None
     feedback_comment: str
     created_at: str
@@ -505,7 +512,9 @@ def _turn_out(turn: Turn) -> dict:
         "retriever_version": turn.retriever_version,
         "retrieval_mode": turn.retrieval_mode,
         "generator_version": turn.generator_version,
+        "reranker_version": turn.reranker_version,
         "latency_ms": turn.latency_ms,
+        "latency_split": turn.latency_split,
         "feedback": turn.feedback,
         "feedback_comment": turn.feedback_comment,
         "created_at": turn.created_at.isoformat(),
@@ -607,11 +616,13 @@ def retrieve(request, slug: str, payload: RetrieveIn):
         k=payload.k,
         mode=payload.mode,
         retriever_version=payload.retriever_version,
+        rerank=payload.rerank,
     )
     passages = retrieval.passages
     return {
         "retriever_version": retrieval.retriever_version,
         "mode": retrieval.mode,
+        "reranker_version": retrieval.reranker_version,
         "passages": [
             {
                 "rank": p.rank,

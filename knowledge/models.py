@@ -68,6 +68,12 @@ class KnowledgeBase(models.Model):
     live_generator_backend = models.CharField(max_length=20, blank=True)
     live_generator_model = models.CharField(max_length=500, blank=True)
     live_generator_adapter_path = models.CharField(max_length=500, blank=True)
+    # Reranker: the live version's name and its cross-encoder folder (relative to the artifacts
+    # folder); blank: no reranker, the first stage's order serves (docs/retrieval.md).
+    live_reranker_version = models.CharField(max_length=100, blank=True, default="", db_default="")
+    live_reranker_path = models.CharField(max_length=500, blank=True, default="", db_default="")
+    # How many of the first stage's candidates a live reranker scores (its cost grows with it).
+    rerank_top_n = models.PositiveSmallIntegerField(default=50, db_default=50)
     # Curation: how many curators judge each turn (overlap), how long "next" holds a turn,
     # and the guidelines (Markdown) curators read while judging.
     labels_per_turn = models.PositiveSmallIntegerField(default=1)
@@ -328,7 +334,13 @@ class Turn(models.Model):
     # before modes existed, which were dense). retriever_version names it too ("base+bm25/rrf60").
     retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, blank=True, default="", db_default="")
     generator_version = models.CharField(max_length=200, blank=True)
+    # The reranker version that reordered the first stage's candidates (blank: none was live).
+    reranker_version = models.CharField(max_length=100, blank=True, default="", db_default="")
     latency_ms = models.FloatField(null=True, blank=True)
+    # Where a served turn's time went, in milliseconds: {"embed", "first_stage", "rerank",
+    # "generate"} (rerank 0 when no reranker is live; first_stage excludes the query's
+    # encoding). Empty for ingested turns and turns served before it was recorded.
+    latency_split = models.JSONField(default=dict, blank=True, db_default={})
     feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)
     feedback_comment = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)

@@ -1,16 +1,19 @@
 """Read operations: knowledge bases, which retriever serves (the live one that promotion wrote
 onto the knowledge base, or a named version), retrieval (dense from an embedding space, lexical
-by BM25 over the chunk text, or both fused: docs/retrieval.md), and conversations."""
+by BM25 over the chunk text, or both fused: docs/retrieval.md), the live reranker's second
+stage over the first stage's top candidates, and conversations."""
 
 import functools
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from knowledge.errors import InvalidInput, NotFound
+from knowledge.errors import InvalidInput, NotFound, UpstreamError
 from knowledge.models import (
     ApiToken,
     ChunkEmbedding,
@@ -30,6 +33,7 @@ from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
 from rag.progress import duration_text, remaining_seconds
 from rag.query_cache import QueryVectorCache
+from rag.reranking import load_reranker, rerank_order
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def live_version_names_of(*, knowledge_base: KnowledgeBase) -> dict[str, str]:
 
 
 def passages_retrieve(
-    *, space: EmbeddingSpace, query: str, k: int, query_model_reference: str | None = None
+    *, space: EmbeddingSpace, query: str, k: int, query_model_reference: str | None = None, timings: dict | None = None
 ) -> list[RetrievedChunk]:
     """The k chunks nearest to the query by cosine similarity, best first.
 
@@ -145,12 +149,17 @@ def passages_retrieve(
     Small spaces are scanned exactly; past RAGLOOP_EXACT_SEARCH_MAX_CHUNKS the space's
     partial HNSW index answers, with ef_search raised to at least max(RAGLOOP_HNSW_EF_SEARCH,
     2k) so a top-k query gets k results.
+
+    `timings`, when given, gets the milliseconds spent encoding the query added under "embed".
     """
     if not query.strip():
         raise InvalidInput("The query is empty.")
     if not 1 <= k <= settings.RAGLOOP_MAX_K:
         raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
+    started = time.perf_counter()
     query_vector = _query_vector(space=space, query=query, query_model_reference=query_model_reference)
+    if timings is not None:
+        timings["embed"] = timings.get("embed", 0.0) + (time.perf_counter() - started) * 1000
     dims = int(space.dimensions)
     if space.hnsw_index_built:
         # Matches the partial index expression exactly, so the planner can use it.
@@ -246,11 +255,47 @@ def passages_retrieve_lexical(*, knowledge_base: KnowledgeBase, query: str, k: i
 
 @dataclass(frozen=True)
 class Retrieval:
-    """What a search returned, and how: the mode and the retriever version a turn records."""
+    """What a search returned, and how: the mode, the retriever version and the reranker version
+    (blank: none) a turn records, and where the time went in milliseconds ({"embed",
+    "first_stage", "rerank"}; first_stage leaves the query's encoding out)."""
 
     mode: str
     retriever_version: str
     passages: list[RetrievedChunk]
+    reranker_version: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RerankerChoice:
+    """The live reranker: its version name and its cross-encoder folder."""
+
+    version: str
+    path: Path
+
+
+def reranker_for(*, knowledge_base: KnowledgeBase) -> RerankerChoice | None:
+    """The live reranker that promotion wrote onto the knowledge base (read afresh), or None."""
+    row = KnowledgeBase.objects.filter(pk=knowledge_base.pk).values("live_reranker_version", "live_reranker_path").first()
+    if row is None or not row["live_reranker_version"] or not row["live_reranker_path"]:
+        return None
+    path = Path(row["live_reranker_path"])
+    if not path.is_absolute():  # artifact paths are relative to the artifacts folder
+        path = Path(settings.RAGLOOP_ARTIFACTS_DIR) / path
+    return RerankerChoice(row["live_reranker_version"], path)
+
+
+def passages_rerank(*, reranker: RerankerChoice, query: str, candidates: list[RetrievedChunk], k: int) -> list[RetrievedChunk]:
+    """The k best of `candidates` by the reranker's score, best first (ties keep the first
+    stage's order); each passage's score is then the reranker's."""
+    try:
+        scores = load_reranker(str(reranker.path)).scores(query, [p.text for p in candidates])
+    except (OSError, ValueError) as error:
+        raise UpstreamError(f"The live reranker {reranker.version!r} cannot be loaded from {reranker.path}: {error}") from error
+    return [
+        replace(candidates[index], rank=rank, score=scores[index])
+        for rank, index in enumerate(rerank_order(scores)[:k], start=1)
+    ]
 
 
 def retrieval_mode_checked(mode: str | None) -> str | None:
@@ -268,9 +313,20 @@ def hybrid_version_name(dense_version: str) -> str:
 
 
 def passages_search(
-    *, knowledge_base: KnowledgeBase, query: str, k: int, mode: str | None = None, retriever_version: str | None = None
+    *,
+    knowledge_base: KnowledgeBase,
+    query: str,
+    k: int,
+    mode: str | None = None,
+    retriever_version: str | None = None,
+    rerank: bool = True,
 ) -> Retrieval:
-    """The k best chunks for the query in the given mode, or the knowledge base's.
+    """The k best chunks for the query in the given mode, or the knowledge base's, reranked by
+    the live reranker when one is live (and `rerank`).
+
+    With a live reranker the first stage returns its top max(k, rerank_top_n) candidates
+    (at most RAGLOOP_MAX_K), the reranker scores each (query, chunk) pair and the k best
+    by its score are returned, with its score as theirs.
 
     dense: the live retriever (or the named version) over its embedding space. lexical: BM25
     over the chunk text (no embedding space, no version to name). hybrid: both retrievers'
@@ -279,6 +335,31 @@ def passages_search(
     the first k of the union; a passage's score is then its fused score.
     """
     mode = retrieval_mode_checked(mode) or knowledge_base.retrieval_mode
+    if not 1 <= k <= settings.RAGLOOP_MAX_K:
+        raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
+    reranker = reranker_for(knowledge_base=knowledge_base) if rerank else None
+    first_k = k
+    if reranker is not None:
+        top_n = KnowledgeBase.objects.filter(pk=knowledge_base.pk).values_list("rerank_top_n", flat=True).first() or k
+        first_k = min(settings.RAGLOOP_MAX_K, max(k, top_n))
+    timings: dict[str, float] = {"embed": 0.0}
+    started = time.perf_counter()
+    first = _first_stage(
+        knowledge_base=knowledge_base, query=query, k=first_k, mode=mode, retriever_version=retriever_version, timings=timings
+    )
+    timings["first_stage"] = (time.perf_counter() - started) * 1000 - timings["embed"]
+    if reranker is None:
+        return replace(first, timings={**timings, "rerank": 0.0})
+    started = time.perf_counter()
+    passages = passages_rerank(reranker=reranker, query=query, candidates=first.passages, k=k)
+    timings["rerank"] = (time.perf_counter() - started) * 1000
+    return replace(first, passages=passages, reranker_version=reranker.version, timings=timings)
+
+
+def _first_stage(
+    *, knowledge_base: KnowledgeBase, query: str, k: int, mode: str, retriever_version: str | None, timings: dict
+) -> Retrieval:
+    """passages_search's first stage: the k best chunks in `mode`, before any reranking."""
     if mode == RetrievalMode.LEXICAL:
         if retriever_version:
             raise InvalidInput("Lexical retrieval uses no retriever version: send a retriever version with dense or hybrid.")
@@ -287,11 +368,13 @@ def passages_search(
     retriever = retriever_for(knowledge_base=knowledge_base, retriever_version=retriever_version)
     if mode == RetrievalMode.DENSE:
         passages = passages_retrieve(
-            space=retriever.space, query=query, k=k, query_model_reference=retriever.query_model_reference
+            space=retriever.space, query=query, k=k, query_model_reference=retriever.query_model_reference, timings=timings
         )
         return Retrieval(mode, retriever.version, passages)
     depth = min(settings.RAGLOOP_MAX_K, max(k, settings.RAGLOOP_HYBRID_CANDIDATES))
-    dense = passages_retrieve(space=retriever.space, query=query, k=depth, query_model_reference=retriever.query_model_reference)
+    dense = passages_retrieve(
+        space=retriever.space, query=query, k=depth, query_model_reference=retriever.query_model_reference, timings=timings
+    )
     lexical = passages_retrieve_lexical(knowledge_base=knowledge_base, query=query, k=depth)
     if settings.RAGLOOP_HYBRID_FUSION == "score":
         fused = weighted_score_fusion(

@@ -87,7 +87,8 @@ class DatasetExample:
     `retrieved` is the retriever's top k in rank order, judged or not. `rationale` is the
     curator's short quote of the passage that supports the answer. `failure_tags` are the
     slugs of the failures curators tagged the turn with ("retrieval-miss", ...); trainers
-    repeat tagged examples (`example_repeats`).
+    repeat tagged examples (`example_repeats`). `partly` are the passages judged partly
+    relevant: retrievers leave them out, the reranker trains on them as a 0.5 target.
     """
 
     example_id: str
@@ -100,6 +101,7 @@ class DatasetExample:
     question: str = ""
     history: list[ChatMessage] = field(default_factory=list)
     failure_tags: tuple[str, ...] = ()
+    partly: list[LabeledPassage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "history", chat_history(self.history))

@@ -11,6 +11,7 @@ from knowledge.models import EmbeddingSpace, KnowledgeBase, Turn
 class Component(models.TextChoices):
     RETRIEVER = "retriever"
     GENERATOR = "generator"
+    RERANKER = "reranker"
 
 
 class DatasetSnapshot(models.Model):
@@ -83,6 +84,9 @@ class SnapshotExample(models.Model):
     # Lists of {"text", "document_id", "chunk_id", "title"} (rag.datasets.LabeledPassage).
     relevant = models.JSONField(default=list)
     irrelevant = models.JSONField(default=list)
+    # Passages judged "partly" relevant: neither positive nor negative for a retriever, a 0.5
+    # target for the reranker. Empty in snapshots made before it was kept.
+    partly = models.JSONField(default=list, blank=True, db_default=[])
     retrieved = models.JSONField(default=list)
     label_ids = models.JSONField(default=list)
     # Slugs of the turn's failure tags in its final judgment ("retrieval-miss", ...): the
@@ -95,7 +99,9 @@ class SnapshotExample(models.Model):
 
 
 class ModelVersion(models.Model):
-    """A retriever or generator version: what it was trained on, where its files are, how it scored."""
+    """A retriever, generator or reranker version: what it was trained on, where its files are, how it scored.
+
+    A reranker version serves from its artifact folder (a cross-encoder save) alone."""
 
     class Status(models.TextChoices):
         CANDIDATE = "candidate"

@@ -56,6 +56,7 @@ WEBHOOK_MESSAGES_SHOWN = 50
 LIST_METRICS = {
     Component.RETRIEVER: ("ndcg@10", "recall@10", "mrr@10"),
     Component.GENERATOR: ("f1", "exact_match", "groundedness"),
+    Component.RERANKER: ("ndcg@10", "recall@10", "mrr@10"),
 }
 
 

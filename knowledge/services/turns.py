@@ -72,6 +72,10 @@ class ComposedAnswer:
     generator_version: str
     history_messages_used: int
     latency_ms: float
+    # Where the time went, in ms: {"embed", "first_stage", "rerank", "generate"}, and
+    # "rewrite" when a follow-up was made self-contained first.
+    latency_split: dict = field(default_factory=dict)
+    reranker_version: str = ""  # blank: no reranker was live
     # Set once the knowledge base's personal-data mode was applied (composed_answer_scrubbed).
     personal_data_scrubbed: bool = False
 
@@ -91,14 +95,22 @@ def answer_compose(
     retrieval_mode_checked(mode)  # before the generator rewrites anything
     generator_version = knowledge_base.generator_version
     seen_history = history_within_budget(history, max_tokens=settings.RAGLOOP_CHAT_HISTORY_TOKENS)
+    split: dict[str, float] = {}
     try:
         generator, generator_version = generator_for(knowledge_base=knowledge_base)
-        rewritten = generator.rewrite_query(question=question, history=seen_history) if seen_history else question
+        if seen_history:
+            rewrite_started = time.perf_counter()
+            rewritten = generator.rewrite_query(question=question, history=seen_history)
+            split["rewrite"] = (time.perf_counter() - rewrite_started) * 1000
+        else:
+            rewritten = question
     except (GeneratorError, ValueError) as error:
         raise UpstreamError(f"The generator ({generator_version}) could not rewrite the follow-up: {error}") from error
     rewritten = " ".join(rewritten.split())[:MAX_REWRITTEN_QUERY_CHARS] or question
     retrieval = passages_search(knowledge_base=knowledge_base, query=rewritten, k=k, mode=mode)
     retrieved = retrieval.passages
+    split.update(retrieval.timings)
+    generate_started = time.perf_counter()
     try:
         answer = generator.generate(
             query=question,
@@ -107,6 +119,7 @@ def answer_compose(
         )
     except (GeneratorError, ValueError) as error:
         raise UpstreamError(f"The generator ({generator_version}) failed: {error}") from error
+    split["generate"] = (time.perf_counter() - generate_started) * 1000
     return ComposedAnswer(
         question=question,
         rewritten_query="" if rewritten == question else rewritten,
@@ -118,6 +131,8 @@ def answer_compose(
         generator_version=generator_version,
         history_messages_used=len(seen_history),
         latency_ms=(time.perf_counter() - started) * 1000,
+        latency_split={name: round(value, 3) for name, value in split.items()},
+        reranker_version=retrieval.reranker_version,
     )
 
 
@@ -154,7 +169,9 @@ def turn_served_store(
             retriever_version=composed.retriever_version,
             retrieval_mode=composed.retrieval_mode,
             generator_version=composed.generator_version,
+            reranker_version=composed.reranker_version,
             latency_ms=composed.latency_ms,
+            latency_split=composed.latency_split,
             metadata=metadata,
         )
         RetrievedPassage.objects.bulk_create(

@@ -105,7 +105,7 @@ def test_versions_lists_live_marker_lineage_and_figures(capsys, knowledge_base, 
         ("retriever-v1", "live", True, None),
     ]
     assert listed[1]["metrics"] == {"ndcg@10": 0.5, "recall@10": 0.75} and listed[1]["snapshot"] == snapshot.pk
-    fails("versions", "test-kb", "--component", "reranker", match="Component must be one of")
+    fails("versions", "test-kb", "--component", "ranker", match="Component must be one of")
     fails("versions", "nope", match="not found")
 
 
@@ -129,7 +129,7 @@ def test_promote_and_rollback(capsys, knowledge_base):
     rolled = json.loads(run(capsys, "rollback", "test-kb", "--component", "retriever", "--json"))
     assert (rolled["retired"], rolled["live"]) == ("retriever-v1", None)
     fails("rollback", "test-kb", "--component", "retriever", match="already serves the base model")
-    fails("rollback", "test-kb", "--component", "reranker", match="Component must be one of")
+    fails("rollback", "test-kb", "--component", "ranker", match="Component must be one of")
     fails("rollback", "nope", "--component", "retriever", match="not found")
     assert ModelVersion.objects.filter(status="live").count() == 0
 

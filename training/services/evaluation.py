@@ -18,6 +18,15 @@ Retriever
 - Queries are the examples' self-contained queries (for a follow-up: the curator's corrected
   query, else the rewrite serving retrieved with), as retrieval sees them.
 
+Reranker
+- Relevance, figures and the headline are the retriever's (document-level nDCG@10 and the rest).
+- Both sides rerank the SAME candidates: the first stage as serving runs it now (the knowledge
+  base's retrieval mode and live retriever, no reranker), its top `rerank_top_n` chunks per
+  query. A side's ranking is those chunks in its reranker's order, each document at its best
+  chunk, up to RANK_CUTOFF documents. So the comparison isolates the reranker.
+- The baseline is the live reranker version, else no reranker: the first stage's own order
+  (named "no reranker (<first stage version>)").
+
 Generator
 - Only held-out examples with a gold answer are scored.
 - Both generators get the SAME passages: the example's retrieved passages as the turn logged
@@ -57,7 +66,7 @@ from django.db import transaction
 
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import EmbeddingSpace, KnowledgeBase
-from knowledge.selectors import passages_retrieve
+from knowledge.selectors import RerankerChoice, passages_rerank, passages_retrieve, passages_search
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
 
 # One loaded model per process, shared with serving.
@@ -75,7 +84,7 @@ from training.models import (
     SnapshotExample,
 )
 from training.services.snapshots import history_as_served
-from training.services.versions import model_version_verify
+from training.services.versions import artifacts_root, model_version_verify
 
 RANK_CUTOFF = 10
 RECALL_KS = (1, 5, 10)
@@ -84,7 +93,9 @@ ANSWER_PASSAGES = 5
 
 RETRIEVER_METRICS = (*(f"recall@{k}" for k in RECALL_KS), f"mrr@{RANK_CUTOFF}", f"ndcg@{RANK_CUTOFF}")
 GENERATOR_METRICS = ("exact_match", "f1", "groundedness", "answer_log_likelihood")
-HEADLINE_METRIC = {Component.RETRIEVER: f"ndcg@{RANK_CUTOFF}", Component.GENERATOR: "f1"}
+HEADLINE_METRIC = {
+    Component.RETRIEVER: f"ndcg@{RANK_CUTOFF}", Component.GENERATOR: "f1", Component.RERANKER: f"ndcg@{RANK_CUTOFF}",
+}  # fmt: skip
 # Passage citations as the generators write them ([1], [1, 3]); the same markers rag.metrics
 # leaves out of groundedness.
 _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
@@ -96,6 +107,15 @@ class RetrieverUnderTest:
     version: ModelVersion | None
     space: EmbeddingSpace
     query_model_reference: str
+
+
+@dataclass(frozen=True)
+class RerankerUnderTest:
+    """A reranker version, or none (reranker None: the first stage's own order)."""
+
+    name: str
+    version: ModelVersion | None
+    reranker: RerankerChoice | None
 
 
 @dataclass(frozen=True)
@@ -241,6 +261,57 @@ def _score_retriever(retriever: RetrieverUnderTest, examples: list[SnapshotExamp
     per_query = {
         query_id: {**figures, "documents": rankings[query_id]} for query_id, figures in report["per_query"].items()
     }
+    return _Scored(metrics={"queries": report["queries"], **report["mean"]}, per_query=per_query)
+
+
+# --- reranker -------------------------------------------------------------------------------
+
+
+def _reranker_of(version: ModelVersion) -> RerankerUnderTest:
+    if not version.artifact_path:
+        raise InvalidInput(f"Reranker version {version.name!r} has no model folder.")
+    return RerankerUnderTest(version.name, version, RerankerChoice(version.name, artifacts_root() / version.artifact_path))
+
+
+def _baseline_reranker(version: ModelVersion, *, first_stage_version: str) -> RerankerUnderTest:
+    live = _live_other_than(version)
+    if live is not None:
+        return _reranker_of(live)
+    return RerankerUnderTest(f"no reranker ({first_stage_version})"[:100], None, None)
+
+
+def first_stage_candidates(*, knowledge_base: KnowledgeBase, examples: list[SnapshotExample]):
+    """(first stage version, {example id: its top rerank_top_n chunks}) as serving retrieves now, unreranked."""
+    depth = max(1, min(knowledge_base.rerank_top_n, 100))
+    candidates, version = {}, ""
+    for example in examples:
+        retrieval = passages_search(knowledge_base=knowledge_base, query=example.query, k=depth, rerank=False)
+        candidates[example.example_id], version = retrieval.passages, retrieval.retriever_version
+    return version, candidates
+
+
+def _score_reranker(reranker: RerankerUnderTest, examples: list[SnapshotExample], qrels, candidates) -> _Scored:
+    rankings: dict[str, list[dict[str, Any]]] = {}
+    for example in examples:
+        chunks = candidates[example.example_id]
+        if reranker.reranker is not None and chunks:
+            chunks = passages_rerank(reranker=reranker.reranker, query=example.query, candidates=chunks, k=len(chunks))
+        documents, seen = [], set()
+        for chunk in chunks:
+            if chunk.document_external_id in seen:
+                continue
+            seen.add(chunk.document_external_id)
+            documents.append({"id": chunk.document_external_id, "title": chunk.title, "score": round(chunk.score, 4)})
+            if len(documents) == RANK_CUTOFF:
+                break
+        rankings[example.example_id] = documents
+    report = retrieval_report(
+        runs={query_id: [d["id"] for d in documents] for query_id, documents in rankings.items()},
+        qrels=qrels,
+        ks=RECALL_KS,
+        rank_cutoff=RANK_CUTOFF,
+    )
+    per_query = {query_id: {**figures, "documents": rankings[query_id]} for query_id, figures in report["per_query"].items()}
     return _Scored(metrics={"queries": report["queries"], **report["mean"]}, per_query=per_query)
 
 
@@ -401,6 +472,19 @@ def model_version_evaluate(*, version: ModelVersion, snapshot: DatasetSnapshot |
         scored_examples = [e for e in examples if e.example_id in qrels]
         candidate_scores = _score_retriever(candidate, scored_examples, qrels)
         baseline_scores = _score_retriever(baseline, scored_examples, qrels)
+        metric_names = RETRIEVER_METRICS
+    elif version.component == Component.RERANKER:
+        qrels = retrieval_qrels(examples)
+        if not qrels:
+            raise InvalidInput(
+                f"None of the {len(examples)} held-out examples of snapshot {snapshot.pk} has a relevant passage from a known document."
+            )
+        scored_examples = [e for e in examples if e.example_id in qrels]
+        candidate = _reranker_of(version)
+        first_stage_version, candidates = first_stage_candidates(knowledge_base=version.knowledge_base, examples=scored_examples)
+        baseline = _baseline_reranker(version, first_stage_version=first_stage_version)
+        candidate_scores = _score_reranker(candidate, scored_examples, qrels, candidates)
+        baseline_scores = _score_reranker(baseline, scored_examples, qrels, candidates)
         metric_names = RETRIEVER_METRICS
     else:
         scored_examples = [e for e in examples if e.gold_answer.strip()]

@@ -3,7 +3,8 @@
 Each turn with a final judgment (see curation.selectors.turn_final_judgments:
 adjudication, else agreeing labels, else the single label) becomes one example. Passages
 judged "relevant" are positives, "not_relevant" ones are hard negatives; "partly" is neither
-(too uncertain to train on either way). A turn whose label a curator flagged "contains
+for a retriever (too uncertain to train on either way) and is kept apart (`partly`) for the
+reranker, which trains on graded targets (relevant 1.0, partly 0.5, not 0.0). A turn whose label a curator flagged "contains
 personal data" is left out until an admin clears the flag (curation.services.personal_data);
 the snapshot records how many were (`personal_data_excluded`).
 
@@ -121,7 +122,7 @@ def dataset_snapshot_create(
     synthetic_ids: set[int] = set()
     for turn_id, judgment in sorted(judgments.items()):
         turn = turn_rows[turn_id]
-        retrieved, relevant, irrelevant = [], [], []
+        retrieved, relevant, irrelevant, partly = [], [], [], []
         for passage in turn.passages.all():
             item = _passage(
                 text=passage.text,
@@ -135,6 +136,8 @@ def dataset_snapshot_create(
                 relevant.append(item)
             elif relevance == Relevance.NOT_RELEVANT:
                 irrelevant.append(item)
+            elif relevance == Relevance.PARTLY:
+                partly.append(item)
         for chunk_id, relevance in judgment.attached.items():
             chunk = attached_chunks.get(chunk_id)
             if chunk is None:
@@ -144,6 +147,8 @@ def dataset_snapshot_create(
                 relevant.append(item)
             elif relevance == Relevance.NOT_RELEVANT:
                 irrelevant.append(item)
+            elif relevance == Relevance.PARTLY:
+                partly.append(item)
         if not relevant and not judgment.gold_answer.strip():
             continue  # nothing to learn from: no positive passage and no answer
         example_id = f"turn-{turn_id}"
@@ -164,6 +169,7 @@ def dataset_snapshot_create(
                 rationale=rationale_by_turn.get(turn_id, ""),
                 relevant=relevant,
                 irrelevant=irrelevant,
+                partly=partly,
                 retrieved=retrieved,
                 label_ids=label_ids_by_turn.get(turn_id, []),
                 failure_tags=list(judgment.failure_tags),
@@ -236,6 +242,7 @@ def snapshot_dataset_examples(*, snapshot: DatasetSnapshot, split: str | None = 
             question=row.question,
             history=row.history,
             failure_tags=tuple(row.failure_tags),
+            partly=passages(row.partly),
         )
         for row in rows
     ]

@@ -3,8 +3,8 @@ or rolling back the live version of a component atomically, with an append-only 
 
 Serving never reads these rows: in the same locked transaction that changes which version is
 live, promotion and rollback write the live pointers onto the knowledge base (live space, version
-names, query encoder, generator backend, model and adapter), which is all that
-knowledge.selectors.retriever_for and knowledge.services.turns.generator_for read. So a promotion
+names, query encoder, generator backend, model and adapter, reranker folder), which is all that
+knowledge.selectors.retriever_for, reranker_for and knowledge.services.turns.generator_for read. So a promotion
 takes effect on the next request. Registering a query-only retriever version also records its
 query encoder (knowledge.models.QueryEncoder), so it can serve by name before it is live.
 
@@ -100,6 +100,12 @@ def _live_pointers_write(*, knowledge_base_id: int, component: str, version: Mod
                 "live_retriever_version": version.name,
                 "live_query_model_reference": version.query_model_reference,
             }
+    elif component == Component.RERANKER:
+        # None: no reranker, the first stage's order serves again.
+        pointers = {
+            "live_reranker_version": version.name if version else "",
+            "live_reranker_path": version.artifact_path if version else "",
+        }
     else:
         pointers = {
             "live_generator_version": version.name if version else "",
@@ -123,6 +129,8 @@ def model_version_verify(*, version: ModelVersion) -> None:
 def _serving_ready(version: ModelVersion) -> None:
     if version.status == ModelVersion.Status.FAILED:
         raise Conflict(f"Model version {version.name!r} failed and cannot go live.")
+    if version.component == Component.RERANKER and not version.artifact_path:
+        raise Conflict(f"Reranker version {version.name!r} has no model folder to serve from.")
     if version.component == Component.RETRIEVER:
         space = version.embedding_space
         if space is not None and space.status == EmbeddingSpace.Status.RETIRED:

@@ -27,8 +27,8 @@ from training.services.evaluation import GENERATOR_METRICS, HEADLINE_METRIC, RET
 from training.services.loop.schedule import cron_parse, next_fire_time, time_zone_get
 from training.services.runs.parameters import LABEL_FREE_MODES, validated_parameters
 
-METRICS = {Component.RETRIEVER: RETRIEVER_METRICS, Component.GENERATOR: GENERATOR_METRICS}
-DEFAULT_MODE = {Component.RETRIEVER: "contrastive", Component.GENERATOR: "lora_raft"}
+METRICS = {Component.RETRIEVER: RETRIEVER_METRICS, Component.GENERATOR: GENERATOR_METRICS, Component.RERANKER: RETRIEVER_METRICS}
+DEFAULT_MODE = {Component.RETRIEVER: "contrastive", Component.GENERATOR: "lora_raft", Component.RERANKER: "cross_encoder"}
 NAME_MAX_LENGTH = 100
 
 # What `retraining_policy_set` accepts, besides knowledge_base and component.

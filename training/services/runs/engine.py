@@ -33,6 +33,7 @@ from training.services.runs.trainers.generator import (
     train_lora_raft,
     train_openai,
 )
+from training.services.runs.trainers.reranker import train_cross_encoder
 from training.services.runs.trainers.retriever import train_contrastive, train_corpus_pairs, train_lsr
 from training.services.versions import (
     artifacts_root,
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 # Second key of the advisory lock; the first is the knowledge base id.
-_LOCK_CODES = {Component.RETRIEVER: 1, Component.GENERATOR: 2}
+_LOCK_CODES = {Component.RETRIEVER: 1, Component.GENERATOR: 2, Component.RERANKER: 3}
 WAITING_FOR_LOCK = "waiting: another run of this component holds its lock; retrying shortly"
 
 
@@ -56,6 +57,7 @@ TRAINERS: dict[str, Callable[..., Trained]] = {
     "lora_radit": train_lora_radit,
     "lora_raft": train_lora_raft,
     "openai": train_openai,
+    "cross_encoder": train_cross_encoder,
 }
 
 

@@ -20,6 +20,8 @@ def text_key(text: str) -> str:
 WEIGHTED_FAILURE_TAGS = {
     Component.RETRIEVER: frozenset({RETRIEVAL_MISS, WRONG_PASSAGE_FIRST}),
     Component.GENERATOR: frozenset({ANSWER_NOT_GROUNDED, ANSWER_INCOMPLETE}),
+    # The reranker puts the first stage's candidates in order: a wrong passage first is its failure.
+    Component.RERANKER: frozenset({RETRIEVAL_MISS, WRONG_PASSAGE_FIRST}),
 }
 DEFAULT_FAILURE_TAG_REPEATS = 2  # also the run parameter's default (parameters.py)
 

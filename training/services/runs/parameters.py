@@ -20,7 +20,8 @@ RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr", "corpus_pairs
 # a retraining policy (which retrains because labels came in) refuses them.
 LABEL_FREE_MODES = ("corpus_pairs",)
 GENERATOR_MODES = ("lora_radit", "lora_raft", "openai")
-MODES = {Component.RETRIEVER: RETRIEVER_MODES, Component.GENERATOR: GENERATOR_MODES}
+RERANKER_MODES = ("cross_encoder",)
+MODES = {Component.RETRIEVER: RETRIEVER_MODES, Component.GENERATOR: GENERATOR_MODES, Component.RERANKER: RERANKER_MODES}
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ PARAMETERS: dict[str, _Parameter] = {
     "lora_r": _Parameter(int, 1, 1024),
     "lora_alpha": _Parameter(int, 1, 4096),
     "lora_dropout": _Parameter(float, 0, 1, high_exclusive=True),
-    "max_length": _Parameter(int, 16, 131072),
+    "max_length": _Parameter(int, 16, 131072),  # LoRA: tokens of a training sequence; reranker: of a (query, passage) pair
     # A conversation's earlier messages a pair keeps, newest whole exchanges first; 0: none.
     "max_history_tokens": _Parameter(int, 0, 131072),  # LoRA: tokens of the model's tokenizer
     "max_history_words": _Parameter(int, 0, 1_000_000),  # openai: words, default serving's budget
@@ -121,7 +122,14 @@ _CORPUS_PAIRS = {
     "max_chunks": 5000, "min_query_words": DEFAULT_MIN_QUERY_WORDS, "max_query_words": DEFAULT_MAX_QUERY_WORDS,
     "min_positive_words": DEFAULT_MIN_POSITIVE_WORDS, "mini_batch_size": None, "device": None,
 }  # fmt: skip
+# The reranker: a cross-encoder from the packaged MiniLM (a fresh classification head), trained
+# on graded pairs plus up to `mined_negatives` of the live first stage's top `top_k` chunks per
+# query that no curator judged relevant or partly relevant.
+_CROSS_ENCODER = {
+    **_RETRIEVER, "learning_rate": 5e-5, "top_k": 20, "mined_negatives": 4, "max_length": 256, "device": None,
+}  # fmt: skip
 MODE_PARAMETERS: dict[str, dict[str, Any]] = {
+    "cross_encoder": _CROSS_ENCODER,
     "corpus_pairs": _CORPUS_PAIRS,
     "contrastive": _CONTRASTIVE,
     "contrastive_query_only": _CONTRASTIVE,
@@ -207,7 +215,7 @@ def validated_parameters(
 
 def check_trainable(*, snapshot: DatasetSnapshot, mode: str) -> None:
     """Refuse a snapshot whose train split holds nothing this mode can learn from."""
-    train = list(snapshot.examples.filter(split=SnapshotExample.Split.TRAIN).values("relevant", "gold_answer", "retrieved"))
+    train = list(snapshot.examples.filter(split=SnapshotExample.Split.TRAIN).values("relevant", "gold_answer", "retrieved", "partly"))
     if not train:
         raise InvalidInput(
             f"Snapshot {snapshot.pk} has no training examples: all {snapshot.example_count} are held out."
@@ -216,6 +224,11 @@ def check_trainable(*, snapshot: DatasetSnapshot, mode: str) -> None:
     if mode in ("contrastive", "contrastive_query_only"):
         if not any(row["relevant"] for row in train):
             raise InvalidInput(f"Snapshot {snapshot.pk} has no training example with a passage judged relevant.")
+    elif mode == "cross_encoder":
+        if not any(row["relevant"] or row["partly"] for row in train):
+            raise InvalidInput(
+                f"Snapshot {snapshot.pk} has no training example with a passage judged relevant or partly relevant."
+            )
     elif mode == "lora_raft":
         if not any(row["relevant"] for row in with_answer):
             raise InvalidInput(

@@ -1,0 +1,195 @@
+"""Training a cross-encoder reranker from curators' graded judgments, on sentence-transformers'
+CrossEncoderTrainer with BinaryCrossEntropyLoss (a pointwise loss that takes soft targets).
+
+Targets are the curators' grades: relevant 1.0, partly 0.5, not relevant 0.0 (the hard
+negatives a curator marked), plus negatives mined from the first stage's top candidates
+(0.0). A mined negative whose text is a known positive of the same query (judged relevant
+or partly, in any example of that query) is dropped: it would teach the model to push down
+what a curator said is relevant.
+
+The model starts from a local checkpoint. The packaged base retriever is a bi-encoder (a
+sentence-transformers MiniLM): loaded as a CrossEncoder, it keeps its transformer weights and
+gets a freshly initialised one-logit classification head, which the training learns. Nothing
+is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.reranking import DEFAULT_MAX_LENGTH
+from rag.training import ProgressCallback, StopCheck, TrainingCancelled, pick_device, seed_everything
+
+RELEVANT, PARTLY, NOT_RELEVANT = 1.0, 0.5, 0.0
+RERANKER_JSON = "reranker.json"
+
+
+@dataclass(frozen=True)
+class RerankerTrainingExample:
+    """One curated query and its passages as texts, by grade; `mined` are first-stage candidates
+    no one judged (negatives unless they turn out to be a known positive)."""
+
+    query: str
+    relevant: list[str] = field(default_factory=list)
+    partly: list[str] = field(default_factory=list)
+    not_relevant: list[str] = field(default_factory=list)
+    mined: list[str] = field(default_factory=list)
+    # How many times its pairs are trained on per epoch (rag.datasets.example_repeats).
+    repeats: int = 1
+
+
+@dataclass(frozen=True)
+class RerankerPair:
+    query: str
+    passage: str
+    label: float
+
+
+@dataclass
+class RerankerTrainingResult:
+    output_path: Path
+    training_curve: list[dict[str, float]]
+    parameters: dict[str, Any]
+    steps: int
+    pair_counts: dict[str, int]
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def reranker_pairs(examples: list[RerankerTrainingExample]) -> tuple[list[RerankerPair], dict[str, int]]:
+    """The (query, passage, target) pairs of the examples, and how many of each kind there are.
+
+    A passage is graded once per query: relevant beats partly beats not relevant when curators
+    of two examples of the same query disagree, and mined negatives that are a known positive
+    of the query (or repeat a passage already graded) are left out.
+    """
+    grades: dict[str, dict[str, tuple[float, str]]] = {}
+    for example in examples:
+        graded = grades.setdefault(_key(example.query), {})
+        for label, texts in ((RELEVANT, example.relevant), (PARTLY, example.partly), (NOT_RELEVANT, example.not_relevant)):
+            for text in texts:
+                if not text.strip():
+                    continue
+                current = graded.get(_key(text))
+                if current is None or label > current[0]:
+                    graded[_key(text)] = (label, text)
+    counts = {"relevant": 0, "partly": 0, "not_relevant": 0, "mined": 0, "mined_dropped_as_positive": 0}
+    pairs: list[RerankerPair] = []
+    emitted: set[str] = set()
+    for example in examples:
+        query_key = _key(example.query)
+        graded = grades[query_key]
+        own: list[RerankerPair] = []
+        if query_key not in emitted:
+            emitted.add(query_key)
+            for label, text in graded.values():
+                own.append(RerankerPair(example.query, text, label))
+                counts[{RELEVANT: "relevant", PARTLY: "partly", NOT_RELEVANT: "not_relevant"}[label]] += 1
+        seen_mined: set[str] = set()
+        for text in example.mined:
+            key = _key(text)
+            if not text.strip() or key in seen_mined:
+                continue
+            seen_mined.add(key)
+            if key in graded:
+                if graded[key][0] > NOT_RELEVANT:
+                    counts["mined_dropped_as_positive"] += 1
+                continue  # graded by a curator already: their grade stands
+            own.append(RerankerPair(example.query, text, NOT_RELEVANT))
+            counts["mined"] += 1
+        pairs.extend(own * max(1, example.repeats))
+    return pairs, counts
+
+
+def train_reranker(
+    *,
+    base_model_path: str | Path,
+    examples: list[RerankerTrainingExample],
+    output_path: str | Path,
+    epochs: int = 1,
+    batch_size: int = 16,
+    learning_rate: float = 2e-5,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> RerankerTrainingResult:
+    """Train a cross-encoder on the examples' graded pairs and save it in `output_path`.
+
+    Raises ValueError when there is nothing to learn from (no pair with a positive target), and
+    TrainingCancelled (nothing saved) when `should_stop` says so at a step.
+    """
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import TrainerCallback
+
+    pairs, counts = reranker_pairs(examples)
+    if not any(pair.label > NOT_RELEVANT for pair in pairs):
+        raise ValueError("No passage is judged relevant or partly relevant: a reranker has no positive to learn from.")
+    output_path = Path(output_path)
+    device = pick_device(device)
+    seed_everything(seed)
+    model = CrossEncoder(str(base_model_path), num_labels=1, max_length=max_length, device=device, local_files_only=True)
+    dataset = Dataset.from_dict(
+        {"query": [p.query for p in pairs], "passage": [p.passage for p in pairs], "label": [p.label for p in pairs]}
+    )
+    curve: list[dict[str, float]] = []
+    cancelled: dict[str, int] = {}
+
+    class _Report(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if should_stop is not None and should_stop():
+                cancelled["step"] = state.global_step
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                point = {"step": int(state.global_step), "loss": float(logs["loss"]), "epoch": float(state.epoch or 0.0)}
+                curve.append(point)
+                if progress is not None:
+                    progress(state.global_step / max(1, state.max_steps), dict(point))
+
+    scratch = output_path.parent / f".{output_path.name}.trainer"
+    arguments = CrossEncoderTrainingArguments(
+        output_dir=str(scratch),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=warmup_ratio,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+    trainer = CrossEncoderTrainer(
+        model=model, args=arguments, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model), callbacks=[_Report()]
+    )
+    try:
+        output = trainer.train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if cancelled:
+        raise TrainingCancelled(step=cancelled["step"])
+    output_path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_path))
+    parameters = {
+        "base_model_path": str(base_model_path), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+        "warmup_ratio": warmup_ratio, "seed": seed, "max_length": max_length, "device": device,
+        "loss": "BinaryCrossEntropyLoss", "targets": {"relevant": RELEVANT, "partly": PARTLY, "not_relevant": NOT_RELEVANT},
+        "pairs": counts,
+    }  # fmt: skip
+    (output_path / RERANKER_JSON).write_text(json.dumps(parameters, indent=2, sort_keys=True))
+    return RerankerTrainingResult(output_path, curve, parameters, int(output.global_step), counts)
