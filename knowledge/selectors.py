@@ -11,9 +11,8 @@ from django.db.models import QuerySet
 from knowledge.errors import InvalidInput, NotFound
 from knowledge.models import ApiToken, Conversation, EmbeddingSpace, KnowledgeBase, QueryEncoder, RetrievalMode, Turn
 from knowledge.services.embeddings import as_vector_literal
-from knowledge.services.knowledge_bases import retriever_model_path
+from knowledge.services.knowledge_bases import space_embedder
 from rag.conversation import ChatMessage
-from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
 
 
@@ -307,7 +306,7 @@ def chunk_rankings_many(
         return []
     if not 1 <= k <= settings.RAGLOOP_MAX_K:
         raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
-    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
+    embedder = space_embedder(space, model_reference=query_model_reference)
     vectors = [as_vector_literal(vector) for vector in embedder.encode_queries([q if q.strip() else "-" for q in queries])]
     dims = int(space.dimensions)
     if space.hnsw_index_built:
@@ -341,7 +340,7 @@ def chunk_rankings_many(
 
 def _query_vector(*, space: EmbeddingSpace, query: str, query_model_reference: str | None) -> str:
     """The query as a vector literal, encoded by the query-only version's encoder or the space's model."""
-    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
+    embedder = space_embedder(space, model_reference=query_model_reference)
     return as_vector_literal(embedder.encode_queries([query])[0])
 
 
