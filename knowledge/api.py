@@ -262,6 +262,9 @@ class KnowledgeBaseOut(Schema):
     live_retriever_version: str | None
     retrieval_mode: str = Field(description="dense, lexical or hybrid: how /ask and /retrieve retrieve by default.")
     generator: str
+    embedding_backend: str = Field(
+        description="What encodes the live space's chunks and queries: torch, onnx, onnx-int8, openvino or openvino-int8."
+    )
 
 
 # Numbers in bodies are what the OpenAPI schema says and nothing else. Integer: JSON Schema's
@@ -572,6 +575,7 @@ def knowledge_base_list(request):
             "live_retriever_version": live["retriever"],
             "retrieval_mode": kb.retrieval_mode,
             "generator": live["generator"],
+            "embedding_backend": kb.live_space.inference_backend if kb.live_space else "torch",
         }
         for kb in visible
         for live in [live_version_names_of(knowledge_base=kb)]

@@ -145,6 +145,16 @@ class Chunk(models.Model):
         ]
 
 
+class InferenceBackend(models.TextChoices):
+    """rag.embedding_backends.EMBEDDING_BACKENDS, as a space's setting (tests keep them equal)."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+    OPENVINO = "openvino"
+    OPENVINO_INT8 = "openvino-int8"
+
+
 class EmbeddingSpace(models.Model):
     """The chunk vectors of one retriever version: a new document encoder needs a new space."""
 
@@ -159,6 +169,13 @@ class EmbeddingSpace(models.Model):
     model_reference = models.CharField(max_length=500)
     dimensions = models.PositiveIntegerField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.BUILDING)
+    # What runs the encoder for this space's chunks and queries (rag.embedding_backends):
+    # torch, or an ONNX / OpenVINO export, fp32 or int8. Changed only where the vectors stay
+    # compatible (knowledge.services.embedding_spaces.embedding_space_backend_set).
+    inference_backend = models.CharField(
+        max_length=20, choices=InferenceBackend.choices, default=InferenceBackend.TORCH,
+        db_default=InferenceBackend.TORCH,
+    )  # fmt: skip
     # True once the space's partial HNSW index exists (see knowledge.services.embeddings).
     hnsw_index_built = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

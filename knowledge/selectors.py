@@ -26,10 +26,9 @@ from knowledge.models import (
     Turn,
 )
 from knowledge.services.embeddings import as_vector_literal
-from knowledge.services.knowledge_bases import retriever_model_path
+from knowledge.services.knowledge_bases import retriever_model_path, space_embedder
 from knowledge.services.personal_data import end_user_references
 from rag.conversation import ChatMessage
-from rag.embedding import load_embedder
 from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
 from rag.progress import duration_text, remaining_seconds
 from rag.query_cache import QueryVectorCache
@@ -405,7 +404,7 @@ def chunk_rankings_many(
         return []
     if not 1 <= k <= settings.RAGLOOP_MAX_K:
         raise InvalidInput(f"k must be between 1 and {settings.RAGLOOP_MAX_K}, got {k}.")
-    embedder = load_embedder(retriever_model_path(query_model_reference or space.model_reference))
+    embedder = space_embedder(space, model_reference=query_model_reference)
     vectors = [as_vector_literal(vector) for vector in embedder.encode_queries([q if q.strip() else "-" for q in queries])]
     dims = int(space.dimensions)
     if space.hnsw_index_built:
@@ -439,10 +438,12 @@ def chunk_rankings_many(
 
 def _query_vector(*, space: EmbeddingSpace, query: str, query_model_reference: str | None) -> str:
     """The query as a vector literal, encoded by the query-only version's encoder or the space's
-    model, from the process's query cache when the same encoder met the same text before."""
+    model on the space's inference backend, from the process's query cache when the same encoder
+    and backend met the same text before."""
     model_path = retriever_model_path(query_model_reference or space.model_reference)
+    embedder = lambda: space_embedder(space, model_reference=query_model_reference)  # noqa: E731
     vector = query_vector_cache().vector(
-        encoder=str(model_path), text=query, encode=lambda text: load_embedder(model_path).encode_queries([text])[0]
+        encoder=f"{model_path}@{space.inference_backend}", text=query, encode=lambda text: embedder().encode_queries([text])[0]
     )
     return as_vector_literal(vector)
 

@@ -162,6 +162,15 @@ RAGLOOP_MAX_CONVERSATION_CHARS = env_int("RAGLOOP_MAX_CONVERSATION_CHARS", 1_000
 # --- ragloop ------------------------------------------------------------------------------
 # Where trained model versions and other artifacts are written (a volume in docker-compose).
 RAGLOOP_ARTIFACTS_DIR = Path(os.environ.get("RAGLOOP_ARTIFACTS_DIR", BASE_DIR / "artifacts"))
+# Where the ONNX / OpenVINO exports of retriever models are built and cached, one checksummed
+# folder per (weights, backend); see docs/inference-backends.md.
+RAGLOOP_INFERENCE_EXPORTS_DIR = Path(
+    os.environ.get("RAGLOOP_INFERENCE_EXPORTS_DIR", RAGLOOP_ARTIFACTS_DIR / "inference-exports")
+)
+# A live space's backend may change only if the new backend's vectors of a sample of its chunks
+# all have at least this cosine with the stored ones (docs/inference-backends.md has the figures).
+RAGLOOP_BACKEND_SWITCH_MIN_COSINE = float(os.environ.get("RAGLOOP_BACKEND_SWITCH_MIN_COSINE", "0.999"))
+RAGLOOP_BACKEND_SWITCH_SAMPLE = env_int("RAGLOOP_BACKEND_SWITCH_SAMPLE", 64)
 # Chunks embedded per Celery task; one task is the unit of work a killed worker can lose.
 RAGLOOP_EMBED_BATCH_SIZE = env_int("RAGLOOP_EMBED_BATCH_SIZE", 256)
 # Below this many chunks in an embedding space, retrieval scans exactly; above, it uses the

@@ -19,10 +19,9 @@ from knowledge.models import (
 )
 from knowledge.services.audit import audit_record
 from knowledge.services.embeddings import embedding_job_start
-from knowledge.services.knowledge_bases import retriever_model_path
+from knowledge.services.knowledge_bases import space_embedder
 from rag.chunking import TextChunk, chunk_budget, chunk_text
 from rag.documents import SourceDocument, content_hash
-from rag.embedding import load_embedder
 
 MAX_DOCUMENTS_PER_INGEST = 50_000
 
@@ -48,7 +47,7 @@ class IngestResult:
 def _chunker_for(knowledge_base: KnowledgeBase):
     """Chunks are sized by the tokenizer of the live retriever's model, under its length limit."""
     space = knowledge_base.live_space
-    embedder = load_embedder(retriever_model_path(space.model_reference))
+    embedder = space_embedder(space)
     max_tokens = chunk_budget(embedder.max_tokens, requested=knowledge_base.chunk_max_tokens)
     overlap = min(knowledge_base.chunk_overlap_tokens, max(0, max_tokens // 2 - 1))
     counter = embedder.token_counter()

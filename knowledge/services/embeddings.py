@@ -19,9 +19,8 @@ from redis.exceptions import RedisError
 
 from knowledge.errors import QueueUnavailable
 from knowledge.models import Chunk, ChunkEmbedding, EmbeddingJob, EmbeddingSpace
-from knowledge.services.knowledge_bases import retriever_model_path
+from knowledge.services.knowledge_bases import space_embedder
 from knowledge.signals import embedding_space_ready
-from rag.embedding import load_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def chunk_batch_embed(*, job_id: int, chunk_ids: list[int]) -> int:
     written = 0
     if chunks:
         try:
-            embedder = load_embedder(retriever_model_path(space.model_reference))
+            embedder = space_embedder(space)
             vectors = embedder.encode_documents([text for _, text in chunks])
         except Exception as error:  # a broken model fails the job visibly instead of retrying forever
             embedding_job_fail(job_id=job_id, error=f"Embedding failed: {error}")

@@ -8,9 +8,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingSpace, KnowledgeBase, PersonalDataMode, RetrievalMode
+from knowledge.models import EmbeddingSpace, InferenceBackend, KnowledgeBase, PersonalDataMode, RetrievalMode
 from knowledge.services.audit import audit_record
-from rag.embedding import BASE_RETRIEVER_NAME, base_retriever_path, load_embedder
+from rag.embedding import BASE_RETRIEVER_NAME, Embedder, base_retriever_path, load_embedder
 
 BASE_MODEL_REFERENCE = f"base:{BASE_RETRIEVER_NAME}"
 BASE_RETRIEVER_VERSION = "base"
@@ -30,6 +30,22 @@ def retriever_model_path(model_reference: str) -> Path:
     return path if path.is_absolute() else Path(settings.RAGLOOP_ARTIFACTS_DIR) / path
 
 
+def space_embedder(space: EmbeddingSpace, *, model_reference: str | None = None) -> Embedder:
+    """The encoder of a space (or of a query-only model read against it) on the space's backend."""
+    return load_embedder(
+        retriever_model_path(model_reference or space.model_reference),
+        backend=space.inference_backend,
+        export_root=settings.RAGLOOP_INFERENCE_EXPORTS_DIR,
+    )
+
+
+def _check_inference_backend(backend: str) -> None:
+    if backend not in InferenceBackend.values:
+        raise InvalidInput(
+            f"Embedding backend {backend!r} is unknown; choose one of {', '.join(InferenceBackend.values)}."
+        )
+
+
 def knowledge_base_create(
     *,
     slug: str,
@@ -41,10 +57,12 @@ def knowledge_base_create(
     personal_data_mode: str = PersonalDataMode.OFF,
     chunk_max_tokens: int = DEFAULT_CHUNK_MAX_TOKENS,
     chunk_overlap_tokens: int = DEFAULT_CHUNK_OVERLAP_TOKENS,
+    embedding_backend: str = InferenceBackend.TORCH,
 ) -> KnowledgeBase:
     """Create the knowledge base and its base space; the CLI (`kb_create`) and the admins' page
     both call this, so they refuse the same input with the same messages."""
     _check_retrieval_mode(retrieval_mode)
+    _check_inference_backend(embedding_backend)
     _check_personal_data_mode(personal_data_mode)
     if not _SLUG.match(slug or ""):
         raise InvalidInput(
@@ -85,6 +103,7 @@ def knowledge_base_create(
                 model_reference=BASE_MODEL_REFERENCE,
                 dimensions=embedder.dimensions,
                 status=EmbeddingSpace.Status.READY,
+                inference_backend=embedding_backend,
             )
             knowledge_base.live_space = space
             knowledge_base.save(update_fields=["live_space"])
@@ -94,6 +113,7 @@ def knowledge_base_create(
                 after={
                     "slug": slug, "generator_backend": generator_backend, "generator_model": generator_model,
                     "chunk_max_tokens": chunk_max_tokens, "chunk_overlap_tokens": chunk_overlap_tokens,
+                    "embedding_backend": embedding_backend,
                 },
             )  # fmt: skip
     except IntegrityError:

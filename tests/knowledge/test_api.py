@@ -179,6 +179,7 @@ def test_kb_list_shows_only_the_knowledge_bases_the_token_may_use(api, embedded_
             "live_retriever_version": "base",
             "retrieval_mode": "dense",
             "generator": "extractive",
+            "embedding_backend": "torch",
         }
     ]
 

@@ -26,6 +26,10 @@ class Command(BaseCommand):
             "--personal-data", default="off", choices=["off", "redact", "reject"],
             help="what happens to e-mail addresses, phone numbers, cards, IBANs, IPs and URLs in stored text",
         )
+        parser.add_argument(
+            "--embedding-backend", default="torch",
+            help="torch (default), onnx, onnx-int8, openvino or openvino-int8 (docs/inference-backends.md)",
+        )  # fmt: skip
 
     def handle(self, *args, slug, name, description, generator, generator_model, retrieval_mode, **options):
         with service_errors_as_command_errors():
@@ -39,5 +43,6 @@ class Command(BaseCommand):
                 personal_data_mode=options["personal_data"],
                 chunk_max_tokens=options["chunk_max_tokens"],
                 chunk_overlap_tokens=options["chunk_overlap_tokens"],
+                embedding_backend=options["embedding_backend"],
             )
         self.stdout.write(f"created knowledge base {knowledge_base.slug}")

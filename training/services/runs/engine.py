@@ -255,6 +255,9 @@ def _register(*, run_id: int, trained: Trained, reporter: Reporter) -> Outcome:
                 model_reference=trained.new_space_model_reference,
                 dimensions=dimensions,
                 status=EmbeddingSpace.Status.BUILDING,
+                # The new version's vectors come from the backend the knowledge base serves with
+                # (its model is exported the same way on first use: rag.embedding_backends).
+                inference_backend=knowledge_base.live_space.inference_backend if knowledge_base.live_space_id else "torch",
             )
             fields["embedding_space"] = space
         version = model_version_register(
