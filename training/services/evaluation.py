@@ -55,6 +55,7 @@ from typing import Any
 
 from django.db import transaction
 
+from knowledge.artifact_store import artifact_local_path
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import EmbeddingSpace, KnowledgeBase
 from knowledge.selectors import passages_retrieve
@@ -167,6 +168,8 @@ def _baseline_retriever(version: ModelVersion) -> RetrieverUnderTest:
 
 
 def _load_generator(*, backend: str, model: str, adapter_path: str = "", name: str):
+    if adapter_path:  # as serving resolves it (knowledge.services.turns.generator_for)
+        adapter_path = str(artifact_local_path(reference=adapter_path))
     try:
         return cached_generator(backend, model, adapter_path)
     except ValueError as error:
