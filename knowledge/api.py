@@ -2,7 +2,8 @@
 
 Endpoints validate input with the schemas below, check the token's scope, call one service or
 selector, and serialise the result. Every error is a JSON `{"detail": "..."}` with a 4xx status
-(502 when a generator backend fails).
+(502 when a generator backend fails, 503 when a model artifact cannot be fetched or fails its
+checksum check, or the task queue is down).
 
 One module on purpose (~650 lines): the whole public API, its request and response schemas
 and its error mapping read in one place, in the order of the OpenAPI document.
@@ -582,7 +583,7 @@ def knowledge_base_list(request):
     ]
 
 
-@kbs.post("/{slug}/ask", response={200: TurnOut, 502: ErrorOut, **ERRORS})
+@kbs.post("/{slug}/ask", response={200: TurnOut, 502: ErrorOut, 503: ErrorOut, **ERRORS})
 def ask(request, slug: str, payload: AskIn):
     """Answer with the live retriever and generator; the turn is stored with its passages.
 
@@ -608,7 +609,7 @@ def ask(request, slug: str, payload: AskIn):
     return _turn_out(_turn_loaded(turn.pk))
 
 
-@kbs.post("/{slug}/retrieve", response={200: RetrieveOut, **ERRORS})
+@kbs.post("/{slug}/retrieve", response={200: RetrieveOut, 503: ErrorOut, **ERRORS})
 def retrieve(request, slug: str, payload: RetrieveIn):
     """Passages only; nothing is logged. `retriever_version` picks a ready non-live version (dense
     or hybrid); `mode` retrieves dense, lexical or hybrid instead of the knowledge base's mode,

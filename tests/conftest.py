@@ -349,3 +349,78 @@ def judge_server_url():
     url, stop = FakeJudgeServer.serve()
     yield url
     stop()
+
+
+class S3Server:
+    """A real S3-compatible HTTP endpoint on loopback: moto's server (`python -m moto.server`) in
+    a process of its own. The artifact store talks to it through s3fs as it would to MinIO."""
+
+    def __init__(self):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def wait_ready(self) -> None:
+        import urllib.request
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.process.returncode}")
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/", timeout=2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=60, message="moto_server answering")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_server, settings, monkeypatch, request):
+    """RAGLOOP_ARTIFACT_STORE pointed at a new bucket of the S3 server (one per test), with the
+    throwaway credentials moto accepts; yields the bucket, its prefix and an s3fs filesystem of
+    the test's own to look into it."""
+    import types
+    import uuid
+
+    import s3fs
+
+    from knowledge.artifact_store import artifact_cache_forget
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"ragloop-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server.url}, skip_instance_cache=True)
+    fs.mkdir(bucket)
+    settings.RAGLOOP_ARTIFACT_STORE = f"s3://{bucket}/models"
+    settings.RAGLOOP_ARTIFACT_STORE_ENDPOINT_URL = s3_server.url
+    artifact_cache_forget()
+    yield types.SimpleNamespace(fs=fs, bucket=bucket, prefix=f"{bucket}/models", url=settings.RAGLOOP_ARTIFACT_STORE)
+    artifact_cache_forget()

@@ -171,6 +171,23 @@ RAGLOOP_INFERENCE_EXPORTS_DIR = Path(
 # all have at least this cosine with the stored ones (docs/inference-backends.md has the figures).
 RAGLOOP_BACKEND_SWITCH_MIN_COSINE = float(os.environ.get("RAGLOOP_BACKEND_SWITCH_MIN_COSINE", "0.999"))
 RAGLOOP_BACKEND_SWITCH_SAMPLE = env_int("RAGLOOP_BACKEND_SWITCH_SAMPLE", 64)
+# Sharing artifacts between machines (knowledge.artifact_store, docs/deployment.md): empty keeps
+# them in RAGLOOP_ARTIFACTS_DIR alone (one machine); `s3://bucket/prefix` also uploads every
+# registered version there, and a machine that lacks one downloads it into
+# RAGLOOP_ARTIFACT_CACHE_DIR (default: RAGLOOP_ARTIFACTS_DIR/.store-cache), checked against its
+# checksum manifest. Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION), never from settings:
+# https://boto3.amazonaws.com/v1/documentation/api/latest/guide/credentials.html#environment-variables
+RAGLOOP_ARTIFACT_STORE = os.environ.get("RAGLOOP_ARTIFACT_STORE", "").strip()
+if RAGLOOP_ARTIFACT_STORE and not RAGLOOP_ARTIFACT_STORE.startswith("s3://"):
+    raise ImproperlyConfigured(
+        f"RAGLOOP_ARTIFACT_STORE must be empty (the local folder) or s3://bucket/prefix, got {RAGLOOP_ARTIFACT_STORE!r}."
+    )
+# An S3-compatible server other than AWS (MinIO: http://minio:9000); empty: AWS's own endpoints.
+RAGLOOP_ARTIFACT_STORE_ENDPOINT_URL = os.environ.get("RAGLOOP_ARTIFACT_STORE_ENDPOINT_URL", "").strip()
+RAGLOOP_ARTIFACT_CACHE_DIR = os.environ.get("RAGLOOP_ARTIFACT_CACHE_DIR", "").strip()
+# Downloads of one artifact before a copy that does not match its manifest is refused.
+RAGLOOP_ARTIFACT_FETCH_ATTEMPTS = env_int("RAGLOOP_ARTIFACT_FETCH_ATTEMPTS", 2)
 # Chunks embedded per Celery task; one task is the unit of work a killed worker can lose.
 RAGLOOP_EMBED_BATCH_SIZE = env_int("RAGLOOP_EMBED_BATCH_SIZE", 256)
 # Below this many chunks in an embedding space, retrieval scans exactly; above, it uses the

@@ -4,9 +4,9 @@ choosing how they retrieve."""
 import re
 from pathlib import Path
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from knowledge.artifact_store import artifact_local_path
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, InferenceBackend, KnowledgeBase, PersonalDataMode, RetrievalMode
 from knowledge.services.audit import audit_record
@@ -23,11 +23,11 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 def retriever_model_path(model_reference: str) -> Path:
-    """Resolve a space's model reference to a folder: the packaged base model, or an artifact."""
+    """Resolve a space's model reference to a folder: the packaged base model, or an artifact
+    (fetched from the artifact store into this machine's cache when one is configured)."""
     if model_reference == BASE_MODEL_REFERENCE:
         return base_retriever_path()
-    path = Path(model_reference)
-    return path if path.is_absolute() else Path(settings.RAGLOOP_ARTIFACTS_DIR) / path
+    return artifact_local_path(reference=model_reference)
 
 
 def space_embedder(space: EmbeddingSpace, *, model_reference: str | None = None) -> Embedder:

@@ -12,13 +12,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
+from knowledge.artifact_store import artifact_local_path
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import Conversation, Document, KnowledgeBase, RetrievedPassage, Turn
 from knowledge.selectors import passages_search, retrieval_mode_checked
@@ -51,8 +51,8 @@ def generator_for(*, knowledge_base: KnowledgeBase):
     knowledge_base = KnowledgeBase.objects.get(pk=knowledge_base.pk)
     if knowledge_base.live_generator_version:
         adapter = knowledge_base.live_generator_adapter_path
-        if adapter and not Path(adapter).is_absolute():  # artifact paths are relative to the artifacts folder
-            adapter = str(Path(settings.RAGLOOP_ARTIFACTS_DIR) / adapter)
+        if adapter:  # relative to the artifacts folder, fetched from the artifact store if there is one
+            adapter = str(artifact_local_path(reference=adapter))
         generator = generator_load(knowledge_base.live_generator_backend, knowledge_base.live_generator_model, adapter)
         return generator, knowledge_base.live_generator_version
     return generator_load(knowledge_base.generator_backend, knowledge_base.generator_model), knowledge_base.generator_version

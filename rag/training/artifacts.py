@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -62,21 +62,37 @@ def write_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """One sha256 for a whole artifact: the digest of its manifest's canonical JSON. A model
+    version records it, and the artifact store names its cached copies by it."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The manifest of an artifact folder, checked for shape but not against the files."""
     manifest_path = Path(folder) / MANIFEST_NAME
     if not manifest_path.is_file():
         raise ArtifactIntegrityError(f"artifact folder {folder} has no {MANIFEST_NAME}")
+    return parse_manifest(manifest_path.read_bytes(), source=str(manifest_path))
+
+
+def parse_manifest(content: bytes, *, source: str) -> dict[str, Any]:
+    """A manifest from its bytes (a file, or an object downloaded from a store), checked for shape;
+    every file name must be a plain relative path, so a manifest cannot point outside its folder."""
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(content.decode("utf-8"))
         files = manifest["files"]
         if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
             raise ValueError("unknown manifest format")
         for entry in files.values():
             if not isinstance(entry["size"], int) or not isinstance(entry["sha256"], str):
                 raise ValueError("bad file entry")
-    except (ValueError, KeyError, TypeError) as error:
-        raise ArtifactIntegrityError(f"{manifest_path} is not a valid manifest: {error}") from None
+        for name in files:
+            parts = PurePosixPath(name).parts
+            if not parts or name.startswith("/") or ".." in parts or "\\" in name or name == MANIFEST_NAME:
+                raise ValueError(f"bad file name {name!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ArtifactIntegrityError(f"{source} is not a valid manifest: {error}") from None
     return manifest
 
 

@@ -492,7 +492,7 @@ def test_a_lora_run_produces_a_generator_version_that_serving_loads_after_promot
     version = ModelVersion.objects.get(training_run=run)
     folder = artifacts / "test-kb" / "generator" / str(run.pk)
     assert (version.generator_backend, version.generator_model) == ("hf", str(tiny_language_model))
-    assert version.generator_adapter_path == str(folder.resolve()) and version.artifact_path == f"test-kb/generator/{run.pk}"
+    assert version.generator_adapter_path == version.artifact_path == f"test-kb/generator/{run.pk}"  # relative: any machine
     assert (folder / "adapter_config.json").exists() and (folder / "MANIFEST.json").exists()
     # RA-DIT: one pair per retrieved chunk (4 per question); RAFT: one pair per question
     assert version.parameters["trainer"]["pairs"] == (16 if mode == "lora_radit" else 4)

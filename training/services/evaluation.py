@@ -64,6 +64,7 @@ from typing import Any
 
 from django.db import transaction
 
+from knowledge.artifact_store import artifact_local_path
 from knowledge.errors import Conflict, InvalidInput, UpstreamError
 from knowledge.models import EmbeddingSpace, KnowledgeBase
 from knowledge.selectors import RerankerChoice, passages_rerank, passages_retrieve, passages_search
@@ -187,6 +188,8 @@ def _baseline_retriever(version: ModelVersion) -> RetrieverUnderTest:
 
 
 def _load_generator(*, backend: str, model: str, adapter_path: str = "", name: str):
+    if adapter_path:  # as serving resolves it (knowledge.services.turns.generator_for)
+        adapter_path = str(artifact_local_path(reference=adapter_path))
     try:
         return cached_generator(backend, model, adapter_path)
     except ValueError as error:

@@ -15,31 +15,21 @@ after a grace period, its vectors are dropped. Going live again restores a space
 are still there; one whose vectors were dropped must be re-embedded first.
 """
 
-import hashlib
-import json
 from pathlib import Path
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from knowledge.artifact_store import ArtifactUnavailable, artifact_publish, artifact_verify
 from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, KnowledgeBase, QueryEncoder
 from knowledge.services.audit import audit_record
 from knowledge.services.embedding_spaces import embedding_space_restore, embedding_space_retire
 from knowledge.services.embeddings import embedding_space_index_build_ensure, embedding_space_index_missing
 from knowledge.services.knowledge_bases import BASE_RETRIEVER_VERSION
-from rag.training.artifacts import (
-    ArtifactIntegrityError,
-    verify_manifest,
-    write_manifest,
-)
+from rag.training.artifacts import manifest_checksum, write_manifest
 from training.models import Component, ModelVersion, PromotionEvent, WebhookEndpoint
 from training.services.notifications import notify
 from training.services.queue_rescoring import turn_queue_rescore_soon
-
-
-def artifacts_root() -> Path:
-    return Path(settings.RAGLOOP_ARTIFACTS_DIR)
 
 
 def model_version_next_name(*, knowledge_base: KnowledgeBase, component: str) -> str:
@@ -48,13 +38,14 @@ def model_version_next_name(*, knowledge_base: KnowledgeBase, component: str) ->
 
 
 def model_version_register(*, knowledge_base: KnowledgeBase, component: str, artifact_folder: Path | None, **fields) -> ModelVersion:
-    """Create a candidate version; its artifact folder gets a checksum manifest written last."""
+    """Create a candidate version; its artifact folder gets a checksum manifest written last and
+    is published to the artifact store (if one is configured) before the row exists, so a version
+    never names an artifact that other machines cannot fetch."""
     checksum = ""
     relative = ""
     if artifact_folder is not None:
-        manifest = write_manifest(artifact_folder)
-        checksum = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-        relative = str(Path(artifact_folder).resolve().relative_to(artifacts_root().resolve()))
+        checksum = manifest_checksum(write_manifest(artifact_folder))
+        relative = artifact_publish(folder=artifact_folder)
     name = fields.pop("name", None) or model_version_next_name(knowledge_base=knowledge_base, component=component)
     try:
         with transaction.atomic():
@@ -117,12 +108,13 @@ def _live_pointers_write(*, knowledge_base_id: int, component: str, version: Mod
 
 
 def model_version_verify(*, version: ModelVersion) -> None:
-    """Refuse to load an artifact whose manifest is missing or whose files changed."""
+    """Refuse to load an artifact whose manifest is missing, is not the one registered, or whose
+    files changed (in the artifacts folder, or in this machine's copy from the artifact store)."""
     if not version.artifact_path:
         return
     try:
-        verify_manifest(artifacts_root() / version.artifact_path)
-    except ArtifactIntegrityError as error:
+        artifact_verify(path=version.artifact_path, checksum=version.artifact_checksum)
+    except ArtifactUnavailable as error:
         raise InvalidInput(f"Model version {version.name!r} cannot be loaded: {error}") from error
 
 

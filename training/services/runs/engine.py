@@ -4,7 +4,6 @@ advisory lock, calls the mode's trainer (TRAINERS) and registers what it made as
 import functools
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import traceback
@@ -16,8 +15,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from knowledge.artifact_store import artifact_discard, artifact_publish, artifact_store_url, artifacts_root
 from knowledge.errors import InvalidInput
 from knowledge.models import EmbeddingSpace
+from rag.training.artifacts import write_manifest
 from training.models import Component, ModelVersion, TrainingRun
 from training.services.evaluation_jobs import evaluation_job_start
 from training.services.runs.lifecycle import (
@@ -36,7 +37,6 @@ from training.services.runs.trainers.generator import (
 from training.services.runs.trainers.reranker import train_cross_encoder
 from training.services.runs.trainers.retriever import train_contrastive, train_corpus_pairs, train_lsr
 from training.services.versions import (
-    artifacts_root,
     model_version_next_name,
     model_version_register,
 )
@@ -157,6 +157,12 @@ def _train_and_register(run_id: int) -> Outcome:
             raise InvalidInput(f"The output folder {folder} already exists and is not empty.")
         owns_folder = True
         trained = TRAINERS[run.mode](run=run, folder=folder, reporter=reporter)
+        if artifact_store_url():
+            # Outside the registration's transaction, which holds the run's row: an upload may
+            # take minutes. Registering finds it published and uploads nothing again.
+            reporter.phase(f"uploading the artifact to {artifact_store_url()}", low=0.96, high=0.96)
+            write_manifest(trained.folder)
+            artifact_publish(folder=trained.folder)
         reporter.phase("registering the model version", low=0.97, high=0.97)
         return _register(run_id=run_id, trained=trained, reporter=reporter)
     except TrainingCancelled as cancelled:
@@ -188,9 +194,8 @@ def _error_message(error: Exception) -> str:
 
 
 def _clean_folder(folder: Path) -> None:
-    # Only the run's own folder: no version refers to it when the run did not succeed.
-    if folder.is_dir() and folder.resolve().is_relative_to(artifacts_root().resolve()):
-        shutil.rmtree(folder, ignore_errors=True)
+    # Only the run's own folder (and its upload): no version refers to it when the run did not succeed.
+    artifact_discard(folder=folder)
 
 
 def _finish(run_id: int, status: str, *, error: str = "", log: str = "") -> Outcome:

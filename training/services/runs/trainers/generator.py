@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from knowledge.artifact_store import artifact_relative_path
 from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, KnowledgeBase
 from training.models import TrainingRun
@@ -53,9 +54,9 @@ def _train_adapter(*, run: TrainingRun, folder: Path, reporter: Reporter, pairs,
     fields = {
         "generator_backend": KnowledgeBase.GeneratorBackend.HF,
         "generator_model": parameters["base_model"],
-        # Absolute: serving (knowledge.services.turns.generator_for) hands the path to
-        # HFGenerator as it is, without resolving it against the artifacts folder.
-        "generator_adapter_path": str(folder.resolve()),
+        # Relative to the artifacts folder, as model references: serving resolves it through the
+        # artifact store (knowledge.services.turns.generator_for), on whichever machine it runs.
+        "generator_adapter_path": artifact_relative_path(path=folder),
     }
     return Trained(folder, fields, result.parameters, result.training_curve)
 

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from knowledge.artifact_store import artifact_relative_path
 from knowledge.errors import InvalidInput
 from training.models import TrainingRun
 from training.services.runs import inputs
 from training.services.runs.shared import Reporter, Trained
 from training.services.snapshots import history_as_served
-from training.services.versions import artifacts_root
 
 
 def _free_accelerator_memory() -> None:
@@ -25,7 +25,7 @@ def _free_accelerator_memory() -> None:
 
 def _relative(path: Path) -> str:
     """A path under the artifacts folder as knowledge resolves model references: relative to it."""
-    return str(Path(path).resolve().relative_to(artifacts_root().resolve()))
+    return artifact_relative_path(path=path)
 
 
 def _retriever_fields(*, folder: Path, live, query_only: bool) -> tuple[dict[str, Any], str]:
