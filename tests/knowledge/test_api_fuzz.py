@@ -14,10 +14,10 @@ EXAMPLES_PER_OPERATION = 10
 
 @pytest.fixture
 def fuzz_token(db, admin_user, knowledge_base):
-    from knowledge.services.tokens import SCOPES, api_token_create
-
     from django.core import signals
     from django.db import close_old_connections
+
+    from knowledge.services.tokens import SCOPES, api_token_create
 
     _, token = api_token_create(user=admin_user, name="fuzz", knowledge_bases=[knowledge_base], scopes=list(SCOPES))
     # The WSGI app runs in this process, inside the test's transaction: like Django's test
