@@ -14,6 +14,7 @@ COPY pyproject.toml README.md ./
 RUN pip install -e . 2>/dev/null || true
 COPY . .
 RUN pip install -e . \
+ && pip install --no-deps nncf==3.4.0 \
  && DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
     DATABASE_URL=postgresql://x@localhost/x REDIS_URL=redis://localhost:6379/0 python manage.py collectstatic --noinput
 

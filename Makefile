@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -e ".[test]"
+	# Without its `ninja` dependency, which would overwrite django-ninja's package (pyproject.toml).
+	$(PY) -m pip install --quiet --no-deps nncf==3.4.0
 	touch $(STAMP)
 
 install: $(STAMP)
