@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from knowledge.artifact_store import artifact_local_path
 from knowledge.errors import InvalidInput, NotFound, UpstreamError
 from knowledge.models import (
     ApiToken,
@@ -278,10 +279,8 @@ def reranker_for(*, knowledge_base: KnowledgeBase) -> RerankerChoice | None:
     row = KnowledgeBase.objects.filter(pk=knowledge_base.pk).values("live_reranker_version", "live_reranker_path").first()
     if row is None or not row["live_reranker_version"] or not row["live_reranker_path"]:
         return None
-    path = Path(row["live_reranker_path"])
-    if not path.is_absolute():  # artifact paths are relative to the artifacts folder
-        path = Path(settings.RAGLOOP_ARTIFACTS_DIR) / path
-    return RerankerChoice(row["live_reranker_version"], path)
+    # Relative to the artifacts folder; on a machine that did not train it, fetched from the store.
+    return RerankerChoice(row["live_reranker_version"], artifact_local_path(reference=row["live_reranker_path"]))
 
 
 def passages_rerank(*, reranker: RerankerChoice, query: str, candidates: list[RetrievedChunk], k: int) -> list[RetrievedChunk]:

@@ -85,7 +85,7 @@ from training.models import (
     SnapshotExample,
 )
 from training.services.snapshots import history_as_served
-from training.services.versions import artifacts_root, model_version_verify
+from training.services.versions import model_version_verify
 
 RANK_CUTOFF = 10
 RECALL_KS = (1, 5, 10)
@@ -273,7 +273,7 @@ def _score_retriever(retriever: RetrieverUnderTest, examples: list[SnapshotExamp
 def _reranker_of(version: ModelVersion) -> RerankerUnderTest:
     if not version.artifact_path:
         raise InvalidInput(f"Reranker version {version.name!r} has no model folder.")
-    return RerankerUnderTest(version.name, version, RerankerChoice(version.name, artifacts_root() / version.artifact_path))
+    return RerankerUnderTest(version.name, version, RerankerChoice(version.name, artifact_local_path(reference=version.artifact_path)))
 
 
 def _baseline_reranker(version: ModelVersion, *, first_stage_version: str) -> RerankerUnderTest:
