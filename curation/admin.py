@@ -11,10 +11,10 @@ from curation.models import (
     Membership,
     PassageJudgment,
     RetrieverCalibration,
-    SyntheticQuestionJob,
     Suggestion,
     SuggestionAgentAgreement,
     SuggestionAttempt,
+    SyntheticQuestionJob,
     TurnHold,
 )
 from knowledge.admin_read_only import read_only_admin_register

@@ -4,6 +4,7 @@ choosing how they retrieve."""
 import re
 from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from knowledge.artifact_store import artifact_local_path
