@@ -100,7 +100,8 @@ ROUTES: dict[str, dict[str, tuple[int, int, int, int, int]]] = {
     "kbs/<slug:slug>/training-runs/<int:run_id>/log/": {"GET": (302, 404, 403, 200, 302)},
     "kbs/<slug:slug>/training-runs/<int:run_id>/cancel/": {"POST": (302, 404, 403, 200, 302)},
     "kbs/<slug:slug>/models/<str:name>/": {"GET": (302, 404, 403, 200, 302)},
-    "kbs/<slug:slug>/models/<str:name>/promote/": {"POST": (302, 404, 403, 302, 302)},
+    # An empty POST from an admin: 422, the promotion needs a reason.
+    "kbs/<slug:slug>/models/<str:name>/promote/": {"POST": (302, 404, 403, 422, 302)},
     "kbs/<slug:slug>/models/<str:name>/rollback/": {"POST": (302, 404, 403, 409, 302)},
     "kbs/<slug:slug>/snapshots/<int:snapshot_id>/export/beir.zip": {"GET": (302, 404, 403, 200, 302)},
     "kbs/<slug:slug>/loop/": {"GET": (302, 404, 403, 200, 302)},
@@ -114,6 +115,18 @@ ROUTES: dict[str, dict[str, tuple[int, int, int, int, int]]] = {
     "kbs/<slug:slug>/webhooks/add/": {"POST": (302, 404, 403, 422, 302)},
     "kbs/<slug:slug>/webhooks/<int:endpoint_id>/delete/": {"POST": (302, 404, 403, 302, 302)},
     "kbs/<slug:slug>/webhooks/<int:endpoint_id>/enabled/": {"POST": (302, 404, 403, 302, 302)},
+    # The admins' loop in the browser, erasure, invitation revocation.
+    "knowledge-bases/new/": {"GET": (302, 403, 403, 200, 302)},
+    "kbs/<slug:slug>/documents/upload/": {"POST": (302, 404, 403, 422, 302)},
+    "kbs/<slug:slug>/documents/<int:document_id>/delete/": {"GET": (302, 404, 403, 200, 302)},
+    "kbs/<slug:slug>/training-runs/new/": {"GET": (302, 404, 403, 200, 302)},
+    "kbs/<slug:slug>/snapshots/new/": {"POST": (302, 404, 403, 302, 302)},
+    "kbs/<slug:slug>/models/<str:name>/promote/confirm/": {"GET": (302, 404, 403, 200, 302)},
+    "kbs/<slug:slug>/models/<str:name>/rollback/confirm/": {"GET": (302, 404, 403, 200, 302)},
+    "kbs/<slug:slug>/erase/": {"GET": (302, 404, 403, 200, 302)},
+    "invitations/<int:invitation_id>/revoke/": {"POST": (302, 403, 403, 302, 302)},
+    # Thumbs on an answer asked from the knowledge base page (an empty POST: no rating, 422).
+    "kbs/<slug:slug>/turns/<int:turn_id>/feedback/": {"POST": (302, 404, 422, 422, 302)},
 }
 # fmt: on
 
@@ -173,7 +186,7 @@ def world(db, django_user_model, admin_user):
     endpoint = WebhookEndpoint.objects.create(knowledge_base=knowledge_base, url="https://hooks.example/ragloop", secret="whsec_AAAA")
     admins_token, _ = api_token_create(user=admin_user, name="admin's", knowledge_bases=[knowledge_base])
     _, curator_plain = api_token_create(user=curator, name="curator's", knowledge_bases=[knowledge_base])
-    _, invitation_key = invitation_create(invited_by=admin_user, email="new@example.com", knowledge_bases=[knowledge_base])
+    invitation, invitation_key = invitation_create(invited_by=admin_user, email="new@example.com", knowledge_bases=[knowledge_base])
     job = EmbeddingJob.objects.filter(space__knowledge_base=knowledge_base).first()
 
     arguments = {
@@ -189,6 +202,7 @@ def world(db, django_user_model, admin_user):
         "endpoint_id": endpoint.pk,
         "user_id": curator.pk,
         "key": invitation_key,
+        "invitation_id": invitation.pk,
         "token_id": admins_token.pk,
         "job_id": job.pk if job else 1,
         "conversation_id": conversation.pk,

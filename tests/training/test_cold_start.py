@@ -149,7 +149,8 @@ def synthetic_turn(knowledge_base, query, document):
 
 def confirm(turn, curator, document):
     judgments = {p.pk: "relevant" if p.source_id == document else "not_relevant" for p in turn.passages.all()}
-    label_submit(turn=turn, curator=curator, data=LabelInput(passages=judgments, answer_rating="wrong"))
+    # A synthetic question has no answer to rate.
+    label_submit(turn=turn, curator=curator, data=LabelInput(passages=judgments))
 
 
 def test_snapshots_leave_labels_of_synthetic_turns_out_unless_asked_and_count_them(embedded_knowledge_base, curator):

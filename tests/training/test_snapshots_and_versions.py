@@ -37,6 +37,7 @@ BASE_MODEL_PATH = str(base_retriever_path())
 def _judge(turn, curator, *, relevant_rank=1, answer="correct", gold=""):
     passages = list(turn.passages.order_by("rank"))
     judgments = {p.pk: ("relevant" if p.rank == relevant_rank else "not_relevant") for p in passages}
+    answer = answer if turn.answer.strip() else ""  # a turn logged without an answer has none to rate
     return label_submit(turn=turn, curator=curator, data=LabelInput(passages=judgments, answer_rating=answer, gold_answer=gold))
 
 
