@@ -10,11 +10,12 @@ and its error mapping read in one place, in the order of the OpenAPI document.
 """
 
 import json
+import time
 from typing import Annotated, Any, Literal
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db.models import Count
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.utils.dateparse import parse_datetime
 from ninja import File, NinjaAPI, Router, Schema
@@ -34,6 +35,7 @@ from knowledge.selectors import (
     knowledge_base_get,
     live_version_names_of,
     passages_search,
+    query_vector_cache,
 )
 from knowledge.services.conversations import (
     ConversationMessage,
@@ -206,6 +208,14 @@ def _throttle(request: HttpRequest, knowledge_base: KnowledgeBase | None, budget
     """Count the request against the token's budget on the knowledge base: 429 past it
     (knowledge.rate_limits)."""
     rate_limit_hit(token_id=request.auth.pk, knowledge_base_id=knowledge_base.pk if knowledge_base else None, budget=budget)
+
+
+def server_timing_header(timings: dict[str, float]) -> str:
+    """The `Server-Timing` header (https://www.w3.org/TR/server-timing/) of an ask or retrieve:
+    each stage's milliseconds, and this process's query-vector cache counts so far."""
+    stats = query_vector_cache().stats()
+    stages = [f"{name};dur={value:.2f}" for name, value in timings.items() if isinstance(value, (int, float))]
+    return ", ".join([*stages, f'cache;desc="hits={stats.hits} misses={stats.misses} entries={stats.entries}"'])
 
 
 def _knowledge_base_for(request: HttpRequest, slug: str, *scopes: str, budget: str = API) -> KnowledgeBase:
@@ -584,7 +594,7 @@ def knowledge_base_list(request):
 
 
 @kbs.post("/{slug}/ask", response={200: TurnOut, 502: ErrorOut, 503: ErrorOut, **ERRORS})
-def ask(request, slug: str, payload: AskIn):
+def ask(request, slug: str, payload: AskIn, response: HttpResponse):
     """Answer with the live retriever and generator; the turn is stored with its passages.
 
     With `conversation_id`, `conversation_external_id` or `start_conversation` the question is
@@ -592,6 +602,7 @@ def ask(request, slug: str, payload: AskIn):
     (`rewritten_query`), and the generator sees the earlier turns. `mode` retrieves dense,
     lexical or hybrid for this turn, which records it (`retrieval_mode`, `retriever_version`)."""
     knowledge_base = _knowledge_base_for(request, slug, "ask")
+    started = time.perf_counter()
     if payload.conversation_id is not None and payload.conversation_external_id is not None:
         raise InvalidInput("Send conversation_id or conversation_external_id, not both.")
     if payload.conversation_id is not None or payload.conversation_external_id is not None or payload.start_conversation:
@@ -606,11 +617,14 @@ def ask(request, slug: str, payload: AskIn):
         )
     else:
         turn = turn_ask(knowledge_base=knowledge_base, query=payload.query, k=payload.k, mode=payload.mode)
+    # Storing the turn: the service's time beyond composing the answer (which the turn records).
+    stored_ms = max(0.0, (time.perf_counter() - started) * 1000 - (turn.latency_ms or 0.0))
+    response["Server-Timing"] = server_timing_header({**(turn.latency_split or {}), "store": stored_ms})
     return _turn_out(_turn_loaded(turn.pk))
 
 
 @kbs.post("/{slug}/retrieve", response={200: RetrieveOut, 503: ErrorOut, **ERRORS})
-def retrieve(request, slug: str, payload: RetrieveIn):
+def retrieve(request, slug: str, payload: RetrieveIn, response: HttpResponse):
     """Passages only; nothing is logged. `retriever_version` picks a ready non-live version (dense
     or hybrid); `mode` retrieves dense, lexical or hybrid instead of the knowledge base's mode,
     so the same query can be compared side by side."""
@@ -624,6 +638,7 @@ def retrieve(request, slug: str, payload: RetrieveIn):
         rerank=payload.rerank,
     )
     passages = retrieval.passages
+    response["Server-Timing"] = server_timing_header(retrieval.timings)
     return {
         "retriever_version": retrieval.retriever_version,
         "mode": retrieval.mode,

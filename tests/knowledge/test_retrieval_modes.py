@@ -250,3 +250,35 @@ def test_a_repeated_dense_query_is_served_from_the_query_cache_with_the_same_ran
     stats = cache.stats()
     assert (stats.hits, stats.misses) == (1, 1)
     assert [(p.chunk_id, round(p.score, 6)) for p in again] == [(p.chunk_id, round(p.score, 6)) for p in first]
+
+
+def _server_timing(response) -> tuple[dict[str, float], dict[str, int]]:
+    stages, cache = {}, {}
+    for entry in response["Server-Timing"].split(", "):
+        name, parameter = entry.split(";", 1)
+        if name == "cache":
+            cache = {k: int(v) for k, v in (pair.split("=") for pair in parameter.removeprefix('desc="').rstrip('"').split())}
+        else:
+            stages[name] = float(parameter.removeprefix("dur="))
+    return stages, cache
+
+
+def test_retrieve_and_ask_send_their_time_per_stage_and_the_query_cache_counts(keyword_api, keyword_knowledge_base):
+    from knowledge.selectors import query_vector_cache
+
+    query_vector_cache().clear()
+    url = f"{API}/kbs/keyword-kb"
+    first = _post(keyword_api, f"{url}/retrieve", {"query": KEYWORD_QUERY, "k": 3})
+    again = _post(keyword_api, f"{url}/retrieve", {"query": KEYWORD_QUERY, "k": 3})
+    (first_stages, first_cache), (_, again_cache) = _server_timing(first), _server_timing(again)
+    assert {"embed", "first_stage", "rerank"} <= set(first_stages)
+    assert all(value >= 0 for value in first_stages.values())
+    assert (first_cache["hits"], first_cache["misses"]) == (0, 1)
+    assert (again_cache["hits"], again_cache["misses"]) == (1, 1)
+
+    asked = _post(keyword_api, f"{url}/ask", {"query": KEYWORD_QUERY, "k": 3})
+    stages, cache = _server_timing(asked)
+    assert {"embed", "first_stage", "generate", "store"} <= set(stages)
+    assert cache["hits"] == 2
+    stored = Turn.objects.get(pk=asked.json()["turn_id"]).latency_split
+    assert stages["generate"] == pytest.approx(stored["generate"], abs=0.01)
