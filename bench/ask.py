@@ -171,7 +171,8 @@ def main() -> None:
     needed = args.warmup + args.requests
     if len(claims) < 2 * needed:
         raise SystemExit(f"{len(claims)} SciFact claims are too few for {needed} requests per endpoint")
-    user = get_user_model().objects.create_user("bench-ask")
+    # A token is worth no more than its user's rights: an admin of the benchmark's knowledge bases.
+    user = get_user_model().objects.create_superuser("bench-ask")
     rows, contention_rows = [], []
     port = _free_port()
     try:

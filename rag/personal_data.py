@@ -15,6 +15,7 @@ and postal addresses are NOT found (the doc says what that means). Two adjustmen
 
 import functools
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -79,6 +80,9 @@ class Redaction:
 @functools.lru_cache(maxsize=1)
 def analyzer():
     """Presidio's AnalyzerEngine with pattern recognizers only and no NLP model (loaded once)."""
+    # Presidio picks a device for NLP models by importing torch (seconds), even with no model:
+    # naming the device skips that, so redacting a log line does not load the model stack.
+    os.environ.setdefault("PRESIDIO_DEVICE", "cpu")
     import tldextract
     from presidio_analyzer import AnalyzerEngine, Pattern, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NoOpNlpEngine

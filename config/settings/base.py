@@ -135,6 +135,10 @@ AXES_RESET_ON_SUCCESS = True
 # The lockout answer: our page, 429 Too Many Requests (never a 500).
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
+# No "AXES: BEGIN version ..." line at every start-up: through the personal-data log filter it
+# would load Presidio, which imports spaCy and torch (seconds) in processes that need no model
+# (tests/test_startup.py). Lockouts are still logged as warnings.
+AXES_VERBOSE = False
 # Admins unlock with `manage.py axes_reset` (all), `axes_reset_username NAME` or `axes_reset_ip IP`.
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
