@@ -26,10 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import harness  # noqa: E402
 
-# Every query is timed with its encoding: the process's query-vector cache would answer the
-# warm-up claims again from memory (bench/ask.py measures the cache).
-os.environ["RAGLOOP_QUERY_CACHE_SIZE"] = "0"
-
 QUERIES_PATH = Path("/work/shared/datasets/scifact/queries.jsonl")
 DIMENSIONS = 384
 CHUNK_TEXT = "repeat('Synthetic passage text for the retrieval benchmark. ', 18)"  # ~1 kB, like a real chunk
@@ -352,6 +348,9 @@ def ms(seconds: list[float]) -> str:
 
 def main() -> None:
     args = parse_args()
+    # Every query is timed with its encoding: the process's query-vector cache would answer the
+    # warm-up claims again from memory (bench/ask.py measures the cache).
+    os.environ["RAGLOOP_QUERY_CACHE_SIZE"] = "0"
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     ef_values = [] if args.ef_search == "none" else [int(v) for v in args.ef_search.split(",")]
     database = harness.django_setup(database_name=args.database)
