@@ -4,7 +4,8 @@ and passages judged as whole documents turned into chunks."""
 
 from curation.models import ANSWER_INCOMPLETE, ANSWER_NOT_GROUNDED, RETRIEVAL_MISS, WRONG_PASSAGE_FIRST
 from rag.datasets import example_repeats, examples_repeated
-from training.models import Component, SnapshotExample, TrainingRun
+from knowledge.errors import InvalidInput
+from training.models import Component, ModelVersion, SnapshotExample, TrainingRun
 from training.services.runs.shared import Reporter
 from training.services.snapshots import snapshot_dataset_examples
 
@@ -47,17 +48,64 @@ def weighted(run: TrainingRun, examples) -> list:
     return examples_repeated(examples, weighted_tags=WEIGHTED_FAILURE_TAGS[run.component], repeats=failure_tag_repeats(run))
 
 
-def live_retriever(run: TrainingRun):
-    """The live retriever (what serving uses now) and the folder of its space's document encoder.
+def live_retriever(run: TrainingRun, *, query_only: bool = False, reporter: Reporter | None = None):
+    """The retriever a run starts from (what serving uses now) and the folder of the encoder it
+    trains from: the live space's document encoder. In query-only mode that encoder produced the
+    stored vectors the new query encoder must match.
 
-    Retrievers are trained from the live space's encoder: in query-only mode that encoder's
-    document side produced the stored vectors the new query encoder must match.
+    Erasure: when the version that trained that encoder saw erased data (trained_on_erased_data),
+    the run must not start from its weights, or the replacement would keep what it learnt. It
+    starts from the nearest clean ancestor's encoder instead (erasure flags every descendant of a
+    flagged version, so the first clean ancestor is clean all the way up), else the base model.
+    A query-only run then needs that encoder's own vectors: it trains against the clean space and
+    refuses when that space no longer holds them (a full-mode run re-embeds, so it always can).
     """
-    from knowledge.selectors import retriever_for
+    from knowledge.selectors import RetrieverChoice, retriever_for
     from knowledge.services.knowledge_bases import retriever_model_path
 
     live = retriever_for(knowledge_base=run.knowledge_base)
-    return live, retriever_model_path(live.space.model_reference)
+    clean = clean_encoder_space(run.knowledge_base, live.space)
+    if clean == live.space:
+        return live, retriever_model_path(live.space.model_reference)
+    from knowledge.models import EmbeddingSpace
+
+    why = f"the live retriever's encoder ({live.space.retriever_version}) was trained on erased data"
+    if query_only:
+        if clean.status != EmbeddingSpace.Status.READY:
+            raise InvalidInput(
+                f"A query-only run cannot replace {live.version}: {why}, and the nearest clean encoder's space "
+                f"({clean.retriever_version}) is {clean.state_label}, so there are no clean document vectors to "
+                "train against. Train in full mode (contrastive), which re-embeds the corpus."
+            )
+        start = RetrieverChoice(clean.retriever_version, clean, clean.model_reference)
+    else:
+        # Mining and chunk lookup read the live space's vectors; only the weights must be clean.
+        start = live
+    if reporter is not None:
+        reporter.phase(f"starting from the encoder of {clean.retriever_version}: {why}", low=0.0, high=0.0)
+    return start, retriever_model_path(clean.model_reference)
+
+
+def clean_encoder_space(knowledge_base, space):
+    """The space whose encoder a retriever run may start from: `space`, unless the version that
+    trained its encoder is flagged trained_on_erased_data; then the space of its nearest clean
+    ancestor, else the knowledge base's base space."""
+    from knowledge.models import EmbeddingSpace
+    from knowledge.services.knowledge_bases import BASE_MODEL_REFERENCE
+
+    versions = ModelVersion.objects.filter(knowledge_base=knowledge_base, component=Component.RETRIEVER)
+    while space is not None and space.model_reference != BASE_MODEL_REFERENCE:
+        owner = versions.filter(name=space.retriever_version).select_related("parent").first()
+        if owner is None or not owner.trained_on_erased_data:
+            return space
+        ancestor = owner.parent
+        while ancestor is not None and ancestor.trained_on_erased_data:
+            ancestor = ancestor.parent
+        # A query-only ancestor shares an older space: its owner is checked on the next pass.
+        space = ancestor.embedding_space if ancestor is not None else None
+    if space is None:
+        space = EmbeddingSpace.objects.filter(knowledge_base=knowledge_base, model_reference=BASE_MODEL_REFERENCE).first()
+    return space
 
 
 def retrieve(live, query: str, k: int):

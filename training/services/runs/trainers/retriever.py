@@ -47,7 +47,7 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
     examples = [example for example in inputs.train_examples(run) if example.relevant]
     if not examples:
         raise InvalidInput("No training example has a passage judged relevant.")
-    live, base_model = inputs.live_retriever(run)
+    live, base_model = inputs.live_retriever(run, query_only=query_only, reporter=reporter)
     reporter.phase(f"mining negatives with the live retriever ({live.version})", low=0.0, high=0.05)
     mined = inputs.mine_negatives(
         examples=examples, live=live, top_k=parameters["top_k"], limit=parameters["mined_negatives"], reporter=reporter
@@ -89,7 +89,7 @@ def train_corpus_pairs(*, run: TrainingRun, folder: Path, reporter: Reporter) ->
     from rag.training import retriever as retriever_training
 
     parameters = run.parameters
-    live, base_model = inputs.live_retriever(run)
+    live, base_model = inputs.live_retriever(run, query_only=parameters["query_only"], reporter=reporter)
     reporter.phase(f"drawing up to {parameters['max_chunks']} chunks of {live.space.retriever_version}", low=0.0, high=0.03)
     chunks = space_chunks_sample(space=live.space, limit=parameters["max_chunks"], seed=parameters["seed"])
     pairs = corpus_pairs(
@@ -138,7 +138,7 @@ def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
     examples = [example for example in inputs.train_examples(run) if example.gold_answer.strip()]
     if not examples:
         raise InvalidInput("No training example has a gold answer.")
-    live, base_model = inputs.live_retriever(run)
+    live, base_model = inputs.live_retriever(run, query_only=parameters["query_only"], reporter=reporter)
     reporter.phase(f"retrieving the top {parameters['top_k']} chunks with {live.version}", low=0.0, high=0.05)
     lsr_examples = []
     for done, example in enumerate(examples, start=1):
