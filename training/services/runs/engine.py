@@ -1,6 +1,7 @@
 """The execution engine: `training_run_execute` takes a queued run under its component's
 advisory lock, calls the mode's trainer (TRAINERS) and registers what it made as a candidate version."""
 
+import errno
 import functools
 import logging
 import os
@@ -190,7 +191,25 @@ def _error_message(error: Exception) -> str:
 
     if isinstance(error, ServiceError):
         return str(error)
+    if _out_of_disk_space(error):
+        return (
+            f"The disk ran out of space while the run wrote its model under {artifacts_root()}: the partial "
+            "artifact was deleted and nothing was registered. Free space there (or point RAGLOOP_ARTIFACTS_DIR "
+            f"at a larger disk) and start the run again. ({type(error).__name__}: {error})"
+        )[:5000]
     return f"{type(error).__name__}: {error}"[:5000]
+
+
+def _out_of_disk_space(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain; safetensors' writer reports it as text, not as an OSError."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "StorageFull" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def _clean_folder(folder: Path) -> None:

@@ -3,8 +3,8 @@ the component can fix repeated), the live retriever and its top-k chunks, mined 
 and passages judged as whole documents turned into chunks."""
 
 from curation.models import ANSWER_INCOMPLETE, ANSWER_NOT_GROUNDED, RETRIEVAL_MISS, WRONG_PASSAGE_FIRST
-from rag.datasets import example_repeats, examples_repeated
 from knowledge.errors import InvalidInput
+from rag.datasets import example_repeats, examples_repeated
 from training.models import Component, ModelVersion, SnapshotExample, TrainingRun
 from training.services.runs.shared import Reporter
 from training.services.snapshots import snapshot_dataset_examples
