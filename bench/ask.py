@@ -47,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--real", type=int, default=2000, help="SciFact abstracts embedded for real (default: %(default)s)")
     parser.add_argument("--noise", type=float, default=0.3, help="length of the noise added to a repeated vector (default: %(default)s)")
     parser.add_argument("-k", type=int, default=10, help="passages per request (default: %(default)s)")
+    parser.add_argument("--backends", default="torch,onnx-int8",
+                        help="query-embedding backends, each with a fresh server and cache (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="gunicorn threads (one worker) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database", default="ragloop_bench_ask")
@@ -137,7 +139,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def figures(label: str, size: int, seconds: list[float], timings: list[dict[str, float]], caches: list[dict[str, int]]) -> list:
+def figures(label: str, size: int, backend: str, seconds: list[float], timings: list[dict[str, float]], caches: list[dict[str, int]]) -> list:
     stages = ("embed", "first_stage", "generate", "store")
     split = []
     for stage in stages:
@@ -147,10 +149,52 @@ def figures(label: str, size: int, seconds: list[float], timings: list[dict[str,
     hits = caches[-1]["hits"] - caches[0]["hits"] if len(caches) > 1 else 0
     lookups = (caches[-1]["hits"] + caches[-1]["misses"]) - (caches[0]["hits"] + caches[0]["misses"]) if len(caches) > 1 else 0
     return [
-        size, label, len(seconds),
+        size, backend, label, len(seconds),
         f"{harness.percentile_ms(seconds, 50):.1f}", f"{harness.percentile_ms(seconds, 95):.1f}", f"{min(seconds) * 1000:.1f}",
         *split, f"{hits / lookups:.2f}" if lookups else "-",
     ]  # fmt: skip
+
+
+def serve_and_time(args, *, size, backend, port, token, claims, database, knowledge_base, contention_rows) -> list:
+    """A fresh gunicorn (empty query cache) on the space's current backend: both endpoints, both passes."""
+    from knowledge.models import Turn
+
+    needed = args.warmup + args.requests
+    rows = []
+    server = start_server(port, args.threads)
+    try:
+        harness.wait_until(lambda: _answers(port), timeout=120, message="the web server")
+        workers = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        contention = harness.Contention(database_name=database.name, own_pids={server.pid, *map(int, workers)}).start()
+        client = Client(port, token)
+        base = f"/api/v1/kbs/{knowledge_base.slug}"
+        # Each endpoint gets its own claims, so its first pass misses the cache.
+        for offset, (endpoint, label) in enumerate([("retrieve", "/retrieve"), ("ask", "/ask")]):
+            own = claims[offset * needed : (offset + 1) * needed]
+            for claim in own[: args.warmup]:
+                client.post(f"{base}/{endpoint}", {"query": claim, "k": args.k})
+            timed = own[args.warmup :]
+            for pass_label in ("new claims (cache miss)", "same claims again (cache hit)"):
+                seconds, timings, caches, turn_ids = [], [], [], []
+                for claim in timed:
+                    elapsed, body, durations, cache = client.post(f"{base}/{endpoint}", {"query": claim, "k": args.k})
+                    seconds.append(elapsed)
+                    timings.append(durations)
+                    caches.append(cache)
+                    if endpoint == "ask":
+                        turn_ids.append(body["turn_id"])
+                rows.append(figures(f"{label}, {pass_label}", size, backend, seconds, timings, caches))
+                if turn_ids:
+                    stored = Turn.objects.filter(pk__in=turn_ids).count()
+                    if stored != len(turn_ids):
+                        raise RuntimeError(f"{len(turn_ids)} asks answered but {stored} turns stored")
+                harness.say(f"[{size} chunks, {backend}] {label}, {pass_label}: p95 {harness.percentile_ms(seconds, 95):.1f} ms")
+        contention_rows.append([size, backend, contention.stop()])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    return rows
 
 
 def main() -> None:
@@ -161,7 +205,8 @@ def main() -> None:
 
     from django.contrib.auth import get_user_model
 
-    from knowledge.models import EmbeddingSpace, Turn
+    from knowledge.models import EmbeddingSpace
+    from knowledge.services.knowledge_bases import space_embedder
     from knowledge.services.tokens import api_token_create
 
     print(harness.table("Environment", ["", ""], harness.environment()))
@@ -185,48 +230,25 @@ def main() -> None:
             space = EmbeddingSpace.objects.get(pk=space.pk)
             harness.say(f"[{size} chunks] HNSW built in {build_seconds:.1f} s (index: {space.hnsw_index_built})")
             _, token = api_token_create(user=user, name=f"bench-{size}", knowledge_bases=[knowledge_base])
-
-            server = start_server(port, args.threads)
-            try:
-                harness.wait_until(lambda: _answers(port), timeout=120, message="the web server")
-                workers = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-                contention = harness.Contention(database_name=database.name, own_pids={server.pid, *map(int, workers)}).start()
-                client = Client(port, token)
-                base = f"/api/v1/kbs/{knowledge_base.slug}"
-                # Each endpoint gets its own claims, so its first pass misses the cache.
-                for offset, (endpoint, label) in enumerate([("retrieve", "/retrieve"), ("ask", "/ask")]):
-                    own = claims[offset * needed : (offset + 1) * needed]
-                    for claim in own[: args.warmup]:
-                        client.post(f"{base}/{endpoint}", {"query": claim, "k": args.k})
-                    timed = own[args.warmup :]
-                    for pass_label in ("new claims (cache miss)", "same claims again (cache hit)"):
-                        seconds, timings, caches, turn_ids = [], [], [], []
-                        for claim in timed:
-                            elapsed, body, durations, cache = client.post(f"{base}/{endpoint}", {"query": claim, "k": args.k})
-                            seconds.append(elapsed)
-                            timings.append(durations)
-                            caches.append(cache)
-                            if endpoint == "ask":
-                                turn_ids.append(body["turn_id"])
-                        rows.append(figures(f"{label}, {pass_label}", size, seconds, timings, caches))
-                        if turn_ids:
-                            stored = Turn.objects.filter(pk__in=turn_ids).count()
-                            if stored != len(turn_ids):
-                                raise RuntimeError(f"{len(turn_ids)} asks answered but {stored} turns stored")
-                        harness.say(f"[{size} chunks] {label}, {pass_label}: p95 {harness.percentile_ms(seconds, 95):.1f} ms")
-                contention_rows.append([size, contention.stop()])
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+            for backend in args.backends.split(","):
+                # Set directly, not through embedding_space_backend_set: its drift check compares a
+                # backend's vectors of the chunks' texts with the stored ones, and these stored
+                # vectors are real ones moved by noise. The export is built here, before the
+                # server starts, so no request waits for it.
+                EmbeddingSpace.objects.filter(pk=space.pk).update(inference_backend=backend)
+                space = EmbeddingSpace.objects.get(pk=space.pk)
+                space_embedder(space)
+                rows.extend(serve_and_time(args, size=size, backend=backend, port=port, token=token, claims=claims,
+                                           database=database, knowledge_base=knowledge_base, contention_rows=contention_rows))  # fmt: skip
 
         print()
         print(harness.table(
             f"Latency per request over HTTP, ms (k={args.k}, one request at a time, gunicorn 1 worker x {args.threads} threads; "
             f"{len(real)} real MiniLM vectors repeated with noise {args.noise}); server split p50 from Server-Timing",
-            ["chunks", "request", "n", "p50", "p95", "min", "embed p50", "first stage p50", "generate p50", "store p50", "cache hit rate"],
+            ["chunks", "backend", "request", "n", "p50", "p95", "min", "embed p50", "first stage p50", "generate p50", "store p50", "cache hit rate"],
             rows,
         ))  # fmt: skip
-        print(harness.table("CPU competition: other programs' running threads, mean", ["chunks", "threads"], contention_rows))
+        print(harness.table("CPU competition: other programs' running threads, mean", ["chunks", "backend", "threads"], contention_rows))
         print(f"load average at end: {harness.load_average()}")
     finally:
         if not args.keep:

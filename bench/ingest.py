@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encode-batch-sizes", default=str(ENCODE_DEFAULT_BATCH),
                         type=lambda v: [int(x) for x in v.split(",")],
                         help="encode_documents batch sizes for the bare-encoder runs, e.g. 16,32,64 (default: %(default)s)")
+    parser.add_argument("--backends", type=lambda v: [b for b in v.split(",") if b], default=["torch", "onnx-int8"],
+                        help="embedding backends whose bare encoder also runs on each round's chunks (default: torch,onnx-int8)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for an embedding job (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--database", default="ragloop_bench_ingest",
@@ -107,22 +109,27 @@ def embed_until_done(*, knowledge_base, documents, worker: harness.Worker, timeo
     }
 
 
-def bare_encoder(batch_size: int):
-    """The process's base embedder, warmed up (its first call sets things up; that is not throughput)."""
+def bare_encoder(batch_size: int, backend: str = "torch"):
+    """The process's base embedder on `backend` (exported beside the model's other exports the
+    first time), warmed up: its first call sets things up; that is not throughput."""
+    from django.conf import settings
+
     from knowledge.services.knowledge_bases import (
         BASE_MODEL_REFERENCE,
         retriever_model_path,
     )
     from rag.embedding import load_embedder
 
-    embedder = load_embedder(retriever_model_path(BASE_MODEL_REFERENCE))
+    embedder = load_embedder(
+        retriever_model_path(BASE_MODEL_REFERENCE), backend=backend, export_root=settings.RAGLOOP_INFERENCE_EXPORTS_DIR
+    )
     embedder.encode_documents(["warm-up text"] * batch_size, batch_size=batch_size)
     return embedder
 
 
-def bare_encode(texts: list[str], *, slice_size: int, batch_size: int) -> tuple[float, float]:
+def bare_encode(texts: list[str], *, slice_size: int, batch_size: int, backend: str = "torch") -> tuple[float, float]:
     """Wall and CPU seconds of encode_documents over the texts, in slices as the batch tasks get them."""
-    embedder = bare_encoder(batch_size)
+    embedder = bare_encoder(batch_size, backend)
     started, started_cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(texts), slice_size):
         embedder.encode_documents(texts[start : start + slice_size], batch_size=batch_size)
@@ -150,6 +157,8 @@ def documents_benchmark(args, worker: harness.Worker) -> tuple[list, list, objec
           "(worker start and model load included)", flush=True)
     for batch_size in args.encode_batch_sizes:
         bare_encoder(batch_size)
+    for backend in args.backends:
+        bare_encoder(ENCODE_DEFAULT_BATCH, backend)
 
     knowledge_base = knowledge_base_create(slug="bench-ingest")
     documents = scifact_documents(count=args.documents)
@@ -171,6 +180,12 @@ def documents_benchmark(args, worker: harness.Worker) -> tuple[list, list, objec
         pipeline["bare"] = {
             batch_size: bare_encode([text for text, _ in chunks], slice_size=slice_size, batch_size=batch_size)
             for batch_size in args.encode_batch_sizes
+        }
+        # Every backend on the same chunks, in turn, in the same round: competition falls on all alike.
+        pipeline["backends"] = {
+            backend: bare_encode([text for text, _ in chunks], slice_size=slice_size, batch_size=ENCODE_DEFAULT_BATCH,
+                                 backend=backend)  # fmt: skip
+            for backend in args.backends
         }
         rounds.append(pipeline)
         bare_wall = pipeline["bare"][args.encode_batch_sizes[0]][0]
@@ -195,6 +210,16 @@ def documents_benchmark(args, worker: harness.Worker) -> tuple[list, list, objec
         marker = " (the default, as the worker runs)" if batch_size == ENCODE_DEFAULT_BATCH else ""
         rows.append([
             f"bare encode_documents, slices of {slice_size}, batch_size={batch_size}{marker}",
+            f"{wall:.1f}", f"{count / wall:.1f}", f"{cpu:.1f}", f"{count / cpu:.1f}",
+        ])
+
+    torch_cpu = sum(r["backends"]["torch"][1] for r in rounds) if "torch" in args.backends else None
+    for backend in args.backends:
+        wall = sum(r["backends"][backend][0] for r in rounds)
+        cpu = sum(r["backends"][backend][1] for r in rounds)
+        versus = f", {torch_cpu / cpu:.2f}x torch per CPU s" if torch_cpu else ""
+        rows.append([
+            f"bare encode_documents on backend {backend}, batch_size={ENCODE_DEFAULT_BATCH}{versus}",
             f"{wall:.1f}", f"{count / wall:.1f}", f"{cpu:.1f}", f"{count / cpu:.1f}",
         ])
 
