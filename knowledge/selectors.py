@@ -7,6 +7,7 @@ import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -34,6 +35,9 @@ from rag.fusion import reciprocal_rank_fusion, weighted_score_fusion
 from rag.progress import duration_text, remaining_seconds
 from rag.query_cache import QueryVectorCache
 from rag.reranking import load_reranker, rerank_order
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -536,6 +540,33 @@ def space_chunks_sample(*, space: EmbeddingSpace, limit: int, seed: int = 0) -> 
         chunk_ids = sorted(random.Random(seed).sample(chunk_ids, limit))
     texts = dict(Chunk.objects.filter(pk__in=chunk_ids).values_list("pk", "text"))
     return [(chunk_id, texts[chunk_id]) for chunk_id in chunk_ids if chunk_id in texts]
+
+
+def space_stored_vectors(*, space: EmbeddingSpace, limit: int, seed: int = 0) -> tuple[list[str], "np.ndarray"]:
+    """(chunk texts, their vectors as the space stores them) of up to `limit` of its chunks, by
+    chunk id (a seeded sample when it holds more): what query-only training matches its query
+    encoder to, read instead of encoded again."""
+    import random
+
+    import numpy as np
+
+    from knowledge.models import ChunkEmbedding
+
+    chunk_ids = list(ChunkEmbedding.objects.filter(space=space).order_by("chunk_id").values_list("chunk_id", flat=True))
+    if len(chunk_ids) > limit:
+        chunk_ids = sorted(random.Random(seed).sample(chunk_ids, limit))
+    texts, vectors = [], []
+    for start in range(0, len(chunk_ids), 5000):
+        rows = (
+            ChunkEmbedding.objects.filter(space=space, chunk_id__in=chunk_ids[start : start + 5000])
+            .order_by("chunk_id")
+            .values_list("chunk__text", "embedding")
+        )
+        for text, vector in rows:
+            texts.append(text)
+            vectors.append(np.asarray(vector, dtype=np.float32))
+    matrix = np.stack(vectors) if vectors else np.zeros((0, space.dimensions), dtype=np.float32)
+    return texts, matrix
 
 
 def api_tokens_of(*, user) -> QuerySet:

@@ -66,6 +66,21 @@ class LsrTrainingExample:
     answer: str
 
 
+@dataclass(frozen=True)
+class FrozenDocuments:
+    """Document vectors as the index stores them (query-only training): the texts of a space's
+    chunks and their unit vectors, row for row, read from the database by the caller (rag takes
+    vectors, not a database). Texts a trainer needs that are not here are encoded by the frozen
+    encoder, as before."""
+
+    texts: list[str]
+    vectors: Any  # numpy array [len(texts), dim], float32, unit rows
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.vectors):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.vectors)} vectors")
+
+
 @dataclass
 class RetrieverTrainingResult:
     """Where a trained retriever was saved, how its loss went, and what it was trained with."""
@@ -175,6 +190,30 @@ def _frozen_document_embeddings(model: SentenceTransformer, texts: list[str]) ->
         texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
     )
     return torch.as_tensor(vectors).detach()
+
+
+def _frozen_side(
+    *, base_model_path: str | Path, device: str, needed: list[str], frozen: FrozenDocuments | None
+) -> tuple[torch.Tensor, list[str], dict[str, int]]:
+    """(vectors, texts by row, row of each text): the stored vectors where given, then the
+    needed texts they lack, encoded by the frozen encoder (loaded only if any are missing)."""
+    import torch
+
+    texts = list(frozen.texts) if frozen is not None else []
+    rows: dict[str, int] = {}
+    for row, text in enumerate(texts):
+        rows.setdefault(text, row)
+    missing = [text for text in _unique(needed) if text not in rows]
+    parts = [torch.as_tensor(frozen.vectors, dtype=torch.float32)] if frozen is not None and len(texts) else []
+    if missing:
+        document_model = _load_encoder(base_model_path, device)
+        document_model.eval()
+        parts.append(_frozen_document_embeddings(document_model, missing).float().cpu())
+        del document_model  # the frozen side is only needed for these vectors
+        for text in missing:
+            rows[text] = len(texts)
+            texts.append(text)
+    return torch.cat(parts).to(device), texts, rows
 
 
 class _CachedEmbeddings:
@@ -369,6 +408,8 @@ def train_contrastive(
     query_only: bool = False,
     mined_negatives: dict[str, list[str]] | None = None,
     mini_batch_size: int | None = None,
+    frozen_documents: FrozenDocuments | None = None,
+    corpus_negatives: bool = False,
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -382,7 +423,12 @@ def train_contrastive(
     negatives that NoDuplicatesBatchSampler avoids, without dropping or reordering pairs.
 
     With query_only, only a copy of the encoder used for queries is trained; documents are
-    embedded by the frozen base model, so stored chunk embeddings stay valid.
+    embedded by the frozen base model, so stored chunk embeddings stay valid. frozen_documents
+    hands in the vectors the index already stores, so nothing it holds is encoded again.
+    corpus_negatives (query-only, with frozen_documents): every query is scored against every
+    frozen vector, the whole corpus, not only its batch's candidates; its own other known
+    positives (and copies of its positive's text) are masked out. The query side is all that
+    moves, so a negative costs a row of a matrix product, not an encoder pass.
 
     mini_batch_size turns on the cached variant (GradCache, as sentence-transformers'
     CachedMultipleNegativesRankingLoss): the encoder runs on at most that many texts at a
@@ -397,6 +443,8 @@ def train_contrastive(
         raise ValueError("epochs and batch_size must be at least 1")
     if mini_batch_size is not None and mini_batch_size < 1:
         raise ValueError("mini_batch_size must be at least 1")
+    if corpus_negatives and not (query_only and frozen_documents is not None):
+        raise ValueError("corpus_negatives needs query_only and the frozen document vectors")
     pairs, known_positives = contrastive_pairs(examples, mined_negatives or {})
     if not pairs:
         raise ValueError("contrastive training needs at least one example with a positive passage")
@@ -405,15 +453,43 @@ def train_contrastive(
     seed_everything(seed)
     output_path = Path(output_path)
     query_model = _load_encoder(base_model_path, device)
+    encoded_before = 0
     if query_only:
-        document_model = _load_encoder(base_model_path, device)
-        document_model.eval()
-        document_texts = _unique([text for pair in pairs for text in (pair.positive, *pair.negatives)])
-        document_vectors = _frozen_document_embeddings(document_model, document_texts).to(device)
-        document_rows = {text: row for row, text in enumerate(document_texts)}
-        del document_model  # the frozen side is only needed for these vectors
+        needed = [text for pair in pairs for text in (pair.positive, *pair.negatives)]
+        document_vectors, document_texts, document_rows = _frozen_side(
+            base_model_path=base_model_path, device=device, needed=needed, frozen=frozen_documents
+        )
+        encoded_before = len(document_texts) - (len(frozen_documents.texts) if frozen_documents is not None else 0)
+        if corpus_negatives:
+            rows_of_text: dict[str, list[int]] = {}
+            for row, text in enumerate(document_texts):
+                rows_of_text.setdefault(text, []).append(row)
+
+    def corpus_backward_step(batch: list[ContrastivePair]) -> float:
+        """Each query against every frozen vector: the whole corpus is its candidates."""
+        targets = torch.tensor([document_rows[pair.positive] for pair in batch], device=device)
+        excluded = torch.zeros((len(batch), len(document_texts)), dtype=torch.bool)
+        for index, pair in enumerate(batch):
+            for text in known_positives[pair.query] | {pair.positive}:
+                excluded[index, rows_of_text.get(text, [])] = True
+            excluded[index, document_rows[pair.positive]] = False
+        excluded = excluded.to(device)
+        queries = [pair.query for pair in batch]
+        if mini_batch_size is None:
+            loss = multiple_negatives_ranking_loss(
+                _embed(query_model, queries, role="query"), document_vectors, targets, excluded=excluded
+            )
+            loss.backward()
+            return float(loss.detach())
+        cached = _CachedEmbeddings(query_model, queries, role="query", mini_batch_size=mini_batch_size)
+        loss = multiple_negatives_ranking_loss(cached.vectors, document_vectors, targets, excluded=excluded)
+        loss.backward()
+        cached.backward_into_encoder()
+        return float(loss.detach())
 
     def backward_step(batch: list[ContrastivePair]) -> float:
+        if corpus_negatives:
+            return corpus_backward_step(batch)
         queries = [pair.query for pair in batch]
         candidates = _unique([pair.positive for pair in batch] + [text for pair in batch for text in pair.negatives])
         column = {text: index for index, text in enumerate(candidates)}
@@ -468,6 +544,9 @@ def train_contrastive(
         "pairs": len(pairs),
         "mined_negative_queries": len(mined_negatives or {}),
         "mini_batch_size": mini_batch_size,
+        "corpus_negatives": len(document_texts) if corpus_negatives else 0,
+        "frozen_vectors_given": len(frozen_documents.texts) if frozen_documents is not None else 0,
+        "frozen_texts_encoded": encoded_before,
         **(extra_parameters or {}),
     }
     return _save_retriever(

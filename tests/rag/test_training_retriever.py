@@ -487,3 +487,100 @@ def test_cached_variant_replays_dropout_so_the_gradients_match_the_vectors_the_l
     torch.testing.assert_close(again, first_pass[:2])
     assert not torch.allclose(_embed(model, cached.pieces[0], role="query").detach(), first_pass[:2])  # dropout is on
 
+
+
+# --- query-only against the frozen vectors the index stores -------------------------------
+
+
+def _stored(model_folder: Path, texts: list[str]) -> np.ndarray:
+    """Vectors as the index would store them: the frozen encoder's document embeddings."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_folder), device="cpu")
+    return model.encode_document(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def test_given_the_stored_vectors_query_only_training_encodes_no_document_and_trains_the_same_weights(
+    tiny_retriever: Path, tmp_path: Path, monkeypatch
+):
+    import rag.training.retriever as retriever_module
+    from rag.training.retriever import FrozenDocuments
+
+    examples = TRAIN[:8]
+    texts = [text for example in examples for text in (*example.positives, *example.hard_negatives)]
+    frozen = FrozenDocuments(texts=texts, vectors=_stored(tiny_retriever, texts))
+
+    def train(folder, frozen_documents):
+        return train_contrastive(
+            base_model_path=tiny_retriever, examples=examples, output_path=tmp_path / folder, epochs=1, batch_size=4,
+            learning_rate=1e-3, warmup_ratio=0.0, seed=1, query_only=True, frozen_documents=frozen_documents, device="cpu",
+        )  # fmt: skip
+
+    encoded = train("encoded", None)
+    real_frozen = retriever_module._frozen_document_embeddings
+    calls = []
+    monkeypatch.setattr(retriever_module, "_frozen_document_embeddings", lambda *a: (calls.append(a), real_frozen(*a))[1])
+    read = train("read", frozen)
+
+    assert calls == []  # nothing the index holds was encoded again
+    assert (read.parameters["frozen_vectors_given"], read.parameters["frozen_texts_encoded"]) == (16, 0)
+    assert encoded.parameters["frozen_texts_encoded"] == 16
+    assert [p["loss"] for p in read.training_curve] == pytest.approx([p["loss"] for p in encoded.training_curve], rel=1e-5)
+    for name, tensor in _weights(tmp_path / "encoded" / "query_encoder").items():
+        torch.testing.assert_close(_weights(tmp_path / "read" / "query_encoder")[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+    # A text the caller did not hand in is still encoded by the frozen encoder, and only that one.
+    partial = FrozenDocuments(texts=texts[1:], vectors=frozen.vectors[1:])
+    calls.clear()
+    assert train("partial", partial).parameters["frozen_texts_encoded"] == 1
+    assert [len(texts_encoded) for _, texts_encoded in calls] == [1]
+
+
+def test_corpus_negatives_score_each_query_against_every_stored_vector_with_its_other_positives_masked(
+    tiny_retriever: Path, tmp_path: Path
+):
+    from sentence_transformers import SentenceTransformer
+
+    from rag.training.retriever import SIMILARITY_SCALE, FrozenDocuments
+
+    # Two queries; the first has two positives (two pairs), and the corpus holds unrelated chunks
+    # that no batch would ever hold, and a duplicate of a positive's text.
+    examples = [
+        RetrievalTrainingExample(query=TRAIN[0].query, positives=[TRAIN[0].positives[0], TRAIN[1].positives[0]]),
+        RetrievalTrainingExample(query=TRAIN[2].query, positives=TRAIN[2].positives),
+    ]
+    corpus = [TRAIN[0].positives[0], TRAIN[1].positives[0], TRAIN[2].positives[0], *[e.hard_negatives[0] for e in TRAIN[3:9]],
+              TRAIN[2].positives[0]]  # fmt: skip
+    vectors = _stored(tiny_retriever, corpus)
+    losses = []
+    result = train_contrastive(
+        base_model_path=tiny_retriever, examples=examples, output_path=tmp_path / "one-step", epochs=1, batch_size=3,
+        learning_rate=1e-3, warmup_ratio=0.0, seed=0, query_only=True, device="cpu", corpus_negatives=True,
+        frozen_documents=FrozenDocuments(texts=corpus, vectors=vectors),
+        progress=lambda fraction, metrics: losses.append(metrics["loss"]),
+    )  # fmt: skip
+    assert result.steps == 1 and result.parameters["corpus_negatives"] == 10
+
+    # By hand: every pair's query against all 10 stored vectors, scale 20; the first query's other
+    # positive is masked for each of its pairs, the duplicate row of the second query's positive too.
+    model = SentenceTransformer(str(tiny_retriever), device="cpu")
+    queries = model.encode_query([examples[0].query, examples[0].query, examples[1].query], normalize_embeddings=True)
+    logits = queries @ vectors.T * SIMILARITY_SCALE
+    masks = [[1], [0], [9]]
+    targets = [0, 1, 2]
+    expected = []
+    for row, target, mask in zip(logits, targets, masks):
+        kept = np.delete(row, mask)
+        kept_target = target - sum(m < target for m in mask)
+        expected.append(-(kept[kept_target] - np.log(np.exp(kept).sum())))
+    assert losses[0] == pytest.approx(float(np.mean(expected)), rel=1e-4)
+
+
+def test_corpus_negatives_need_query_only_and_the_stored_vectors(tmp_path: Path):
+    from rag.training.retriever import FrozenDocuments
+
+    with pytest.raises(ValueError, match="corpus_negatives needs query_only and the frozen document vectors"):
+        train_contrastive(base_model_path=BASE, examples=TRAIN, output_path=tmp_path / "x", corpus_negatives=True,
+                          frozen_documents=FrozenDocuments(texts=[], vectors=np.zeros((0, 384))))  # fmt: skip
+    with pytest.raises(ValueError, match="2 texts but 1 vectors"):
+        FrozenDocuments(texts=["a", "b"], vectors=np.zeros((1, 384)))

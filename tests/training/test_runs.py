@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from django.db import connections
 
 from knowledge.errors import Conflict, InvalidInput
-from knowledge.models import EmbeddingJob, EmbeddingSpace
+from knowledge.models import ChunkEmbedding, EmbeddingJob, EmbeddingSpace
 from knowledge.selectors import passages_retrieve, retriever_for
 from knowledge.services.turns import generator_for, turn_ask
 from rag.training.artifacts import verify_manifest
@@ -164,7 +164,7 @@ def test_start_freezes_a_snapshot_fills_in_defaults_and_queues_the_task_after_co
     assert run.status == "queued" and run.snapshot.example_count == 4 and run.snapshot.train_count == 4
     assert run.parameters == {
         "epochs": 3, "heldout_share": 0.0, "seed": 0, "batch_size": 16, "learning_rate": 5e-5, "warmup_ratio": 0.1,
-        "top_k": 10, "mined_negatives": 4, "failure_tag_repeats": 2,
+        "top_k": 10, "mined_negatives": 4, "failure_tag_repeats": 2, "corpus_negatives": 200_000,
     }  # fmt: skip
     assert run.created_by == curator and "queued retriever training" in run.log
 
@@ -384,6 +384,13 @@ def test_a_query_only_contrastive_run_registers_a_candidate_with_lineage_that_se
     assert version.parameters["batch_size"] == 2 and version.parameters["trainer"]["query_only"] is True
     assert version.parameters["trainer"]["mined_negative_queries"] == 4
     assert version.parameters["mini_batch_size"] == version.parameters["trainer"]["mini_batch_size"] == 1
+    # The frozen side was read from the live space, every chunk of it, and nothing was encoded
+    # again: the labelled passages are chunks the space holds. Every stored vector was a negative.
+    chunks = ChunkEmbedding.objects.filter(space=kb.live_space).count()
+    assert version.parameters["corpus_negatives"] == 200_000
+    assert (version.parameters["trainer"]["frozen_vectors_given"], version.parameters["trainer"]["frozen_texts_encoded"]) == (chunks, 0)
+    assert version.parameters["trainer"]["corpus_negatives"] == chunks
+    assert f"reading up to 200000 stored vectors of {kb.live_space.retriever_version}" in run.log
     assert version.code_revision == runs.code_revision()
     assert [point["step"] for point in version.training_curve] == [1, 2]
     # artifact and serving: the live space's document vectors, the new query encoder

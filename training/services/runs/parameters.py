@@ -69,6 +69,9 @@ PARAMETERS: dict[str, _Parameter] = {
     "top_k": _Parameter(int, 1, 100),
     "mined_negatives": _Parameter(int, 0, 100),
     "mini_batch_size": _Parameter(int, 1, 4096),  # contrastive: GradCache, for batches bigger than memory
+    # Query-only contrastive: up to this many of the space's stored vectors are every query's
+    # negatives (the whole corpus below it; a seeded sample above); 0: the batch's candidates only.
+    "corpus_negatives": _Parameter(int, 0, 10_000_000),
     "query_only": _Parameter(bool),
     "lm_temperature": _Parameter(float, 0, 100, low_exclusive=True),
     "retriever_temperature": _Parameter(float, 0, 100, low_exclusive=True),
@@ -115,6 +118,10 @@ _CONTRASTIVE = {
     **_RETRIEVER, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
     "device": None,
 }  # fmt: skip
+# Query-only: the frozen side is read from the space, not encoded, so the whole corpus (up to
+# 200k stored vectors, 300 MB at 384 dimensions) serves as negatives at the cost of one matrix
+# product per step (docs/benchmarks.md has the comparison with in-batch negatives only).
+_QUERY_ONLY = {**_CONTRASTIVE, "corpus_negatives": 200_000}
 # corpus_pairs: no heldout_share (no snapshot); query-only by default, so no re-embedding;
 # bigger batches than curated training, as every other pair of the batch is a negative.
 _CORPUS_PAIRS = {
@@ -132,7 +139,7 @@ MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "cross_encoder": _CROSS_ENCODER,
     "corpus_pairs": _CORPUS_PAIRS,
     "contrastive": _CONTRASTIVE,
-    "contrastive_query_only": _CONTRASTIVE,
+    "contrastive_query_only": _QUERY_ONLY,
     "lsr": {
         **_RETRIEVER, "batch_size": 8, "top_k": 5, "lm_temperature": 0.01, "retriever_temperature": 1.0,
         "query_only": True, "base_model": None, "device": None,

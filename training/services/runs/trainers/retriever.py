@@ -55,6 +55,17 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
     training_examples = inputs.examples_in_chunks(
         examples=examples, live=live, reporter=reporter, weight=lambda example: inputs.example_weight(run, example)
     )
+    frozen_documents, corpus_negatives = None, False
+    if query_only:
+        # The frozen side as the index stores it: read, not encoded again (rag takes vectors).
+        from knowledge.selectors import space_stored_vectors
+
+        limit = parameters.get("corpus_negatives", 0)
+        reporter.phase(f"reading up to {limit or 'no'} stored vectors of {live.space.retriever_version}", low=0.05, high=0.07)
+        if limit:
+            texts, vectors = space_stored_vectors(space=live.space, limit=limit, seed=parameters["seed"])
+            frozen_documents = retriever_training.FrozenDocuments(texts=texts, vectors=vectors)
+            corpus_negatives = bool(texts)
     reporter.phase(
         f"training {'the query encoder' if query_only else 'the encoder'} from {live.space.retriever_version} "
         f"on {len(training_examples)} queries",
@@ -73,6 +84,8 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
         query_only=query_only,
         mined_negatives=mined,
         mini_batch_size=parameters.get("mini_batch_size"),
+        frozen_documents=frozen_documents,
+        corpus_negatives=corpus_negatives,
         device=parameters.get("device"),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
