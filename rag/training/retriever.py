@@ -3,7 +3,8 @@
 Both trainers can update the query encoder only (RA-DIT's choice), so the chunk
 embeddings already stored for a knowledge base stay valid and nothing is re-indexed.
 
-One module (~640 lines) because the trainers share the encoder pair (query-only or tied), the
+One module (~790 lines; splitting the frozen side and the losses out is due with the move onto
+sentence-transformers' trainers, issue 12) because the trainers share the encoder pair (query-only or tied), the
 frozen document vectors, the seeding, the stop and progress hooks and the saving format that
 `load_trained_retriever` reads back; the contrastive loss and its cached variant must stay
 equal step for step, which the tests check side by side.
