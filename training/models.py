@@ -184,6 +184,9 @@ class TrainingRun(models.Model):
     # a dead worker follows the same remote job instead of paying for a second one: for an
     # OpenAI run {"base_url", "training_file", "job_id"} plus "reattached", the times it resumed.
     remote_state = models.JSONField(default=dict, blank=True)
+    # Times the run was queued again to go on from its last checkpoint after its worker died
+    # (bounded by RAGLOOP_TRAINING_RESUME_LIMIT).
+    resumes = models.PositiveSmallIntegerField(default=0, db_default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

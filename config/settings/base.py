@@ -219,6 +219,9 @@ RAGLOOP_HYBRID_CANDIDATES = env_int("RAGLOOP_HYBRID_CANDIDATES", 50)
 RAGLOOP_EMBEDDING_STALL_SECONDS = env_int("RAGLOOP_EMBEDDING_STALL_SECONDS", 300)
 # A running training run whose heartbeat is older than this is failed by the beat sweeper.
 RAGLOOP_TRAINING_STALL_SECONDS = env_int("RAGLOOP_TRAINING_STALL_SECONDS", 600)
+# A stalled local run with a checkpoint is queued again to go on from it, at most this many
+# times; after that (or without a checkpoint) it is failed.
+RAGLOOP_TRAINING_RESUME_LIMIT = env_int("RAGLOOP_TRAINING_RESUME_LIMIT", 3)
 
 # --- Suggestions (docs/curation.md, "Suggestions") -----------------------------------------
 # Turns per suggestion task: one task is what a killed worker loses, and what one LLM-judge

@@ -12,8 +12,6 @@ closing EOS.
 from __future__ import annotations
 
 import json
-import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +20,8 @@ from typing import TYPE_CHECKING, Any
 from rag.conversation import ChatMessage, history_within_budget
 from rag.datasets import chat_history
 from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages, prompt_token_ids
-from rag.training import (
-    ProgressCallback,
-    StopCheck,
-    linear_schedule,
-    pick_device,
-    raise_if_cancelled,
-    seed_everything,
-)
+from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
+from rag.training.loop import Checkpointing, inputs_fingerprint, remove_checkpoint, training_loop
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +83,7 @@ class GeneratorTrainingResult:
     training_curve: list[dict[str, float]]
     parameters: dict[str, Any]
     steps: int
+    resumed_from_step: int = 0  # > 0: the run went on from a checkpoint saved at that step
 
 
 @dataclass(frozen=True)
@@ -303,6 +296,7 @@ def train_lora(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> GeneratorTrainingResult:
     """Train a LoRA adapter on (messages, target) pairs and save it for HFGenerator.
 
@@ -382,34 +376,28 @@ def train_lora(
     language_model = get_peft_model(language_model, lora_config)
     language_model.to(device)
 
-    trainable = [parameter for parameter in language_model.parameters() if parameter.requires_grad]
-    total_steps = epochs * math.ceil(len(tokenized) / batch_size)
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate)
-    schedule = linear_schedule(optimizer, total_steps=total_steps, warmup_ratio=warmup_ratio)
-    # A private generator: the order depends on the seed alone, not on what else drew numbers.
-    shuffler = random.Random(seed)
-    curve: list[dict[str, float]] = []
-    language_model.train()
-    for epoch in range(1, epochs + 1):
-        order = list(tokenized)
-        shuffler.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            step = len(curve) + 1
-            raise_if_cancelled(should_stop, step=step)
-            batch = collate_pairs(order[start : start + batch_size], pad_token_id=tokenizer.pad_token_id)
-            batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            logits = language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = answer_token_loss(logits, batch["labels"], vocabulary_size=vocabulary_size)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, max_norm=1.0)
-            optimizer.step()
-            schedule.step()
-            point = {"step": step, "loss": float(loss.detach())}
-            curve.append(point)
-            if progress is not None:
-                progress(step / total_steps, {**point, "epoch": epoch})
-    language_model.eval()
+    def backward_step(batch_pairs: list[TokenizedPair]) -> float:
+        batch = collate_pairs(batch_pairs, pad_token_id=tokenizer.pad_token_id)
+        batch = {name: tensor.to(device) for name, tensor in batch.items()}
+        logits = language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = answer_token_loss(logits, batch["labels"], vocabulary_size=vocabulary_size)
+        loss.backward()
+        return float(loss.detach())
+
+    trained = training_loop(
+        model=language_model,
+        items=tokenized,
+        backward_step=backward_step,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_ratio=warmup_ratio,
+        seed=seed,
+        progress=progress,
+        should_stop=should_stop,
+        fingerprint=inputs_fingerprint("lora", str(base_model_path), mode, lora_r, lora_alpha, lora_dropout, target_modules),
+        checkpointing=checkpointing,
+    )
 
     output_path.mkdir(parents=True, exist_ok=True)
     # Only the LoRA weights: the training pad row is not part of the served model (see above).
@@ -428,6 +416,7 @@ def train_lora(
         "max_history_tokens": max_history_tokens,
         "seed": seed,
         "pairs": len(pairs),
+        "resumed_from_step": trained.resumed_from_step,
     }
     description = {
         "format": "peft-lora",
@@ -441,6 +430,11 @@ def train_lora(
     (output_path / GENERATOR_DESCRIPTION).write_text(
         json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
+    remove_checkpoint(checkpointing)  # not part of the adapter
     return GeneratorTrainingResult(
-        output_path=output_path, training_curve=curve, parameters=parameters, steps=len(curve)
+        output_path=output_path,
+        training_curve=trained.curve,
+        parameters=parameters,
+        steps=len(trained.curve),
+        resumed_from_step=trained.resumed_from_step,
     )

@@ -13,22 +13,14 @@ equal step for step, which the tests check side by side.
 from __future__ import annotations
 
 import json
-import math
-import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.training import (
-    ProgressCallback,
-    StopCheck,
-    linear_schedule,
-    pick_device,
-    raise_if_cancelled,
-    seed_everything,
-)
+from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
+from rag.training.loop import Checkpointing, inputs_fingerprint, remove_checkpoint, training_loop
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +83,7 @@ class RetrieverTrainingResult:
     training_curve: list[dict[str, float]]
     parameters: dict[str, Any]
     steps: int
+    resumed_from_step: int = 0  # > 0: the run went on from a checkpoint saved at that step
 
 
 # --- saved layout ----------------------------------------------------------------------
@@ -127,8 +120,11 @@ def _save_retriever(
     base_model_path: str | Path,
     parameters: dict[str, Any],
     curve: list[dict[str, float]],
+    resumed_from_step: int = 0,
+    checkpointing: Checkpointing | None = None,
 ) -> RetrieverTrainingResult:
-    """Save the trained encoder and the retriever.json that says how to load it."""
+    """Save the trained encoder and the retriever.json that says how to load it; then the
+    checkpoint, which is not part of the model, is removed."""
     output_path.mkdir(parents=True, exist_ok=True)
     encoder_dir = QUERY_ENCODER_DIR if query_only else ENCODER_DIR
     # No model card: writing one is slow and says nothing the registry does not record.
@@ -140,12 +136,14 @@ def _save_retriever(
     )
     description = {**layout, "base_model_path": str(base_model_path), "parameters": parameters}
     (output_path / RETRIEVER_DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    remove_checkpoint(checkpointing)
     return RetrieverTrainingResult(
         output_path=output_path,
         mode="query_only" if query_only else "full",
         training_curve=curve,
         parameters=parameters,
         steps=len(curve),
+        resumed_from_step=resumed_from_step,
     )
 
 
@@ -274,7 +272,7 @@ def _unique(texts: list[str]) -> list[str]:
 
 
 def _backward_through(batch_loss: Callable[[list[Any]], torch.Tensor]) -> Callable[[list[Any]], float]:
-    """A backward step for _training_loop from a function that returns a batch's loss."""
+    """A backward step for training_loop from a function that returns a batch's loss."""
 
     def backward(batch: list[Any]) -> float:
         loss = batch_loss(batch)
@@ -282,51 +280,6 @@ def _backward_through(batch_loss: Callable[[list[Any]], torch.Tensor]) -> Callab
         return float(loss.detach())
 
     return backward
-
-
-def _training_loop(
-    *,
-    model: SentenceTransformer,
-    items: list[Any],
-    backward_step: Callable[[list[Any]], float],
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    warmup_ratio: float,
-    seed: int,
-    progress: ProgressCallback | None,
-    should_stop: StopCheck | None,
-) -> list[dict[str, float]]:
-    """Shuffle `items` each epoch and take an AdamW step per batch; returns the loss curve.
-
-    backward_step(batch) accumulates the batch's gradients and returns its loss.
-    """
-    import torch
-
-    total_steps = epochs * math.ceil(len(items) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    schedule = linear_schedule(optimizer, total_steps=total_steps, warmup_ratio=warmup_ratio)
-    # A private generator: the order depends on the seed alone, not on what else drew numbers.
-    shuffler = random.Random(seed)
-    curve: list[dict[str, float]] = []
-    model.train()
-    for epoch in range(1, epochs + 1):
-        order = list(items)
-        shuffler.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            step = len(curve) + 1
-            raise_if_cancelled(should_stop, step=step)
-            optimizer.zero_grad()
-            loss = backward_step(order[start : start + batch_size])
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-            optimizer.step()
-            schedule.step()
-            point = {"step": step, "loss": loss}
-            curve.append(point)
-            if progress is not None:
-                progress(step / total_steps, {**point, "epoch": epoch})
-    model.eval()
-    return curve
 
 
 # --- contrastive training --------------------------------------------------------------
@@ -414,6 +367,7 @@ def train_contrastive(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpointing: Checkpointing | None = None,
     extra_parameters: dict[str, Any] | None = None,
 ) -> RetrieverTrainingResult:
     """Fine-tune a retriever with MultipleNegativesRankingLoss on curated (query, positive) pairs.
@@ -520,7 +474,7 @@ def train_contrastive(
             embeddings.backward_into_encoder()
         return float(loss.detach())
 
-    curve = _training_loop(
+    trained = training_loop(
         model=query_model,
         items=pairs,
         backward_step=backward_step,
@@ -531,6 +485,11 @@ def train_contrastive(
         seed=seed,
         progress=progress,
         should_stop=should_stop,
+        fingerprint=inputs_fingerprint(
+            "contrastive", str(base_model_path), query_only, mini_batch_size, corpus_negatives,
+            document_texts if query_only else None,
+        ),  # fmt: skip
+        checkpointing=checkpointing,
     )
     parameters = {
         "method": "contrastive",
@@ -548,6 +507,7 @@ def train_contrastive(
         "corpus_negatives": len(document_texts) if corpus_negatives else 0,
         "frozen_vectors_given": len(frozen_documents.texts) if frozen_documents is not None else 0,
         "frozen_texts_encoded": encoded_before,
+        "resumed_from_step": trained.resumed_from_step,
         **(extra_parameters or {}),
     }
     return _save_retriever(
@@ -556,7 +516,9 @@ def train_contrastive(
         trained_model=query_model,
         base_model_path=base_model_path,
         parameters=parameters,
-        curve=curve,
+        curve=trained.curve,
+        resumed_from_step=trained.resumed_from_step,
+        checkpointing=checkpointing,
     )
 
 
@@ -581,6 +543,7 @@ def train_corpus_pairs(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> RetrieverTrainingResult:
     """Contrastive training on (opening span, continuation) pairs of chunks (rag.corpus_pairs),
     with in-batch negatives only: no label and no mined negative is involved.
@@ -605,6 +568,7 @@ def train_corpus_pairs(
         device=device,
         progress=progress,
         should_stop=should_stop,
+        checkpointing=checkpointing,
         extra_parameters={
             "data": "corpus_pairs",
             "chunks": chunk_count,
@@ -690,6 +654,7 @@ def train_lsr(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> RetrieverTrainingResult:
     """Fine-tune a retriever so its distribution over each query's top-k chunks matches the LM's.
 
@@ -755,7 +720,7 @@ def train_lsr(
             mask=mask,
         )
 
-    curve = _training_loop(
+    trained = training_loop(
         model=query_model,
         items=usable,
         backward_step=_backward_through(batch_loss),
@@ -766,6 +731,8 @@ def train_lsr(
         seed=seed,
         progress=progress,
         should_stop=should_stop,
+        fingerprint=inputs_fingerprint("lsr", str(base_model_path), query_only, retriever_temperature, lm_temperature),
+        checkpointing=checkpointing,
     )
     parameters = {
         "method": "lsr",
@@ -780,6 +747,7 @@ def train_lsr(
         "similarity_scale": SIMILARITY_SCALE,
         "examples": len(examples),
         "examples_used": len(usable),
+        "resumed_from_step": trained.resumed_from_step,
     }
     return _save_retriever(
         output_path=output_path,
@@ -787,5 +755,7 @@ def train_lsr(
         trained_model=query_model,
         base_model_path=base_model_path,
         parameters=parameters,
-        curve=curve,
+        curve=trained.curve,
+        resumed_from_step=trained.resumed_from_step,
+        checkpointing=checkpointing,
     )

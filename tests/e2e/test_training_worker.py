@@ -1,6 +1,8 @@
 """Training with a real Celery worker process on the `training` queue: `manage.py train --wait`
-follows a run the worker trains, and a worker killed mid-run leaves the run running until the
-sweeper fails it, after which a new run succeeds."""
+follows a run the worker trains; a worker killed mid-run before any checkpoint leaves the run
+running until the sweeper fails it, after which a new run succeeds; a worker killed after a
+checkpoint leaves a run the sweeper queues again, and the restarted worker goes on from the
+checkpoint to a servable candidate."""
 
 import json
 import subprocess
@@ -64,7 +66,7 @@ def test_a_killed_worker_leaves_its_run_running_until_the_sweeper_fails_it_then_
 
     # Started through the service this time (the task goes to this test's broker): long enough
     # to be killed mid-training, 2 steps an epoch for up to 1000 epochs.
-    parameters = {"epochs": 1000, "batch_size": 2, "heldout_share": 0.0, "device": "cpu"}
+    parameters = {"epochs": 1000, "batch_size": 2, "heldout_share": 0.0, "device": "cpu", "checkpoint_every": 0}
     run_id = training_run_start(
         knowledge_base=labelled_kb, component="retriever", mode="contrastive_query_only", parameters=parameters
     ).pk
@@ -97,3 +99,40 @@ def test_a_killed_worker_leaves_its_run_running_until_the_sweeper_fails_it_then_
     assert second.status == "succeeded", second.log + training_worker.log()
     assert not ModelVersion.objects.filter(training_run_id=run_id).exists()
     assert ModelVersion.objects.get(training_run=second).name == "retriever-v1"
+
+
+def test_a_worker_killed_after_a_checkpoint_leaves_a_run_that_goes_on_from_it_when_a_worker_returns(
+    labelled_kb, training_worker, settings, artifacts
+):
+    from rag.training.artifacts import verify_manifest
+    from training.services.runs import run_output_folder, training_run_start, training_runs_fail_stalled
+    from training.services.runs.shared import run_checkpoint_step
+
+    # 2 steps an epoch, 40 epochs: long enough to be killed after its checkpoint at step 10.
+    parameters = {"epochs": 40, "batch_size": 2, "heldout_share": 0.0, "device": "cpu", "checkpoint_every": 10}
+    run = training_run_start(knowledge_base=labelled_kb, component="retriever", mode="contrastive_query_only", parameters=parameters)
+    wait_until(lambda: (run_checkpoint_step(run) or 0) >= 10, timeout=240,
+               message=f"the worker to save a checkpoint\n{training_worker.log()}")  # fmt: skip
+    training_worker.stop(kill=True)
+    checkpoint_step = run_checkpoint_step(run)
+    run.refresh_from_db()
+    assert run.status == "running" and checkpoint_step < 80
+
+    settings.RAGLOOP_TRAINING_STALL_SECONDS = 3
+    wait_until(lambda: training_runs_fail_stalled() == [] and TrainingRun.objects.get(pk=run.pk).status == "queued",
+               timeout=30, interval=0.5, message="the sweeper to queue the run again")  # fmt: skip
+    run.refresh_from_db()
+    assert run.resumes == 1 and f"Queued again to go on from its checkpoint at step {checkpoint_step} (1 of 3)." in run.log
+
+    training_worker.start()
+    wait_until(lambda: TrainingRun.objects.get(pk=run.pk).is_finished, timeout=300,
+               message=f"the restarted worker to finish the run\n{training_worker.log()}")  # fmt: skip
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.log + training_worker.log()
+    assert f"resumed from the checkpoint at step {checkpoint_step} of 80" in run.log
+    version = ModelVersion.objects.get(training_run=run)
+    assert version.parameters["trainer"]["resumed_from_step"] == checkpoint_step
+    assert [point["step"] for point in version.training_curve] == list(range(1, 81))
+    folder = run_output_folder(run)
+    assert not (folder / "checkpoint").exists()  # not part of the model
+    verify_manifest(artifacts / version.artifact_path)

@@ -23,13 +23,14 @@ from rag.training.artifacts import write_manifest
 from training.models import Component, ModelVersion, TrainingRun
 from training.services.evaluation_jobs import evaluation_job_start
 from training.services.runs.lifecycle import (
+    checkpoint_resume,
     fail_stalled,
     heartbeat_fresh,
     remote_job_reattach,
     training_run_failed_notify,
 )
 from training.services.runs.parameters import LABEL_FREE_MODES
-from training.services.runs.shared import Reporter, Trained, log_line
+from training.services.runs.shared import Reporter, Trained, log_line, run_output_folder
 from training.services.runs.trainers.generator import (
     train_lora_radit,
     train_lora_raft,
@@ -115,8 +116,9 @@ def training_run_execute(*, run_id: int) -> Outcome:
                     return Outcome.NOTHING_TO_DO
                 # We hold the component's lock, so the process that ran this run is gone (its
                 # session, and the lock with it, ended). A run following a remote job it already
-                # started re-attaches to that job; any other is failed as the sweeper would.
-                if not remote_job_reattach(run):
+                # started re-attaches to that job, one with a checkpoint goes on from it; any
+                # other is failed as the sweeper would.
+                if not remote_job_reattach(run) and not checkpoint_resume(run):
                     fail_stalled(run)
                     return Outcome.FAILED
             else:
@@ -138,10 +140,6 @@ def training_run_execute(*, run_id: int) -> Outcome:
             lock.release()
 
 
-def run_output_folder(run: TrainingRun) -> Path:
-    return artifacts_root() / run.knowledge_base.slug / run.component / str(run.pk)
-
-
 def _train_and_register(run_id: int) -> Outcome:
     from rag.training import TrainingCancelled
 
@@ -152,7 +150,8 @@ def _train_and_register(run_id: int) -> Outcome:
     try:
         if run.snapshot is None and run.mode not in LABEL_FREE_MODES:
             raise InvalidInput("The run's dataset snapshot was deleted.")
-        resuming = bool(run.remote_state.get("job_id"))  # the folder is this run's own earlier execution's
+        # The folder is this run's own earlier execution's: a remote job's, or a checkpoint's.
+        resuming = bool(run.remote_state.get("job_id")) or run.resumes > 0
         if folder.exists() and any(folder.iterdir()) and not resuming:
             # Run ids are unique, so this is left over from another database; never overwrite it.
             raise InvalidInput(f"The output folder {folder} already exists and is not empty.")

@@ -24,7 +24,7 @@ from training.services.runs.parameters import (
     check_trainable,
     validated_parameters,
 )
-from training.services.runs.shared import log_line
+from training.services.runs.shared import log_line, run_checkpoint_discard, run_checkpoint_step
 from training.services.snapshots import dataset_snapshot_create
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,9 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
         elif run.status == TrainingRun.Status.QUEUED:
             run.status = TrainingRun.Status.CANCELLED
             run.finished_at = timezone.now()
-            run.log += log_line("cancelled before it started")
+            run.log += log_line("cancelled before it started" if not run.resumes else "cancelled while queued to resume")
+            if run.resumes:
+                transaction.on_commit(lambda: run_checkpoint_discard(run))
         else:
             run.cancel_requested = True
             run.log += log_line("cancel requested; the run stops at its next step")
@@ -152,6 +154,8 @@ def training_run_fail_waiting(*, run_id: int) -> None:
         run.log += log_line(message)
         run.save(update_fields=["status", "error", "finished_at", "log"])
         training_run_failed_notify(run)
+        if run.resumes:
+            transaction.on_commit(lambda: run_checkpoint_discard(run))
 
 
 def training_run_failed_notify(run: TrainingRun) -> None:
@@ -189,6 +193,8 @@ def fail_stalled(run: TrainingRun) -> None:
     run.log += log_line(message)
     run.save(update_fields=["status", "error", "finished_at", "log"])
     training_run_failed_notify(run)
+    # A checkpoint it could have gone on from (the resume bound is spent): nobody will now.
+    transaction.on_commit(lambda: run_checkpoint_discard(run))
 
 
 def reattach_limit() -> int:
@@ -233,10 +239,53 @@ def _requeue_to_reattach(run: TrainingRun) -> bool:
     return True
 
 
+def resume_limit() -> int:
+    return int(settings.RAGLOOP_TRAINING_RESUME_LIMIT)
+
+
+def _resumable_from(run: TrainingRun) -> int | None:
+    """The checkpoint step a stalled local run can go on from, if it has one and the bound allows."""
+    if run.resumes >= resume_limit():
+        return None
+    return run_checkpoint_step(run)
+
+
+def checkpoint_resume(run: TrainingRun) -> bool:
+    """A locked running row whose worker is gone: keep it running, to go on from its checkpoint
+    in this process, if it has one and the bound allows; True if so (the caller then trains)."""
+    step = _resumable_from(run)
+    if step is None:
+        return False
+    run.resumes += 1
+    run.heartbeat_at = timezone.now()
+    run.log += log_line(
+        f"{_stalled_message(run)} Going on from its checkpoint at step {step} ({run.resumes} of {resume_limit()})."
+    )
+    run.save(update_fields=["resumes", "heartbeat_at", "log"])
+    return True
+
+
+def _requeue_to_resume(run: TrainingRun) -> bool:
+    """A stalled row with a checkpoint: queue it again to go on from there; True if so."""
+    step = _resumable_from(run)
+    if step is None:
+        return False
+    run.resumes += 1
+    run.status = TrainingRun.Status.QUEUED
+    run.log += log_line(
+        f"{_stalled_message(run)} Queued again to go on from its checkpoint at step {step} "
+        f"({run.resumes} of {resume_limit()})."
+    )
+    run.save(update_fields=["status", "resumes", "log"])
+    transaction.on_commit(lambda: _enqueue_execute(run.pk))
+    return True
+
+
 def training_runs_fail_stalled() -> list[int]:
     """Fail running runs whose heartbeat stopped (their worker was killed); returns their ids.
 
-    A run following a remote job is queued again instead (bounded), so it re-attaches to it."""
+    A run following a remote job is queued again instead (bounded), so it re-attaches to it; a
+    local run with a checkpoint is queued again (bounded) to go on from its last checkpoint."""
     cutoff = timezone.now() - timedelta(seconds=stall_seconds())
     candidates = list(
         TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING)
@@ -252,6 +301,9 @@ def training_runs_fail_stalled() -> list[int]:
                 continue
             if _requeue_to_reattach(run):
                 logger.warning("Training run %s stalled; queued again to follow its remote job", run_id)
+                continue
+            if _requeue_to_resume(run):
+                logger.warning("Training run %s stalled; queued again to go on from its checkpoint", run_id)
                 continue
             fail_stalled(run)
         logger.warning("Training run %s stalled; marked failed", run_id)

@@ -100,13 +100,19 @@ PARAMETERS: dict[str, _Parameter] = {
     "min_query_words": _Parameter(int, 1, 1000),
     "max_query_words": _Parameter(int, 1, 1000),
     "min_positive_words": _Parameter(int, 1, 1000),
+    # Local trainers: a checkpoint every this many steps, which a run whose worker died goes on
+    # from (RAGLOOP_TRAINING_RESUME_LIMIT times at most); 0: none, a dead worker fails the run.
+    "checkpoint_every": _Parameter(int, 0, 1_000_000),
 }
 
 
 _COMMON = {"seed": 0, "heldout_share": 0.2, "failure_tag_repeats": 2}
+# A checkpoint of MiniLM with its optimiser state is about 270 MB written in a second or so; every
+# 50 steps that is minutes of query-only training (tens of minutes of full mode on 2 CPU cores).
+_CHECKPOINTS = {"checkpoint_every": 50}
 _RETRIEVER = {**_COMMON, "epochs": 1, "batch_size": 16, "learning_rate": 2e-5, "warmup_ratio": 0.1}
 _LORA = {
-    **_COMMON, "epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "warmup_ratio": 0.0,
+    **_COMMON, **_CHECKPOINTS, "epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "warmup_ratio": 0.0,
     "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_length": 512,
     "max_history_tokens": DEFAULT_MAX_HISTORY_TOKENS,
 }  # fmt: skip
@@ -115,7 +121,7 @@ _LORA = {
 # one epoch at 2e-5 suits. Query-only on SciFact's 647 train queries (dev nDCG@10, base 0.813):
 # 1 epoch at 2e-5 0.815, 3 epochs at 2e-5 0.824, 3 epochs at 5e-5 0.853 (docs/benchmarks.md).
 _CONTRASTIVE = {
-    **_RETRIEVER, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
+    **_RETRIEVER, **_CHECKPOINTS, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
     "device": None,
 }  # fmt: skip
 # Query-only: the frozen side is read from the space, not encoded, so the whole corpus (up to
@@ -127,7 +133,7 @@ _QUERY_ONLY = {**_CONTRASTIVE, "corpus_negatives": 200_000}
 _CORPUS_PAIRS = {
     "seed": 0, "epochs": 1, "batch_size": 32, "learning_rate": 2e-5, "warmup_ratio": 0.1, "query_only": True,
     "max_chunks": 5000, "min_query_words": DEFAULT_MIN_QUERY_WORDS, "max_query_words": DEFAULT_MAX_QUERY_WORDS,
-    "min_positive_words": DEFAULT_MIN_POSITIVE_WORDS, "mini_batch_size": None, "device": None,
+    "min_positive_words": DEFAULT_MIN_POSITIVE_WORDS, "mini_batch_size": None, "device": None, **_CHECKPOINTS,
 }  # fmt: skip
 # The reranker: a cross-encoder from the packaged MiniLM (a fresh classification head), trained
 # on graded pairs plus up to `mined_negatives` of the live first stage's top `top_k` chunks per
@@ -142,7 +148,7 @@ MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "contrastive_query_only": _QUERY_ONLY,
     "lsr": {
         **_RETRIEVER, "batch_size": 8, "top_k": 5, "lm_temperature": 0.01, "retriever_temperature": 1.0,
-        "query_only": True, "base_model": None, "device": None,
+        "query_only": True, "base_model": None, "device": None, **_CHECKPOINTS,
     },  # fmt: skip
     "lora_radit": {**_LORA, "top_k": 5, "base_model": None, "device": None},
     "lora_raft": {**_LORA, "distractors": 4, "oracle_probability": 0.8, "base_model": None, "device": None},

@@ -1,7 +1,9 @@
-"""What the engine, the inputs and the trainers share: the run's Reporter (progress, heartbeat,
-log and stop check, throttled), its log lines, and Trained, what a trainer hands back."""
+"""What the engine, the lifecycle, the inputs and the trainers share: the run's Reporter
+(progress, heartbeat, log and stop check, throttled), its log lines, its output folder and the
+checkpoint inside it, and Trained, what a trainer hands back."""
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,8 @@ from django.db.models import F, TextField, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from knowledge.artifact_store import artifacts_root
+from rag.training.loop import Checkpointing, checkpoint_summary
 from training.models import TrainingRun
 
 # Progress, heartbeat and log are written, and cancellation read, at most this often.
@@ -61,6 +65,10 @@ class Reporter:
         if time.monotonic() - self._last_write >= REPORT_INTERVAL_SECONDS:
             self.write()
 
+    def note(self, message: str) -> None:
+        """A line in the run's log now (what the trainer did with a checkpoint, e.g.)."""
+        self.write(note=message)
+
     def tick(self, done: int, total: int) -> None:
         """Progress of a preparation loop (mining, scoring): a heartbeat, no log line."""
         self.fraction = self.low + (self.high - self.low) * (done / total if total else 1.0)
@@ -104,6 +112,30 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
         else:
             parts.append(f"{name} {value}")
     return ", ".join(parts)
+
+
+# The checkpoint of a local trainer lives in the run's output folder until the model is saved.
+CHECKPOINT_FOLDER = "checkpoint"
+
+
+def run_output_folder(run: TrainingRun) -> Path:
+    return artifacts_root() / run.knowledge_base.slug / run.component / str(run.pk)
+
+
+def run_checkpointing(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Checkpointing:
+    """Checkpoints every `checkpoint_every` steps (0: none), what was done with one in the run's log."""
+    return Checkpointing(folder=folder / CHECKPOINT_FOLDER, every=run.parameters.get("checkpoint_every", 0), log=reporter.note)
+
+
+def run_checkpoint_step(run: TrainingRun) -> int | None:
+    """The step of the checkpoint a run's last execution saved, or None when it has none."""
+    summary = checkpoint_summary(run_output_folder(run) / CHECKPOINT_FOLDER)
+    return int(summary["step"]) if summary is not None else None
+
+
+def run_checkpoint_discard(run: TrainingRun) -> None:
+    """Delete a run's checkpoint once the run can no longer go on from it (failed, cancelled)."""
+    shutil.rmtree(run_output_folder(run) / CHECKPOINT_FOLDER, ignore_errors=True)
 
 
 @dataclass

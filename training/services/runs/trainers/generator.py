@@ -22,7 +22,7 @@ from knowledge.errors import InvalidInput
 from knowledge.models import Chunk, KnowledgeBase
 from training.models import TrainingRun
 from training.services.runs import inputs
-from training.services.runs.shared import Reporter, Trained
+from training.services.runs.shared import Reporter, Trained, run_checkpointing
 from training.services.snapshots import history_as_served
 
 
@@ -50,6 +50,7 @@ def _train_adapter(*, run: TrainingRun, folder: Path, reporter: Reporter, pairs,
         device=parameters.get("device"),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
+        checkpointing=run_checkpointing(run=run, folder=folder, reporter=reporter),
     )
     fields = {
         "generator_backend": KnowledgeBase.GeneratorBackend.HF,

@@ -13,7 +13,7 @@ from knowledge.artifact_store import artifact_relative_path
 from knowledge.errors import InvalidInput
 from training.models import TrainingRun
 from training.services.runs import inputs
-from training.services.runs.shared import Reporter, Trained
+from training.services.runs.shared import Reporter, Trained, run_checkpointing
 from training.services.snapshots import history_as_served
 
 
@@ -89,6 +89,7 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
         device=parameters.get("device"),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
+        checkpointing=run_checkpointing(run=run, folder=folder, reporter=reporter),
     )
     fields, space_reference = _retriever_fields(folder=folder, live=live, query_only=query_only)
     return Trained(folder, fields, result.parameters, result.training_curve, space_reference)
@@ -138,6 +139,7 @@ def train_corpus_pairs(*, run: TrainingRun, folder: Path, reporter: Reporter) ->
         device=parameters.get("device"),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
+        checkpointing=run_checkpointing(run=run, folder=folder, reporter=reporter),
     )
     fields, space_reference = _retriever_fields(folder=folder, live=live, query_only=parameters["query_only"])
     return Trained(folder, fields, result.parameters, result.training_curve, space_reference)
@@ -209,6 +211,7 @@ def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
         device=parameters.get("device"),
         progress=reporter.progress,
         should_stop=reporter.should_stop,
+        checkpointing=run_checkpointing(run=run, folder=folder, reporter=reporter),
     )
     fields, space_reference = _retriever_fields(folder=folder, live=live, query_only=parameters["query_only"])
     return Trained(

@@ -1,0 +1,170 @@
+"""Checkpoints of the shared training loop (rag.training.loop): a run killed after a checkpoint
+resumes from it and ends with the weights and loss curve of a run never interrupted; a
+checkpoint saved for other inputs, or unreadable, is not resumed. Retriever (a tiny BERT with
+dropout, so torch's random state must be restored too) and LoRA generator (a tiny GPT-2)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rag.training.loop import CHECKPOINT_FILE, CHECKPOINT_SUMMARY, Checkpointing, checkpoint_summary
+from rag.training.retriever import RetrievalTrainingExample, train_contrastive
+from tests.rag.test_training_generator import EXAMPLES as GENERATOR_EXAMPLES
+from tests.rag.test_training_generator import tiny_base  # noqa: F401 (a fixture)
+from tests.rag.test_training_retriever import BASE, TRAIN
+
+EXAMPLES: list[RetrievalTrainingExample] = TRAIN[:10]  # batches of 4: 3 steps an epoch, the last one short
+
+
+class Killed(Exception):
+    """Stands for the worker being killed: raised from the progress callback after a step."""
+
+
+@pytest.fixture(scope="module")
+def tiny_retriever_with_dropout(tmp_path_factory) -> Path:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-retriever-dropout")
+    tokenizer = AutoTokenizer.from_pretrained(str(BASE))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder / "bert")
+    tokenizer.save_pretrained(folder / "bert")
+    transformer = Transformer(str(folder / "bert"), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu").save(str(folder / "retriever"))
+    return folder / "retriever"
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from sentence_transformers import SentenceTransformer
+
+    return {name: tensor.detach().clone() for name, tensor in SentenceTransformer(str(folder), device="cpu").state_dict().items()}
+
+
+def _train(model: Path, output: Path, *, checkpointing=None, kill_after: int | None = None, learning_rate=1e-3, **extra):
+    def progress(fraction, metrics):
+        if metrics["step"] == kill_after:
+            raise Killed
+
+    return train_contrastive(
+        base_model_path=model, examples=EXAMPLES, output_path=output, epochs=2, batch_size=4, learning_rate=learning_rate,
+        warmup_ratio=0.2, seed=3, device="cpu", progress=progress, checkpointing=checkpointing, **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("every", "resumed_at"),
+    [(2, 4), (3, 3)],  # step 4 is inside the second epoch; step 3 ends the first
+    ids=["mid-epoch", "at-an-epoch-end"],
+)
+def test_a_run_killed_after_a_checkpoint_resumes_there_and_ends_as_if_never_interrupted(
+    tiny_retriever_with_dropout: Path, tmp_path: Path, every: int, resumed_at: int
+):
+    uninterrupted = _train(tiny_retriever_with_dropout, tmp_path / "whole")
+    messages: list[str] = []
+    checkpointing = Checkpointing(folder=tmp_path / "resumed" / "checkpoint", every=every, log=messages.append)
+
+    with pytest.raises(Killed):
+        _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing, kill_after=5)
+    assert checkpoint_summary(checkpointing.folder) == {"step": resumed_at, "total_steps": 6}
+    resumed = _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing)
+
+    assert resumed.resumed_from_step == resumed_at and resumed.parameters["resumed_from_step"] == resumed_at
+    assert messages == [f"resumed from the checkpoint at step {resumed_at} of 6"]
+    assert [point["step"] for point in resumed.training_curve] == [1, 2, 3, 4, 5, 6]
+    assert [p["loss"] for p in resumed.training_curve] == pytest.approx([p["loss"] for p in uninterrupted.training_curve], rel=1e-6)
+    expected = _weights(tmp_path / "whole" / "encoder")
+    for name, tensor in _weights(tmp_path / "resumed" / "encoder").items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert not checkpointing.folder.exists()  # the checkpoint is not part of the model
+    assert uninterrupted.parameters["resumed_from_step"] == 0
+
+
+def test_a_resume_that_lost_torch_s_random_state_would_end_elsewhere(
+    tiny_retriever_with_dropout: Path, tmp_path: Path, monkeypatch
+):
+    """The check above can fail: dropout draws from torch's generator, so a resume that did not
+    restore it ends with other weights."""
+    uninterrupted = _train(tiny_retriever_with_dropout, tmp_path / "whole")
+    checkpointing = Checkpointing(folder=tmp_path / "resumed" / "checkpoint", every=2)
+    with pytest.raises(Killed):
+        _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing, kill_after=5)
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    torch.manual_seed(12345)
+
+    resumed = _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing)
+
+    assert resumed.resumed_from_step == 4
+    assert resumed.training_curve[:4] == uninterrupted.training_curve[:4]
+    assert resumed.training_curve[4]["loss"] != pytest.approx(uninterrupted.training_curve[4]["loss"], rel=1e-6)
+
+
+def test_a_checkpoint_saved_for_other_settings_is_not_resumed(tiny_retriever_with_dropout: Path, tmp_path: Path):
+    messages: list[str] = []
+    checkpointing = Checkpointing(folder=tmp_path / "run" / "checkpoint", every=2, log=messages.append)
+    with pytest.raises(Killed):
+        _train(tiny_retriever_with_dropout, tmp_path / "run", checkpointing=checkpointing, kill_after=3, learning_rate=1e-3)
+
+    other = _train(tiny_retriever_with_dropout, tmp_path / "run", checkpointing=checkpointing, learning_rate=2e-3)
+    fresh = _train(tiny_retriever_with_dropout, tmp_path / "fresh", learning_rate=2e-3)
+
+    assert other.resumed_from_step == 0
+    assert messages == ["the checkpoint at step 2 was saved for other inputs or settings; training from the first step"]
+    assert [p["loss"] for p in other.training_curve] == pytest.approx([p["loss"] for p in fresh.training_curve], rel=1e-6)
+
+
+def test_an_unreadable_checkpoint_is_reported_and_training_starts_over(tiny_retriever_with_dropout: Path, tmp_path: Path):
+    messages: list[str] = []
+    checkpointing = Checkpointing(folder=tmp_path / "run" / "checkpoint", every=2, log=messages.append)
+    checkpointing.folder.mkdir(parents=True)
+    (checkpointing.folder / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    (checkpointing.folder / CHECKPOINT_SUMMARY).write_text('{"step": 2, "total_steps": 6}')
+
+    result = _train(tiny_retriever_with_dropout, tmp_path / "run", checkpointing=checkpointing)
+
+    assert result.resumed_from_step == 0 and result.steps == 6
+    assert len(messages) == 1 and messages[0].startswith(f"the checkpoint {checkpointing.folder / CHECKPOINT_FILE} could not be read")
+
+
+def test_checkpoint_every_must_not_be_negative(tmp_path: Path):
+    with pytest.raises(ValueError, match="checkpoint_every must be 0 or more, got -1"):
+        Checkpointing(folder=tmp_path, every=-1)
+    assert checkpoint_summary(tmp_path) is None
+
+
+def test_a_killed_lora_run_resumes_from_its_checkpoint_with_the_same_adapter(tiny_base: Path, tmp_path: Path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from rag.training.generator import build_radit_examples, train_lora
+
+    def train(output: Path, checkpointing=None, kill_after=None):
+        def progress(fraction, metrics):
+            if metrics["step"] == kill_after:
+                raise Killed
+
+        return train_lora(
+            base_model_path=tiny_base, pairs=build_radit_examples(GENERATOR_EXAMPLES), output_path=output, epochs=2,
+            learning_rate=1e-2, lora_dropout=0.1, batch_size=3, seed=2, device="cpu", progress=progress,
+            checkpointing=checkpointing,
+        )  # fmt: skip
+
+    uninterrupted = train(tmp_path / "whole")
+    checkpointing = Checkpointing(folder=tmp_path / "resumed" / "checkpoint", every=3)
+    with pytest.raises(Killed):
+        train(tmp_path / "resumed", checkpointing=checkpointing, kill_after=4)
+    resumed = train(tmp_path / "resumed", checkpointing=checkpointing)
+
+    assert (uninterrupted.steps, resumed.steps, resumed.resumed_from_step) == (6, 6, 3)
+    assert [p["loss"] for p in resumed.training_curve] == pytest.approx([p["loss"] for p in uninterrupted.training_curve], rel=1e-6)
+    expected = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    adapter = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert adapter.keys() == expected.keys()
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert not checkpointing.folder.exists()
