@@ -58,12 +58,15 @@ class LoopResult:
 
 
 def checkpoint_summary(folder: str | Path) -> dict[str, Any] | None:
-    """{"step", "total_steps"} of the checkpoint saved in folder, or None when there is none."""
+    """{"step", "total_steps", "path"} of the checkpoint saved in folder, or None when there is
+    none. `path` (relative to folder) is this loop's file or a library trainer's checkpoint folder."""
     try:
         summary = json.loads((Path(folder) / CHECKPOINT_SUMMARY).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not (Path(folder) / CHECKPOINT_FILE).is_file() or not isinstance(summary, dict):
+    if not isinstance(summary, dict) or not isinstance(summary.get("step"), int):
+        return None
+    if not (Path(folder) / str(summary.get("path") or CHECKPOINT_FILE)).exists():
         return None
     return summary
 
@@ -198,7 +201,7 @@ def _save_checkpoint(checkpointing: Checkpointing, *, fingerprint: str, total_st
     with open(partial, "rb") as written:
         os.fsync(written.fileno())
     os.replace(partial, folder / CHECKPOINT_FILE)  # atomic: the old checkpoint or the new, never half
-    summary = {"step": step, "total_steps": total_steps}
+    summary = {"step": step, "total_steps": total_steps, "path": CHECKPOINT_FILE}
     (folder / CHECKPOINT_SUMMARY).write_text(json.dumps(summary) + "\n", encoding="utf-8")
 
 
@@ -211,7 +214,8 @@ def _load_checkpoint(checkpointing: Checkpointing, *, fingerprint: str, total_st
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable: a disk fault, or a file from another version of the code
-        _say(checkpointing, f"the checkpoint {path} could not be read ({type(error).__name__}: {error}); training from the first step")
+        reason = f"{type(error).__name__}: {error}"
+        _say(checkpointing, f"the checkpoint {path} could not be read ({reason}); training from the first step")
         return None
     if saved.get("fingerprint") != fingerprint or saved.get("total_steps") != total_steps:
         _say(

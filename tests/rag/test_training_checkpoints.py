@@ -72,7 +72,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_there_and_ends_as_if_never_inte
 
     with pytest.raises(Killed):
         _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing, kill_after=5)
-    assert checkpoint_summary(checkpointing.folder) == {"step": resumed_at, "total_steps": 6}
+    assert checkpoint_summary(checkpointing.folder) == {"step": resumed_at, "total_steps": 6, "path": CHECKPOINT_FILE}
     resumed = _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing)
 
     assert resumed.resumed_from_step == resumed_at and resumed.parameters["resumed_from_step"] == resumed_at
@@ -168,3 +168,49 @@ def test_a_killed_lora_run_resumes_from_its_checkpoint_with_the_same_adapter(tin
     for name, tensor in adapter.items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-6, atol=1e-7, msg=name)
     assert not checkpointing.folder.exists()
+
+
+def test_a_killed_reranker_run_goes_on_from_the_library_trainer_s_checkpoint(tiny_retriever_with_dropout: Path, tmp_path: Path):
+    """The reranker trains on CrossEncoderTrainer, whose own checkpoints serve the same way."""
+    from safetensors.torch import load_file
+
+    from rag.training.reranker import train_reranker
+    from tests.rag.test_training_reranker import EXAMPLES as RERANKER_EXAMPLES
+
+    bert = tiny_retriever_with_dropout.parent / "bert"  # a plain BERT: CrossEncoder adds a fresh head
+
+    def train(output: Path, checkpointing=None, kill_after=None, seed=4):
+        def progress(fraction, metrics):
+            if metrics["step"] == kill_after:
+                raise Killed
+
+        return train_reranker(
+            base_model_path=bert, examples=RERANKER_EXAMPLES[:4], output_path=output, epochs=2, batch_size=4,
+            learning_rate=1e-3, seed=seed, max_length=64, device="cpu", progress=progress, checkpointing=checkpointing,
+        )  # fmt: skip
+
+    uninterrupted = train(tmp_path / "whole")
+    messages: list[str] = []
+    checkpointing = Checkpointing(folder=tmp_path / "resumed" / "checkpoint", every=3, log=messages.append)
+    with pytest.raises(Killed):
+        train(tmp_path / "resumed", checkpointing=checkpointing, kill_after=5)
+    assert checkpoint_summary(checkpointing.folder) == {"step": 3, "total_steps": uninterrupted.steps, "path": "checkpoint-3"}
+    resumed = train(tmp_path / "resumed", checkpointing=checkpointing)
+
+    assert messages == ["resumed from the checkpoint at step 3"]
+    assert resumed.parameters["resumed_from_step"] == 3 and uninterrupted.parameters["resumed_from_step"] == 0
+    assert [p["step"] for p in resumed.training_curve] == list(range(1, uninterrupted.steps + 1))
+    assert [p["loss"] for p in resumed.training_curve] == pytest.approx([p["loss"] for p in uninterrupted.training_curve], rel=1e-5)
+    expected = load_file(tmp_path / "whole" / "model.safetensors")
+    for name, tensor in load_file(tmp_path / "resumed" / "model.safetensors").items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert not checkpointing.folder.exists()
+
+    # Another seed is another run: its checkpoint folder is not resumed.
+    with pytest.raises(Killed):
+        train(tmp_path / "other", checkpointing=Checkpointing(folder=tmp_path / "other" / "checkpoint", every=3), kill_after=4)
+    messages.clear()
+    other = train(tmp_path / "other", seed=5,
+                  checkpointing=Checkpointing(folder=tmp_path / "other" / "checkpoint", every=3, log=messages.append))  # fmt: skip
+    assert other.parameters["resumed_from_step"] == 0
+    assert messages == ["the checkpoint at step 3 was saved for other inputs or settings; training from the first step"]

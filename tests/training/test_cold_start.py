@@ -54,7 +54,7 @@ def test_a_corpus_pairs_run_starts_before_any_label_and_takes_no_snapshot(
     assert run.snapshot is None and DatasetSnapshot.objects.count() == 0
     assert run.parameters == {
         **FAST, "seed": 0, "warmup_ratio": 0.1, "learning_rate": 2e-5, "query_only": True, "max_chunks": 5000,
-        "max_query_words": 48,
+        "max_query_words": 48, "checkpoint_every": 50,
     }  # fmt: skip
     assert "on the chunks of the live space; no labels" in run.log
     assert queued["runs"] == [run.pk]

@@ -139,7 +139,7 @@ _CORPUS_PAIRS = {
 # on graded pairs plus up to `mined_negatives` of the live first stage's top `top_k` chunks per
 # query that no curator judged relevant or partly relevant.
 _CROSS_ENCODER = {
-    **_RETRIEVER, "learning_rate": 5e-5, "top_k": 20, "mined_negatives": 4, "max_length": 256, "device": None,
+    **_RETRIEVER, **_CHECKPOINTS, "learning_rate": 5e-5, "top_k": 20, "mined_negatives": 4, "max_length": 256, "device": None,
 }  # fmt: skip
 MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "cross_encoder": _CROSS_ENCODER,

@@ -17,7 +17,7 @@ from pathlib import Path
 from knowledge.errors import InvalidInput
 from training.models import TrainingRun
 from training.services.runs import inputs
-from training.services.runs.shared import Reporter, Trained
+from training.services.runs.shared import Reporter, Trained, run_checkpointing
 
 
 def _whole_documents(example) -> list[str]:
@@ -100,6 +100,7 @@ def train_cross_encoder(*, run: TrainingRun, folder: Path, reporter: Reporter) -
             device=parameters.get("device"),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
+            checkpointing=run_checkpointing(run=run, folder=folder, reporter=reporter),
         )
     except ValueError as error:
         raise InvalidInput(str(error)) from error
