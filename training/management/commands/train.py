@@ -37,6 +37,7 @@ def run_summary(run: TrainingRun) -> dict[str, Any]:
         "parameters": run.parameters,
         "error": run.error,
         "cancel_requested": run.cancel_requested,
+        "resumes": run.resumes,  # times it went on from a checkpoint after its worker died
         "created_at": run.created_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
