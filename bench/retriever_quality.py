@@ -19,6 +19,7 @@ SciFact verdict ("supported" / "contradicted") where the claim has one.
 
     python bench/retriever_quality.py                      # 600 abstracts, the service's defaults
     python bench/retriever_quality.py --mined-negatives 1  # full mode about twice as fast on a CPU
+    python bench/retriever_quality.py --modes contrastive --mined-negatives 1 --full-mined-check 4  # full mode's trade-off
     python bench/retriever_quality.py --max-docs 0 --keep  # the whole corpus
     python bench/retriever_quality.py --modes lexical,hybrid,hybrid-score  # retrieval modes only, no training
     python bench/retriever_quality.py --modes reranker     # base dense + a cross-encoder reranker trained on the labels
@@ -102,6 +103,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mined-check", type=int, default=0,
                         help="also train contrastive_query_only through the service with this many mined negatives "
                              "per query (4 is the service's default), to compare; 0 = skip (default: %(default)s)")
+    parser.add_argument("--full-mined-check", type=int, default=0,
+                        help="also train contrastive (full mode) through the service with this many mined negatives "
+                             "per query, to weigh full mode's speed against its quality; 0 = skip (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=None, help="chunks the miner looks at per query (default: the service's, 10)")
     parser.add_argument("--lsr-top-k", type=int, default=5, help="chunks per query for LSR, as the service (default: %(default)s)")
     parser.add_argument("--lsr-batch-size", type=int, default=8, help="(default: %(default)s, as the service)")
@@ -557,6 +561,9 @@ def main() -> None:
         if args.mined_check:
             label = f"contrastive_query_only, {args.mined_check} mined"
             planned.append((label, "contrastive_query_only", {**parameters, "mined_negatives": args.mined_check}))
+        if args.full_mined_check:
+            label = f"contrastive (full), {args.full_mined_check} mined"
+            planned.append((label, "contrastive", {**parameters, "mined_negatives": args.full_mined_check}))
         for label, mode, run_parameters in planned:
             if mode == "reranker":
                 results.append(train_reranker_with_service(

@@ -202,9 +202,12 @@ def test_labels_retrain_evaluate_gate_and_promote_by_themselves(codename_kb, cur
     assert codename_kb.live_retriever_version == "retriever-v1"
 
     # Batch 3, trained long enough to kill the worker mid-run; a new worker finishes the cycle.
+    # No checkpoints: the run fails and the cycle trains again (a run that took a checkpoint goes
+    # on from it instead: tests/e2e/test_training_worker.py).
     retraining_policy_set(
         knowledge_base=codename_kb, component="retriever",
-        changes={"parameters": {"heldout_share": HELDOUT_SHARE, "epochs": 6, "batch_size": 16, "device": "cpu"}},
+        changes={"parameters": {"heldout_share": HELDOUT_SHARE, "epochs": 6, "batch_size": 16, "device": "cpu",
+                                "checkpoint_every": 0}},
     )  # fmt: skip
     label(codename_kb, curator, good_last)
 
