@@ -23,6 +23,7 @@ SciFact verdict ("supported" / "contradicted") where the claim has one.
     python bench/retriever_quality.py --max-docs 0 --keep  # the whole corpus
     python bench/retriever_quality.py --modes lexical,hybrid,hybrid-score  # retrieval modes only, no training
     python bench/retriever_quality.py --modes reranker     # base dense + a cross-encoder reranker trained on the labels
+    python bench/retriever_quality.py --modes stack        # query-only encoder, + hybrid, + a reranker trained over it
 
 The serving modes (lexical: BM25 in PostgreSQL; hybrid: base dense and BM25 fused by RRF k=60;
 hybrid-score: weighted min-max score fusion, alpha 0.5) train nothing: they are scored through
@@ -76,7 +77,9 @@ RANK_CUTOFF = 10
 SERVICE_MODES = ("contrastive", "contrastive_query_only")
 # Retrieval modes over the base retriever (docs/retrieval.md): label -> (mode, fusion).
 SERVING_MODES = {"lexical": ("lexical", "rrf"), "hybrid": ("hybrid", "rrf"), "hybrid-score": ("hybrid", "score")}
-MODES = (*SERVICE_MODES, "lsr", *SERVING_MODES, "reranker")
+# "stack": the best mode put together - the query-only encoder trained and promoted, hybrid over
+# it, and a reranker trained with it as the first stage, each row scored on its own.
+MODES = (*SERVICE_MODES, "lsr", *SERVING_MODES, "reranker", "stack")
 # SciFact's evidence labels, as the answer an LM is asked to produce with --lm.
 VERDICT_ANSWERS = {"SUPPORT": "The claim is supported.", "CONTRADICT": "The claim is contradicted."}
 
@@ -288,9 +291,46 @@ def evaluate_serving_mode(*, knowledge_base, label: str, data: SciFact, split) -
     return evaluate_both(result, space=None, query_model_reference=None, data=data, split=split, search=search)
 
 
-def train_reranker_with_service(*, knowledge_base, snapshot, args, data: SciFact, split) -> ModeResult:
-    """A reranker trained from the snapshot's labels through the service, promoted, then base
-    dense + the live reranker scored on the dev queries through passages_search."""
+def evaluate_stack(*, knowledge_base, snapshot, parameters: dict, args, data: SciFact, split) -> list[ModeResult]:
+    """The best mode put together, each layer its own row: a query-only encoder trained through
+    the service (contrastive_query_only with the run's parameters) and promoted; hybrid (RRF)
+    over it; a reranker trained with it as the live first stage (its mined negatives come from
+    it), promoted; then dense + reranker and hybrid + reranker. Dev queries only for the rows
+    with a reranker, as the reranker mode."""
+    from django.conf import settings
+
+    from knowledge.selectors import passages_search
+    from training.models import ModelVersion
+    from training.services.versions import model_version_promote
+
+    trained = train_with_service(
+        knowledge_base=knowledge_base, snapshot=snapshot, mode="contrastive_query_only", label="stack: query-only",
+        parameters=parameters, data=data, split=split,
+    )  # fmt: skip
+    version = ModelVersion.objects.filter(knowledge_base=knowledge_base, component="retriever",
+                                          mode="contrastive_query_only").latest("created_at")  # fmt: skip
+    model_version_promote(version=version, reason="bench", actor_name="bench")
+    say(f"stack: {version.name} is live")
+    settings.RAGLOOP_HYBRID_FUSION = "rrf"
+
+    def searcher(mode: str):
+        return lambda text, k: passages_search(knowledge_base=knowledge_base, query=text, k=k, mode=mode).passages
+
+    hybrid = ModeResult(mode="query-only + hybrid (RRF)", path=f"retrieval mode ({version.name})")
+    hybrid.scores = evaluate(space=None, query_model_reference=None, data=data, query_ids=split.dev,
+                             label=hybrid.mode + " dev", search=searcher("hybrid"))  # fmt: skip
+    reranked = train_reranker_with_service(
+        knowledge_base=knowledge_base, snapshot=snapshot, args=args, data=data, split=split, label="query-only + reranker"
+    )
+    both = ModeResult(mode="query-only + hybrid (RRF) + reranker", path="live versions", note=reranked.note)
+    both.scores = evaluate(space=None, query_model_reference=None, data=data, query_ids=split.dev,
+                           label=both.mode + " dev", search=searcher("hybrid"))  # fmt: skip
+    return [trained, hybrid, reranked, both]
+
+
+def train_reranker_with_service(*, knowledge_base, snapshot, args, data: SciFact, split, label: str = "base + reranker") -> ModeResult:
+    """A reranker trained from the snapshot's labels through the service, promoted, then the live
+    dense retriever + the live reranker scored on the dev queries through passages_search."""
     from knowledge.selectors import passages_search
     from training.models import ModelVersion, TrainingRun
     from training.services.runs import training_run_execute, training_run_start
@@ -317,13 +357,13 @@ def train_reranker_with_service(*, knowledge_base, snapshot, args, data: SciFact
         return passages_search(knowledge_base=knowledge_base, query=text, k=k, mode="dense").passages
 
     result = ModeResult(
-        mode="base + reranker", path="service (cross_encoder)", training_seconds=seconds,
+        mode=label, path="service (cross_encoder)", training_seconds=seconds,
         examples=sum(v for key, v in pairs.items() if key != "mined_dropped_as_positive"), steps=len(version.training_curve),
         parameters=version.parameters, curve=version.training_curve,
         note=f"reranker pairs {pairs}; first stage top {knowledge_base.rerank_top_n} chunks reranked",
     )  # fmt: skip
     result.scores = evaluate(space=None, query_model_reference=None, data=data, query_ids=split.dev,
-                             label="base + reranker dev", search=search)
+                             label=f"{label} dev", search=search)
     return result
 
 
@@ -568,6 +608,11 @@ def main() -> None:
             if mode == "reranker":
                 results.append(train_reranker_with_service(
                     knowledge_base=knowledge_base, snapshot=snapshot, args=args, data=data, split=split
+                ))
+            elif mode == "stack":
+                results.extend(evaluate_stack(
+                    knowledge_base=knowledge_base, snapshot=snapshot, parameters=run_parameters, args=args, data=data,
+                    split=split,
                 ))
             elif mode in SERVING_MODES:
                 results.append(evaluate_serving_mode(knowledge_base=knowledge_base, label=mode, data=data, split=split))

@@ -12,6 +12,8 @@ closing EOS.
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,16 @@ from rag.conversation import ChatMessage, history_within_budget
 from rag.datasets import chat_history
 from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages, prompt_token_ids
 from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
-from rag.training.loop import Checkpointing, inputs_fingerprint, remove_checkpoint, training_loop
+from rag.training.hf_trainer import (
+    checkpoint_arguments,
+    checkpoint_to_resume,
+    loss_curve,
+    remove_checkpoints,
+    resumed_step,
+    quiet,
+    trainer_callback,
+)
+from rag.training.loop import Checkpointing, inputs_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -227,18 +238,27 @@ def collate_pairs(pairs: Sequence[TokenizedPair], *, pad_token_id: int) -> dict[
     }
 
 
-def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor, *, vocabulary_size: int) -> torch.Tensor:
+def answer_token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, vocabulary_size: int, total_tokens: int | torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy of the labelled (answer) tokens; the logits at i predict token i + 1.
 
     Only the first `vocabulary_size` logits count: a pad row added for training is not part
     of the vocabulary the model answers with, so it must not take probability mass here.
+    With `total_tokens` the sum is divided by it instead of by this batch's own count: the
+    answer tokens of every batch one optimiser step accumulates.
     """
     import torch
 
     predictions = logits[:, :-1, :vocabulary_size].float()
-    return torch.nn.functional.cross_entropy(
-        predictions.reshape(-1, vocabulary_size), labels[:, 1:].reshape(-1), ignore_index=IGNORED_LABEL
+    if total_tokens is None:
+        return torch.nn.functional.cross_entropy(
+            predictions.reshape(-1, vocabulary_size), labels[:, 1:].reshape(-1), ignore_index=IGNORED_LABEL
+        )
+    summed = torch.nn.functional.cross_entropy(
+        predictions.reshape(-1, vocabulary_size), labels[:, 1:].reshape(-1), ignore_index=IGNORED_LABEL, reduction="sum"
     )
+    return summed / torch.as_tensor(total_tokens, device=summed.device, dtype=summed.dtype)
 
 
 # --- model -----------------------------------------------------------------------------
@@ -290,6 +310,7 @@ def train_lora(
     lora_dropout: float = 0.0,
     target_modules: list[str] | None = None,
     batch_size: int = 4,
+    gradient_accumulation_steps: int = 1,
     max_length: int = 512,
     max_history_tokens: int = DEFAULT_MAX_HISTORY_TOKENS,
     seed: int = 0,
@@ -312,10 +333,16 @@ def train_lora(
     real position (right padding, causal attention) and is left out of the loss's softmax,
     so the adapter is exact on the unresized base model: only the LoRA weights are saved,
     together with the base's own tokenizer, and the adapter loads on the base as it is.
+
+    Trained on transformers' `Trainer` with a completion-only loss: AdamW (weight decay 0.01),
+    linear warm-up and decay, gradients clipped at norm 1, `gradient_accumulation_steps`
+    batches per optimiser step, bf16 mixed precision on a GPU that has it, several GPUs when
+    launched with `accelerate launch`; `checkpointing` uses the library's checkpoints
+    (rag.training.hf_trainer), so a killed run goes on from its last one.
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
     from transformers.pytorch_utils import Conv1D
 
     if mode not in GENERATOR_TRAINING_MODES:
@@ -323,8 +350,8 @@ def train_lora(
         raise ValueError(f"unknown generator training mode {mode!r}; valid modes: {valid}")
     if not pairs:
         raise ValueError("LoRA training needs at least one (prompt, target) pair")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+    if epochs < 1 or batch_size < 1 or gradient_accumulation_steps < 1:
+        raise ValueError("epochs, batch_size and gradient_accumulation_steps must be at least 1")
     if max_history_tokens < 0:
         raise ValueError(f"max_history_tokens must be 0 or more, got {max_history_tokens}")
     base_model_path = Path(base_model_path)
@@ -336,9 +363,9 @@ def train_lora(
     seed_everything(seed)
     output_path = Path(output_path)
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
-    # Half precision on a GPU that has bf16; CPUs train in float32, which is also their fast path.
-    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    language_model = AutoModelForCausalLM.from_pretrained(base_model_path, local_files_only=True, dtype=dtype)
+    # Weights in float32; on a GPU with bf16 the trainer computes in it (mixed precision).
+    mixed_precision = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    language_model = AutoModelForCausalLM.from_pretrained(base_model_path, local_files_only=True, dtype=torch.float32)
 
     vocabulary_size = language_model.get_input_embeddings().weight.shape[0]
     pad_token_added = ensure_distinct_pad_token(tokenizer)
@@ -376,28 +403,50 @@ def train_lora(
     language_model = get_peft_model(language_model, lora_config)
     language_model.to(device)
 
-    def backward_step(batch_pairs: list[TokenizedPair]) -> float:
-        batch = collate_pairs(batch_pairs, pad_token_id=tokenizer.pad_token_id)
-        batch = {name: tensor.to(device) for name, tensor in batch.items()}
-        logits = language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = answer_token_loss(logits, batch["labels"], vocabulary_size=vocabulary_size)
-        loss.backward()
-        return float(loss.detach())
+    def completion_only_loss(outputs, labels, num_items_in_batch=None):
+        # Trainer's hook for a custom loss; num_items_in_batch counts the answer tokens of all the
+        # batches one optimiser step accumulates, so accumulating gives the whole batch's mean.
+        return answer_token_loss(outputs.logits, labels, vocabulary_size=vocabulary_size, total_tokens=num_items_in_batch)
 
-    trained = training_loop(
-        model=language_model,
-        items=tokenized,
-        backward_step=backward_step,
-        epochs=epochs,
-        batch_size=batch_size,
+    fingerprint = inputs_fingerprint(
+        "lora", str(base_model_path), mode, tokenized, epochs, batch_size, gradient_accumulation_steps, learning_rate,
+        warmup_ratio, lora_r, lora_alpha, lora_dropout, target_modules, seed,
+    )  # fmt: skip
+    resume_from = checkpoint_to_resume(checkpointing, fingerprint)
+    scratch = output_path.parent / f".{output_path.name}.trainer"
+    arguments = TrainingArguments(
+        **checkpoint_arguments(checkpointing, scratch=scratch),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
+        # A float below 1 is a share of the steps; 1.0 (all of them) must be given as a count.
+        warmup_steps=warmup_ratio if warmup_ratio < 1 else epochs * math.ceil(math.ceil(len(tokenized) / batch_size) / gradient_accumulation_steps),
+        lr_scheduler_type="linear",
+        weight_decay=0.01,  # torch's AdamW default, which the loop before this one used
+        max_grad_norm=1.0,
         seed=seed,
-        progress=progress,
-        should_stop=should_stop,
-        fingerprint=inputs_fingerprint("lora", str(base_model_path), mode, lora_r, lora_alpha, lora_dropout, target_modules),
-        checkpointing=checkpointing,
+        data_seed=seed,
+        # Mixed precision where the GPU has bf16 (through accelerate); CPUs train in float32.
+        bf16=mixed_precision,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        remove_unused_columns=False,
     )
+    trainer = Trainer(
+        model=language_model, args=arguments, train_dataset=_Pairs(tokenized), compute_loss_func=completion_only_loss,
+        data_collator=lambda batch: collate_pairs(batch, pad_token_id=tokenizer.pad_token_id),
+        callbacks=[trainer_callback(progress=progress, should_stop=should_stop)],
+    )  # fmt: skip
+    quiet(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    curve = loss_curve(trainer.state)
+    language_model.eval()
 
     output_path.mkdir(parents=True, exist_ok=True)
     # Only the LoRA weights: the training pad row is not part of the served model (see above).
@@ -416,7 +465,9 @@ def train_lora(
         "max_history_tokens": max_history_tokens,
         "seed": seed,
         "pairs": len(pairs),
-        "resumed_from_step": trained.resumed_from_step,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "mixed_precision": "bf16" if mixed_precision else "no",
+        "resumed_from_step": resumed_step(resume_from),
     }
     description = {
         "format": "peft-lora",
@@ -430,11 +481,24 @@ def train_lora(
     (output_path / GENERATOR_DESCRIPTION).write_text(
         json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    remove_checkpoint(checkpointing)  # not part of the adapter
+    remove_checkpoints(checkpointing, scratch=scratch)  # not part of the adapter
     return GeneratorTrainingResult(
         output_path=output_path,
-        training_curve=trained.curve,
+        training_curve=curve,
         parameters=parameters,
-        steps=len(trained.curve),
-        resumed_from_step=trained.resumed_from_step,
+        steps=len(curve),
+        resumed_from_step=resumed_step(resume_from),
     )
+
+
+class _Pairs:
+    """The tokenized pairs as the map-style dataset Trainer samples from."""
+
+    def __init__(self, pairs: list[TokenizedPair]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> TokenizedPair:
+        return self.pairs[index]

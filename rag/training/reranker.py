@@ -12,8 +12,8 @@ sentence-transformers MiniLM): loaded as a CrossEncoder, it keeps its transforme
 gets a freshly initialised one-logit classification head, which the training learns. Nothing
 is downloaded.
 
-Checkpoints are the library's own (`save_steps`, `resume_from_checkpoint`): with
-`Checkpointing`, the trainer saves the model, optimiser, schedule and random states every
+Checkpoints are the library's own (`save_steps`, `resume_from_checkpoint`, rag.training.hf_trainer):
+with `Checkpointing`, the trainer saves the model, optimiser, schedule and random states every
 `every` steps in the checkpoint folder, keeping the last one, and a run started again on the
 same folder with the same pairs and settings goes on from it (a digest beside it says which).
 """
@@ -27,8 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from rag.reranking import DEFAULT_MAX_LENGTH
-from rag.training import ProgressCallback, StopCheck, TrainingCancelled, pick_device, seed_everything
-from rag.training.loop import CHECKPOINT_SUMMARY, Checkpointing, inputs_fingerprint
+from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
+from rag.training.hf_trainer import (
+    checkpoint_arguments,
+    checkpoint_to_resume,
+    loss_curve,
+    remove_checkpoints,
+    resumed_step,
+    quiet,
+    trainer_callback,
+)
+from rag.training.loop import Checkpointing, inputs_fingerprint
 
 RELEVANT, PARTLY, NOT_RELEVANT = 1.0, 0.5, 0.0
 RERANKER_JSON = "reranker.json"
@@ -137,7 +146,6 @@ def train_reranker(
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    from transformers import TrainerCallback
 
     pairs, counts = reranker_pairs(examples)
     if not any(pair.label > NOT_RELEVANT for pair in pairs):
@@ -149,35 +157,13 @@ def train_reranker(
     dataset = Dataset.from_dict(
         {"query": [p.query for p in pairs], "passage": [p.passage for p in pairs], "label": [p.label for p in pairs]}
     )
-    cancelled: dict[str, int] = {}
-    saving = checkpointing is not None and checkpointing.every > 0
     fingerprint = inputs_fingerprint(
         "cross_encoder", str(base_model_path), pairs, epochs, batch_size, learning_rate, warmup_ratio, seed, max_length
     )
-    resume_from = _checkpoint_to_resume(checkpointing, fingerprint) if saving else None
-
-    class _Report(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if should_stop is not None and should_stop():
-                cancelled["step"] = state.global_step
-                control.should_training_stop = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs and progress is not None:
-                point = {"step": int(state.global_step), "loss": float(logs["loss"]), "epoch": float(state.epoch or 0.0)}
-                progress(state.global_step / max(1, state.max_steps), point)
-
-        def on_save(self, args, state, control, **kwargs):
-            summary = {"step": state.global_step, "total_steps": state.max_steps, "path": f"checkpoint-{state.global_step}"}
-            (Path(args.output_dir) / CHECKPOINT_SUMMARY).write_text(json.dumps(summary) + "\n", encoding="utf-8")
-
-    scratch = checkpointing.folder if saving else output_path.parent / f".{output_path.name}.trainer"
-    if saving:
-        scratch.mkdir(parents=True, exist_ok=True)
-        (scratch / _FINGERPRINT).write_text(fingerprint, encoding="utf-8")
+    resume_from = checkpoint_to_resume(checkpointing, fingerprint)
+    scratch = output_path.parent / f".{output_path.name}.trainer"
     arguments = CrossEncoderTrainingArguments(
-        output_dir=str(scratch),
+        **checkpoint_arguments(checkpointing, scratch=scratch),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
@@ -185,31 +171,20 @@ def train_reranker(
         seed=seed,
         data_seed=seed,
         logging_steps=1,
-        save_strategy="steps" if saving else "no",
-        save_steps=checkpointing.every if saving else 500,
-        save_total_limit=1,
         report_to="none",
         use_cpu=device == "cpu",
         disable_tqdm=True,
     )
     trainer = CrossEncoderTrainer(
-        model=model, args=arguments, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model), callbacks=[_Report()]
-    )
-    if resume_from is not None:
-        _say(checkpointing, f"resumed from the checkpoint at step {resume_from.name.removeprefix('checkpoint-')}")
+        model=model, args=arguments, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model),
+        callbacks=[trainer_callback(progress=progress, should_stop=should_stop)],
+    )  # fmt: skip
+    quiet(trainer)
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     finally:
-        if not saving:
-            shutil.rmtree(scratch, ignore_errors=True)
-    if cancelled:
-        raise TrainingCancelled(step=cancelled["step"])
-    # The loss of every step, those before a resume included (the trainer keeps them in its state).
-    curve = [
-        {"step": int(entry["step"]), "loss": float(entry["loss"]), "epoch": float(entry.get("epoch") or 0.0)}
-        for entry in trainer.state.log_history
-        if "loss" in entry and "step" in entry
-    ]
+        shutil.rmtree(scratch, ignore_errors=True)
+    curve = loss_curve(trainer.state)
     output_path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_path))
     parameters = {
@@ -218,39 +193,8 @@ def train_reranker(
         "loss": "BinaryCrossEntropyLoss", "targets": {"relevant": RELEVANT, "partly": PARTLY, "not_relevant": NOT_RELEVANT},
         "pairs": counts,
     }  # fmt: skip
-    parameters["resumed_from_step"] = int(resume_from.name.removeprefix("checkpoint-")) if resume_from is not None else 0
+    parameters["resumed_from_step"] = resumed_step(resume_from)
     (output_path / RERANKER_JSON).write_text(json.dumps(parameters, indent=2, sort_keys=True))
-    if saving:
-        shutil.rmtree(checkpointing.folder, ignore_errors=True)  # not part of the model
+    remove_checkpoints(checkpointing, scratch=scratch)
     return RerankerTrainingResult(output_path, curve, parameters, int(output.global_step), counts)
 
-
-_FINGERPRINT = "inputs.sha256"
-
-
-def _say(checkpointing: Checkpointing, message: str) -> None:
-    if checkpointing.log is not None:
-        checkpointing.log(message)
-
-
-def _checkpoint_to_resume(checkpointing: Checkpointing, fingerprint: str) -> Path | None:
-    """The trainer's last checkpoint in the folder if it was saved for these inputs; a checkpoint
-    for other inputs is deleted (the trainer would otherwise resume from it)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = checkpointing.folder
-    if not folder.is_dir():
-        return None
-    last = get_last_checkpoint(str(folder))
-    if last is None:
-        return None
-    try:
-        saved_for = (folder / _FINGERPRINT).read_text(encoding="utf-8")
-    except OSError:
-        saved_for = ""
-    if saved_for != fingerprint:
-        _say(checkpointing, f"the checkpoint at step {Path(last).name.removeprefix('checkpoint-')} was saved for other "
-             "inputs or settings; training from the first step")  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-    return Path(last)

@@ -214,3 +214,39 @@ def test_a_killed_reranker_run_goes_on_from_the_library_trainer_s_checkpoint(tin
                   checkpointing=Checkpointing(folder=tmp_path / "other" / "checkpoint", every=3, log=messages.append))  # fmt: skip
     assert other.parameters["resumed_from_step"] == 0
     assert messages == ["the checkpoint at step 3 was saved for other inputs or settings; training from the first step"]
+
+
+def test_lora_gradient_accumulation_takes_the_steps_of_the_whole_batch(tiny_base: Path, tmp_path: Path):  # noqa: F811
+    """Batches of 2 accumulated twice make the optimiser steps of batches of 4: the loss is divided
+    by the answer tokens of both, so the adapter is the same (on a copy of the tiny GPT-2 without
+    dropout, whose masks would differ with the batch's shape)."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from rag.training.generator import build_radit_examples, train_lora
+
+    base = tmp_path / "no-dropout"
+    model = GPT2LMHeadModel.from_pretrained(tiny_base)
+    model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
+    model.save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(base)
+
+    def train(output: Path, batch_size: int, accumulation: int):
+        return train_lora(
+            base_model_path=base, pairs=build_radit_examples(GENERATOR_EXAMPLES), output_path=output, epochs=2,
+            learning_rate=1e-2, batch_size=batch_size, gradient_accumulation_steps=accumulation, seed=2, device="cpu",
+        )  # fmt: skip
+
+    whole = train(tmp_path / "whole", 4, 1)
+    accumulated = train(tmp_path / "accumulated", 2, 2)
+    small = train(tmp_path / "small", 2, 1)
+
+    assert (whole.steps, accumulated.steps, small.steps) == (4, 4, 8)
+    assert accumulated.parameters["gradient_accumulation_steps"] == 2
+    expected = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    adapter = load_file(tmp_path / "accumulated" / "adapter_model.safetensors")
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    # ...which batches of 2 stepped one at a time are not.
+    different = load_file(tmp_path / "small" / "adapter_model.safetensors")
+    assert any(not torch.allclose(different[name], expected[name], rtol=1e-4, atol=1e-6) for name in expected)

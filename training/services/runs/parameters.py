@@ -103,6 +103,9 @@ PARAMETERS: dict[str, _Parameter] = {
     # Local trainers: a checkpoint every this many steps, which a run whose worker died goes on
     # from (RAGLOOP_TRAINING_RESUME_LIMIT times at most); 0: none, a dead worker fails the run.
     "checkpoint_every": _Parameter(int, 0, 1_000_000),
+    # LoRA: batches whose gradients one optimiser step sums (the answer tokens of all of them
+    # weigh alike), for an effective batch bigger than memory holds.
+    "gradient_accumulation_steps": _Parameter(int, 1, 1024),
 }
 
 
@@ -112,8 +115,8 @@ _COMMON = {"seed": 0, "heldout_share": 0.2, "failure_tag_repeats": 2}
 _CHECKPOINTS = {"checkpoint_every": 50}
 _RETRIEVER = {**_COMMON, "epochs": 1, "batch_size": 16, "learning_rate": 2e-5, "warmup_ratio": 0.1}
 _LORA = {
-    **_COMMON, **_CHECKPOINTS, "epochs": 1, "batch_size": 4, "learning_rate": 1e-4, "warmup_ratio": 0.0,
-    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_length": 512,
+    **_COMMON, **_CHECKPOINTS, "epochs": 1, "batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
+    "warmup_ratio": 0.0, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "max_length": 512,
     "max_history_tokens": DEFAULT_MAX_HISTORY_TOKENS,
 }  # fmt: skip
 # Each mode's parameters with their defaults; None: optional, no default ("device", "base_url").

@@ -43,6 +43,8 @@ def _train_adapter(*, run: TrainingRun, folder: Path, reporter: Reporter, pairs,
         lora_alpha=parameters["lora_alpha"],
         lora_dropout=parameters["lora_dropout"],
         batch_size=parameters["batch_size"],
+        # A run queued before the parameter existed takes the default.
+        gradient_accumulation_steps=parameters.get("gradient_accumulation_steps", 1),
         max_length=parameters["max_length"],
         # A run queued before the parameter existed takes the default.
         max_history_tokens=parameters.get("max_history_tokens", generator_training.DEFAULT_MAX_HISTORY_TOKENS),

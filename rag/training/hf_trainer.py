@@ -1,0 +1,115 @@
+"""What the trainers built on Hugging Face's `Trainer` share (the LoRA generator on `Trainer`, the
+reranker on sentence-transformers' `CrossEncoderTrainer`): the callback that asks the stop
+check before every step and reports progress after it, and the library's own checkpoints
+(`save_steps`, `resume_from_checkpoint`: model, optimiser, schedule, random states, data
+position) made safe to resume: a digest of the inputs is stored beside them, so a checkpoint
+for other data or settings is deleted instead of resumed, and a summary the stall sweeper reads
+(rag.training.loop.checkpoint_summary) is written after every save.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rag.training import ProgressCallback, StopCheck, TrainingCancelled
+from rag.training.loop import CHECKPOINT_SUMMARY, Checkpointing
+
+INPUTS_DIGEST = "inputs.sha256"
+
+
+def trainer_callback(*, progress: ProgressCallback | None, should_stop: StopCheck | None) -> Any:
+    """A TrainerCallback: TrainingCancelled before the step the stop check refuses, progress
+    (fraction, {"step", "loss", "epoch"}) after each logged step, the checkpoint summary after each save."""
+    from transformers import TrainerCallback
+
+    class _Report(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(step=state.global_step + 1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and progress is not None:
+                point = {"step": int(state.global_step), "loss": float(logs["loss"]), "epoch": float(state.epoch or 0.0)}
+                progress(state.global_step / max(1, state.max_steps), point)
+
+        def on_save(self, args, state, control, **kwargs):
+            summary = {"step": state.global_step, "total_steps": state.max_steps, "path": f"checkpoint-{state.global_step}"}
+            (Path(args.output_dir) / CHECKPOINT_SUMMARY).write_text(json.dumps(summary) + "\n", encoding="utf-8")
+
+    return _Report()
+
+
+def quiet(trainer: Any) -> Any:
+    """The trainer without its printer of log dicts: progress goes through trainer_callback."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def checkpoint_arguments(checkpointing: Checkpointing | None, *, scratch: Path) -> dict[str, Any]:
+    """TrainingArguments for where and how often to save: the checkpoint folder every `every`
+    steps, the last checkpoint kept; without checkpointing a scratch folder and no saving."""
+    if checkpointing is None or not checkpointing.every:
+        return {"output_dir": str(scratch), "save_strategy": "no"}
+    return {
+        "output_dir": str(checkpointing.folder),
+        "save_strategy": "steps",
+        "save_steps": checkpointing.every,
+        "save_total_limit": 1,
+    }
+
+
+def checkpoint_to_resume(checkpointing: Checkpointing | None, fingerprint: str) -> Path | None:
+    """The trainer's last checkpoint in the folder if it was saved for these inputs, else None;
+    a checkpoint for other inputs is deleted (the trainer would otherwise resume from it). The
+    digest of these inputs is then written for the checkpoints this run saves."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if checkpointing is None or not checkpointing.every:
+        return None
+    folder = checkpointing.folder
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if last is not None:
+        try:
+            saved_for = (folder / INPUTS_DIGEST).read_text(encoding="utf-8")
+        except OSError:
+            saved_for = ""
+        step = Path(last).name.removeprefix("checkpoint-")
+        if saved_for == fingerprint:
+            _say(checkpointing, f"resumed from the checkpoint at step {step}")
+            return Path(last)
+        _say(checkpointing, f"the checkpoint at step {step} was saved for other inputs or settings; training from the first step")
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INPUTS_DIGEST).write_text(fingerprint, encoding="utf-8")
+    return None
+
+
+def resumed_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint is not None else 0
+
+
+def loss_curve(state: Any) -> list[dict[str, float]]:
+    """The loss of every step the trainer logged, those before a resume included (its state keeps them)."""
+    return [
+        {"step": int(entry["step"]), "loss": float(entry["loss"]), "epoch": float(entry.get("epoch") or 0.0)}
+        for entry in state.log_history
+        if "loss" in entry and "step" in entry
+    ]
+
+
+def remove_checkpoints(checkpointing: Checkpointing | None, *, scratch: Path) -> None:
+    """After the model is saved: the checkpoints are not part of it."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    if checkpointing is not None:
+        shutil.rmtree(checkpointing.folder, ignore_errors=True)
+
+
+def _say(checkpointing: Checkpointing, message: str) -> None:
+    if checkpointing.log is not None:
+        checkpointing.log(message)
