@@ -31,6 +31,7 @@ from rag.training.hf_trainer import (
     resumed_step,
     quiet,
     trainer_callback,
+    warmup_steps,
 )
 from rag.training.loop import Checkpointing, inputs_fingerprint
 
@@ -420,8 +421,9 @@ def train_lora(
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=learning_rate,
-        # A float below 1 is a share of the steps; 1.0 (all of them) must be given as a count.
-        warmup_steps=warmup_ratio if warmup_ratio < 1 else epochs * math.ceil(math.ceil(len(tokenized) / batch_size) / gradient_accumulation_steps),
+        warmup_steps=warmup_steps(
+            warmup_ratio, total_steps=epochs * math.ceil(math.ceil(len(tokenized) / batch_size) / gradient_accumulation_steps)
+        ),
         lr_scheduler_type="linear",
         weight_decay=0.01,  # torch's AdamW default, which the loop before this one used
         max_grad_norm=1.0,

@@ -42,6 +42,12 @@ def trainer_callback(*, progress: ProgressCallback | None, should_stop: StopChec
     return _Report()
 
 
+def warmup_steps(warmup_ratio: float, *, total_steps: int) -> float | int:
+    """TrainingArguments' warmup_steps for a share of the steps: a float below 1 is read as that
+    share (transformers 5 dropped warmup_ratio); all of them must be given as a count."""
+    return warmup_ratio if warmup_ratio < 1 else total_steps
+
+
 def quiet(trainer: Any) -> Any:
     """The trainer without its printer of log dicts: progress goes through trainer_callback."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -21,6 +21,7 @@ same folder with the same pairs and settings goes on from it (a digest beside it
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from rag.training.hf_trainer import (
     resumed_step,
     quiet,
     trainer_callback,
+    warmup_steps,
 )
 from rag.training.loop import Checkpointing, inputs_fingerprint
 
@@ -167,7 +169,7 @@ def train_reranker(
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
+        warmup_steps=warmup_steps(warmup_ratio, total_steps=epochs * math.ceil(len(pairs) / batch_size)),
         seed=seed,
         data_seed=seed,
         logging_steps=1,
