@@ -24,6 +24,7 @@ SciFact verdict ("supported" / "contradicted") where the claim has one.
     python bench/retriever_quality.py --modes lexical,hybrid,hybrid-score  # retrieval modes only, no training
     python bench/retriever_quality.py --modes reranker     # base dense + a cross-encoder reranker trained on the labels
     python bench/retriever_quality.py --modes stack        # query-only encoder, + hybrid, + a reranker trained over it
+    python bench/retriever_quality.py --modes contrastive_query_only --query-only-variants epochs=5 learning_rate=1e-4
 
 The serving modes (lexical: BM25 in PostgreSQL; hybrid: base dense and BM25 fused by RRF k=60;
 hybrid-score: weighted min-max score fusion, alpha 0.5) train nothing: they are scored through
@@ -109,6 +110,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--full-mined-check", type=int, default=0,
                         help="also train contrastive (full mode) through the service with this many mined negatives "
                              "per query, to weigh full mode's speed against its quality; 0 = skip (default: %(default)s)")
+    parser.add_argument("--query-only-variants", nargs="*", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="extra contrastive_query_only rows, trained first, each with these run parameters over the "
+                             "others (e.g. epochs=5 learning_rate=1e-4): cheap, as the frozen side is read, not encoded")
     parser.add_argument("--top-k", type=int, default=None, help="chunks the miner looks at per query (default: the service's, 10)")
     parser.add_argument("--lsr-top-k", type=int, default=5, help="chunks per query for LSR, as the service (default: %(default)s)")
     parser.add_argument("--lsr-batch-size", type=int, default=8, help="(default: %(default)s, as the service)")
@@ -598,6 +602,9 @@ def main() -> None:
             "top_k": args.top_k, "mined_negatives": args.mined_negatives,
         }  # fmt: skip
         planned = [(mode, mode, parameters) for mode in args.modes]
+        for variant in reversed(args.query_only_variants):
+            overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in variant.split(","))}
+            planned.insert(0, (f"contrastive_query_only, {variant}", "contrastive_query_only", {**parameters, **overrides}))
         if args.mined_check:
             label = f"contrastive_query_only, {args.mined_check} mined"
             planned.append((label, "contrastive_query_only", {**parameters, "mined_negatives": args.mined_check}))
