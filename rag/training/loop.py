@@ -1,4 +1,5 @@
-"""The optimisation loop the local trainers share (contrastive, LSR, LoRA), with checkpoints.
+"""The optimisation loop of the retriever trainers (contrastive, query-only, LSR, corpus pairs),
+with checkpoints.
 
 Each epoch shuffles the items with a private generator seeded by the run's seed, then takes an
 AdamW step per batch with a linear warm-up and decay, gradients clipped at norm 1; the stop
@@ -13,10 +14,12 @@ resumes after the checkpoint's step and ends with the same weights as a run neve
 data) is never resumed: the loop says so and starts from the first step. The trainer removes
 the folder once its model is saved.
 
-Why a loop of ours rather than transformers' `Trainer` for now: the contrastive trainer's
-batches (de-duplicated candidates, masked known positives, corpus negatives, GradCache) are
-built per step from texts, which the library trainers take as custom losses and collators;
-that move is issue 12's, and this loop's checkpoint format is what it would replace.
+Why a loop of ours for the retriever, where the LoRA generator and the reranker train on the
+library's trainers (rag.training.hf_trainer): each contrastive step builds its batch from texts
+(de-duplicated candidates, a query's other known positives masked, the whole corpus of frozen
+vectors as negatives, GradCache), which sentence-transformers' trainer would take only as a
+custom loss and collator carrying all of that; moving it is issue 12's last part, and this
+loop's checkpoints are what that would replace.
 """
 
 from __future__ import annotations
