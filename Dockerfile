@@ -21,4 +21,4 @@ RUN pip install -e . \
 RUN useradd --create-home ragloop && mkdir -p /artifacts && chown ragloop /artifacts
 USER ragloop
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "120"]
+CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "120", "--keep-alive", "75"]

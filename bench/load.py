@@ -153,7 +153,7 @@ def main() -> None:
 
     from django.db import connections
 
-    from knowledge.management.commands.run_local import WEB_THREADS, WEB_WORKERS, web_command
+    from knowledge.management.commands.run_local import WEB_KEEP_ALIVE_SECONDS, WEB_THREADS, WEB_WORKERS, web_command
 
     knowledge_base, accounts, ingest_token, ask_token = knowledge_base_prepared(turns=args.turns, curators=args.curators)
     questions = [json.loads(line)["text"] for line in (harness.REPO_ROOT / "demo" / "scifact" / "queries.jsonl").read_text().splitlines()[:200]]
@@ -163,9 +163,10 @@ def main() -> None:
     worker = harness.Worker()
     worker.start()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": harness.SETTINGS_MODULE}
-    server = subprocess.Popen(web_command(sys.executable, f"127.0.0.1:{port}"), cwd=harness.REPO_ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
     output = Path(tempfile.mkdtemp(prefix="ragloop-load-"))
+    # gunicorn's own log (worker timeouts and restarts), to tell a server fault from a client one.
+    server = subprocess.Popen(web_command(sys.executable, f"127.0.0.1:{port}"), cwd=harness.REPO_ROOT, env=env,
+                              stdout=(output / "web.log").open("w"), stderr=subprocess.STDOUT)  # fmt: skip
     try:
         harness.wait_until(lambda: _answers(port), timeout=120, message="the web server")
         warm_up(port=port, slug=knowledge_base.slug, token=ask_token, questions=questions)
@@ -220,6 +221,9 @@ def main() -> None:
     print(f"\nerrors: {errors}")
     if failures.strip():
         print(failures.strip()[:2000])
+    web_log = (output / "web.log").read_text(errors="replace")
+    print(f"gunicorn: {web_log.count('WORKER TIMEOUT')} worker timeouts, {web_log.count('Booting worker')} workers booted "
+          f"({WEB_WORKERS} at the start); keep-alive {WEB_KEEP_ALIVE_SECONDS} s; its log: {output / 'web.log'}")
     print(f"load generator CPU: {cpu:.1f} s over {wall:.0f} s wall ({cpu / wall:.0%} of one core)")
     peak = max(sampler.samples, default=0)
     print(f"PostgreSQL connections of the benchmark database: peak {peak}, mean {sum(sampler.samples) / max(1, len(sampler.samples)):.1f} "

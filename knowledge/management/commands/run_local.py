@@ -16,6 +16,12 @@ from django.core.management.base import BaseCommand
 
 WEB_WORKERS = 2
 WEB_THREADS = 4
+# Seconds gunicorn keeps an idle client connection open. Its default, 2 s, races clients that
+# reuse a connection after about that long: the server closes it as the next POST goes out, and
+# the client sees the connection reset (a POST is not retried). Longer than any client's pause
+# between requests makes that race rare; gthread keeps idle connections in its poller, not in
+# a thread, so they cost no request slot.
+WEB_KEEP_ALIVE_SECONDS = 75
 
 
 def web_command(python: str, addr: str) -> list[str]:
@@ -23,6 +29,7 @@ def web_command(python: str, addr: str) -> list[str]:
     return [
         python, "-m", "gunicorn", "config.wsgi:application", "--bind", addr,
         "--workers", str(WEB_WORKERS), "--threads", str(WEB_THREADS), "--timeout", "120",
+        "--keep-alive", str(WEB_KEEP_ALIVE_SECONDS),
     ]  # fmt: skip
 
 
