@@ -38,3 +38,31 @@ def test_many_concurrent_clients_use_no_more_connections_than_the_thread_pool(we
     assert {status for status, _ in results} == {200}
     assert all(body[0]["slug"] == "test-kb" for _, body in results)
     assert 1 <= _server_connections() <= WEB_WORKERS * WEB_THREADS
+
+
+def test_a_client_that_pauses_between_requests_finds_its_connection_still_open(web_server_process, admin_user, knowledge_base):
+    """The load test's /ask resets: gunicorn closed an idle connection after its default 2 s
+    keep-alive just as a client that had paused about that long sent its next POST, which is not
+    retried. A client pausing 3 s (the askers pause 1 to 3) must find the connection open."""
+    import http.client
+    import time
+
+    from knowledge.management.commands.run_local import WEB_KEEP_ALIVE_SECONDS
+
+    _, token = api_token_create(user=admin_user, name="pauses", knowledge_bases=[knowledge_base])
+    headers = {"Authorization": f"Bearer {token}"}
+    client = http.client.HTTPConnection("127.0.0.1", web_server_process.port, timeout=30)
+    client.request("GET", "/api/v1/kbs", headers=headers)
+    first = client.getresponse()
+    assert first.status == 200 and first.getheader("Connection", "").lower() != "close"
+    first.read()
+    socket_before = client.sock
+
+    time.sleep(3)
+    client.request("GET", "/api/v1/kbs", headers=headers)  # http.client, like a POST, never retries
+    second = client.getresponse()
+
+    assert second.status == 200, second.read()
+    assert client.sock is socket_before  # the same connection: it was not closed under the client
+    assert WEB_KEEP_ALIVE_SECONDS > 3
+    client.close()
