@@ -27,9 +27,9 @@ from rag.training.hf_trainer import (
     checkpoint_arguments,
     checkpoint_to_resume,
     loss_curve,
+    quiet,
     remove_checkpoints,
     resumed_step,
-    quiet,
     trainer_callback,
     warmup_steps,
 )

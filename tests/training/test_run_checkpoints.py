@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from knowledge.errors import InvalidInput
+from tests.training.test_runs import artifacts, labelled_kb, no_tasks_sent  # noqa: F401 (fixtures)
 from training.models import TrainingRun
 from training.services.runs import (
     Outcome,
@@ -20,7 +21,6 @@ from training.services.runs import (
     training_runs_fail_stalled,
 )
 from training.services.runs.shared import CHECKPOINT_FOLDER, run_checkpoint_step
-from tests.training.test_runs import artifacts, labelled_kb, no_tasks_sent  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
