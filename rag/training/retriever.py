@@ -3,11 +3,12 @@
 Both trainers can update the query encoder only (RA-DIT's choice), so the chunk
 embeddings already stored for a knowledge base stay valid and nothing is re-indexed.
 
-One module (~790 lines; splitting the frozen side and the losses out is due with the move onto
-sentence-transformers' trainers, issue 12) because the trainers share the encoder pair (query-only or tied), the
-frozen document vectors, the seeding, the stop and progress hooks and the saving format that
-`load_trained_retriever` reads back; the contrastive loss and its cached variant must stay
-equal step for step, which the tests check side by side.
+One module (~760 lines; the optimisation loop and its checkpoints are rag/training/loop.py;
+splitting the frozen side and the losses out is due with the move onto sentence-transformers'
+trainers, issue 12) because the trainers share the encoder pair (query-only or tied), the
+frozen document vectors, the seeding and the saving format that `load_trained_retriever` reads
+back; the contrastive loss and its cached variant must stay equal step for step, which the
+tests check side by side.
 """
 
 from __future__ import annotations
