@@ -12,7 +12,7 @@ from rag.training.loop import CHECKPOINT_FILE, CHECKPOINT_SUMMARY, Checkpointing
 from rag.training.retriever import RetrievalTrainingExample, train_contrastive
 from tests.rag.test_training_generator import EXAMPLES as GENERATOR_EXAMPLES
 from tests.rag.test_training_generator import tiny_base  # noqa: F401 (a fixture)
-from tests.rag.test_training_retriever import BASE, TRAIN
+from tests.rag.test_training_retriever import TRAIN, build_tiny_retriever
 
 EXAMPLES: list[RetrievalTrainingExample] = TRAIN[:10]  # batches of 4: 3 steps an epoch, the last one short
 
@@ -23,22 +23,7 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def tiny_retriever_with_dropout(tmp_path_factory) -> Path:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-retriever-dropout")
-    tokenizer = AutoTokenizer.from_pretrained(str(BASE))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(folder / "bert")
-    tokenizer.save_pretrained(folder / "bert")
-    transformer = Transformer(str(folder / "bert"), max_seq_length=64)
-    SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu").save(str(folder / "retriever"))
-    return folder / "retriever"
+    return build_tiny_retriever(tmp_path_factory.mktemp("tiny-retriever-dropout"), dropout=0.1)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

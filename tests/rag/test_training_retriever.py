@@ -403,20 +403,18 @@ def test_same_seed_gives_the_same_first_step(tmp_path: Path):
 # --- the cached variant (GradCache) ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_retriever(tmp_path_factory) -> Path:
-    """A randomly initialised 2-layer BERT retriever with MiniLM's tokenizer and no dropout, so
-    two ways of computing the same gradients must give the same weights."""
+def build_tiny_retriever(folder: Path, *, dropout: float) -> Path:
+    """A randomly initialised 2-layer BERT retriever with MiniLM's tokenizer, saved under folder
+    (the plain BERT in folder / "bert", the retriever in folder / "retriever")."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-retriever")
     tokenizer = AutoTokenizer.from_pretrained(str(BASE))
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     BertModel(config).save_pretrained(folder / "bert")
     tokenizer.save_pretrained(folder / "bert")
@@ -424,6 +422,13 @@ def tiny_retriever(tmp_path_factory) -> Path:
     model = SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu")
     model.save(str(folder / "retriever"))
     return folder / "retriever"
+
+
+@pytest.fixture(scope="module")
+def tiny_retriever(tmp_path_factory) -> Path:
+    """The tiny retriever with no dropout, so two ways of computing the same gradients must give
+    the same weights."""
+    return build_tiny_retriever(tmp_path_factory.mktemp("tiny-retriever"), dropout=0.0)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
