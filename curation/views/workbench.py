@@ -14,14 +14,9 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from curation.conversation_selectors import knowledge_base_conversation, turn_conversation
 from curation.models import AnswerRating, Label, Relevance, TurnHold
-from curation.selectors import (
-    curator_progress,
-    guidelines_html,
-    knowledge_base_conversation,
-    knowledge_base_failure_tags,
-    turn_conversation,
-)
+from curation.selectors import curator_progress, guidelines_html, knowledge_base_failure_tags
 from curation.services.identical import label_submit_with_identical
 from curation.services.labels import (
     LabelInput,
