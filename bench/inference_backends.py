@@ -125,6 +125,7 @@ def main() -> None:
 
     # harness.environment() reads the database's settings; this script needs none.
     print(f"CPUs usable: {len(os.sched_getaffinity(0))}, torch {torch.__version__}, threads per backend: 2")
+    print(f"CPU: {harness.cpu_description()}")
     print(f"load average at start: {harness.load_average()}")
     root = Path(args.export_root or tempfile.mkdtemp(prefix="bench-exports-"))
     backends = args.backends.split(",")

@@ -10,6 +10,7 @@ connections the benchmark database held, sampled every second, against the serve
 
     python bench/load.py                                     # 100k turns, 5 minutes
     python bench/load.py --turns 2000 --duration 20 --curators 5 --askers 2 --ingest-rate 4   # a quick check
+    python bench/load.py --backend openvino-int8             # the knowledge base embeds on an int8 export
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--curators", type=int, default=50)
     parser.add_argument("--askers", type=int, default=10)
     parser.add_argument("--ingest-rate", type=float, default=20.0, help="ingest requests per second in all (default: %(default)s)")
+    parser.add_argument("--backend", default="torch",
+                        help="the knowledge base's embedding backend (torch, onnx, onnx-int8, openvino, openvino-int8); "
+                             "the web and the worker embed queries and chunks on it (default: %(default)s)")
     parser.add_argument("--database", default="ragloop_bench_load")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
@@ -54,7 +58,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def knowledge_base_prepared(*, turns: int, curators: int) -> tuple:
+def knowledge_base_prepared(*, turns: int, curators: int, backend: str) -> tuple:
     """The demo abstracts embedded, `turns` turns in the queue, curators with passwords, two tokens."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
@@ -66,7 +70,7 @@ def knowledge_base_prepared(*, turns: int, curators: int) -> tuple:
     from knowledge.services.tokens import api_token_create
     from rag.documents import parse_path
 
-    knowledge_base = knowledge_base_create(slug="load-bench", name="Load benchmark")
+    knowledge_base = knowledge_base_create(slug="load-bench", name="Load benchmark", embedding_backend=backend)
     documents_ingest(knowledge_base=knowledge_base, documents=parse_path(DEMO / "corpus.jsonl"))
     harness.embed_space(knowledge_base.embedding_spaces.get(), label="demo corpus")
     users = get_user_model()
@@ -149,13 +153,13 @@ def main() -> None:
     os.environ.setdefault("RAGLOOP_RATE_LIMIT_PER_MINUTE", "1000000")
     os.environ.setdefault("RAGLOOP_INGEST_RATE_LIMIT_PER_MINUTE", "1000000")
     print(harness.table("Environment", ["", ""], harness.environment()))
-    print(f"load average at start: {harness.load_average()}")
+    print(f"load average at start: {harness.load_average()}; knowledge base backend: {args.backend}")
 
     from django.db import connections
 
     from knowledge.management.commands.run_local import WEB_KEEP_ALIVE_SECONDS, WEB_THREADS, WEB_WORKERS, web_command
 
-    knowledge_base, accounts, ingest_token, ask_token = knowledge_base_prepared(turns=args.turns, curators=args.curators)
+    knowledge_base, accounts, ingest_token, ask_token = knowledge_base_prepared(turns=args.turns, curators=args.curators, backend=args.backend)
     questions = [json.loads(line)["text"] for line in (harness.REPO_ROOT / "demo" / "scifact" / "queries.jsonl").read_text().splitlines()[:200]]
     connections.close_all()
 
