@@ -148,6 +148,14 @@ class Worker:
     def discard_log(self) -> None:
         shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
+    def task_totals(self) -> dict[str, tuple[int, float]]:
+        """Task name -> (runs that succeeded, their summed run time in seconds), from the log."""
+        totals: dict[str, tuple[int, float]] = {}
+        for name, seconds in re.findall(r"Task ([\w.]+)\[[^\]]+\] succeeded in ([0-9.]+)s", self.log()):
+            count, total = totals.get(name, (0, 0.0))
+            totals[name] = (count + 1, total + float(seconds))
+        return totals
+
     def task_seconds(self, task_name: str) -> list[float]:
         """Run times the worker logged for a task ("Task <name>[id] succeeded in 1.23s")."""
         pattern = re.compile(rf"Task {re.escape(task_name)}\[[^\]]+\] succeeded in ([0-9.]+)s")

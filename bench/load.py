@@ -129,6 +129,45 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def _process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, user + system CPU seconds) of every live process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def cpu_by_component(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each component: the process tree under each root pid (gunicorn's
+    master and its workers, the Celery worker, locust), and every `postgres` process (the
+    embedded server and its backends, whoever they serve). A process that exited meanwhile is
+    not counted, so take the difference of two calls over a window in which none exits."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    totals = {}
+    for component, root in roots.items():
+        stack, seconds = [root], 0.0
+        while stack:
+            pid = stack.pop()
+            if pid in table:
+                seconds += table[pid][2]
+                stack.extend(children.get(pid, []))
+        totals[component] = seconds
+    totals["postgres"] = sum(cpu for _, name, cpu in table.values() if name == "postgres")
+    return totals
+
+
 def locust_figures(stats_csv: Path) -> dict[str, dict]:
     """locust's per-request-type statistics: count, failures, p50, p95 (ms)."""
     figures = {}
@@ -197,14 +236,20 @@ def main() -> None:
             cwd=harness.REPO_ROOT, env=locust_env, stdout=(output / "locust.log").open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         pid = load.pid
+        roots = {"web (gunicorn)": server.pid, "Celery worker": worker.process.pid, "load generator (locust)": pid}
+        cpu_before = cpu_by_component(roots)
+        cpu_during = cpu_before
         cpu = 0.0
         while load.poll() is None:
             try:
                 cpu = process_cpu_seconds(pid)
             except FileNotFoundError:
                 break
+            cpu_during = cpu_by_component(roots)  # the last reading before locust exits
             time.sleep(1)
         wall = time.perf_counter() - started
+        components = {name: cpu_during[name] - cpu_before[name] for name in cpu_before}
+        worker_tasks = worker.task_totals()
         sampler.stop()
         figures = locust_figures(output / "load_stats.csv")
         failures = (output / "load_failures.csv").read_text() if (output / "load_failures.csv").exists() else ""
@@ -229,13 +274,23 @@ def main() -> None:
     print(f"gunicorn: {web_log.count('WORKER TIMEOUT')} worker timeouts, {web_log.count('Booting worker')} workers booted "
           f"({WEB_WORKERS} at the start); keep-alive {WEB_KEEP_ALIVE_SECONDS} s; its log: {output / 'web.log'}")
     print(f"load generator CPU: {cpu:.1f} s over {wall:.0f} s wall ({cpu / wall:.0%} of one core)")
+    task_rows = [[name, count, f"{seconds:.0f}"] for name, (count, seconds) in sorted(worker_tasks.items(), key=lambda t: -t[1][1])]
+    print(harness.table("The Celery worker's tasks (from the start, warm-up included)", ["task", "runs", "seconds"], task_rows))
+    capacity = wall * len(os.sched_getaffinity(0))
+    component_rows = [[name, f"{seconds:.0f}", f"{seconds / capacity:.0%}"] for name, seconds in components.items()]
+    component_rows.append(["all of them", f"{sum(components.values()):.0f}", f"{sum(components.values()) / capacity:.0%}"])
+    print(harness.table(
+        f"Where the CPU went during the load ({len(os.sched_getaffinity(0))} CPUs x {wall:.0f} s = {capacity:.0f} CPU s)",
+        ["component", "CPU s", "share of the CPUs"], component_rows,
+    ))  # fmt: skip
     peak = max(sampler.samples, default=0)
     print(f"PostgreSQL connections of the benchmark database: peak {peak}, mean {sum(sampler.samples) / max(1, len(sampler.samples)):.1f} "
           f"(server max_connections {sampler.max_connections}; web bound {WEB_WORKERS * WEB_THREADS} + worker + this sampler)")
     print(f"load average at end: {harness.load_average()}")
     if args.json:
         args.json.write_text(json.dumps({"figures": figures, "errors": errors, "generator_cpu_seconds": cpu, "wall_seconds": wall,
-                                         "connections_peak": peak, "max_connections": sampler.max_connections}, indent=2))
+                                         "connections_peak": peak, "max_connections": sampler.max_connections,
+                                         "cpu_seconds_by_component": components}, indent=2))
     if not args.keep:
         database.drop()
     if errors:
