@@ -330,26 +330,11 @@ class RunWatcher:
 # --- environment and figures --------------------------------------------------------------
 
 
-# Instruction sets that int8 inference (onnxruntime, OpenVINO) runs much faster with: without
-# any of them an int8 backend gains little or nothing over fp32 (docs/inference-backends.md).
-INT8_INSTRUCTIONS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-
-
 def cpu_description() -> str:
-    """The CPU's model name and which of the int8 instruction sets it has, from /proc/cpuinfo."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        return platform.processor() or "unknown"
-    vector = [name for name in ("avx2", "avx512f") if name in flags]
-    int8 = [name for name in INT8_INSTRUCTIONS if name in flags]
-    return f"{model}; {', '.join(vector) or 'no AVX2'}; int8: {', '.join(int8) or 'none (no VNNI/AMX)'}"
+    """The CPU and its int8 instruction sets (the int8 backends' speed depends on them)."""
+    from rag.embedding_backends import cpu_description as described
+
+    return described()
 
 
 def environment() -> list[tuple[str, str]]:

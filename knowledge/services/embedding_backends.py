@@ -12,6 +12,7 @@ with it from the start, never a live space switched under its stored vectors.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ from knowledge.errors import Conflict, InvalidInput
 from knowledge.models import EmbeddingSpace, InferenceBackend
 from knowledge.services.audit import audit_record
 from knowledge.services.knowledge_bases import space_embedder
+from rag.embedding import Embedder
+from rag.embedding_backends import cpu_description
 from rag.training.artifacts import ArtifactIntegrityError
 
 
@@ -36,6 +39,11 @@ class BackendDrift:
     min_cosine: float | None
     mean_cosine: float | None
     threshold: float
+    # Measured on request (embedding_backend --check): the current backend's CPU seconds over the
+    # new one's on the same sample, in this process, and the CPU it ran on (the int8 backends'
+    # speed depends on its instruction sets).
+    speedup: float | None = None
+    cpu: str = ""
 
     @property
     def compatible(self) -> bool:
@@ -72,8 +80,19 @@ def _stored_sample(space: EmbeddingSpace, size: int) -> tuple[list[str], np.ndar
     return texts, vectors.reshape(len(rows), int(space.dimensions))
 
 
-def embedding_space_backend_drift(*, space: EmbeddingSpace, backend: str, sample_size: int | None = None) -> BackendDrift:
-    """Encode a sample of the space's chunks on `backend` and compare with the stored vectors.
+def _encoding_cpu_seconds(embedder: Embedder, texts: list[str]) -> float:
+    """CPU seconds of this process (every thread of it) to encode `texts`, after a warm-up call."""
+    embedder.encode_documents(texts[:8])
+    started = time.process_time()
+    embedder.encode_documents(texts)
+    return time.process_time() - started
+
+
+def embedding_space_backend_drift(
+    *, space: EmbeddingSpace, backend: str, sample_size: int | None = None, measure_speed: bool = False
+) -> BackendDrift:
+    """Encode a sample of the space's chunks on `backend` and compare with the stored vectors;
+    with `measure_speed`, also time the sample on the current backend and on `backend`.
 
     Loads (and, the first time, exports) the backend's encoder: seconds to a minute."""
     _check_backend(backend)
@@ -87,13 +106,19 @@ def embedding_space_backend_drift(*, space: EmbeddingSpace, backend: str, sample
         dimensions=space.dimensions, inference_backend=backend,
     )  # fmt: skip
     try:
-        vectors = space_embedder(candidate).encode_documents(texts)
+        candidate_embedder = space_embedder(candidate)
+        vectors = candidate_embedder.encode_documents(texts)
+        speedup = None
+        if measure_speed:
+            current = _encoding_cpu_seconds(space_embedder(space), texts)
+            speedup = current / max(_encoding_cpu_seconds(candidate_embedder, texts), 1e-9)
     except ArtifactIntegrityError as error:
         raise Conflict(f"The {backend} export of this space's model is damaged: {error}") from None
     cosines = np.sum(vectors * stored, axis=1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(stored, axis=1))
     return BackendDrift(
-        space.pk, space.inference_backend, backend, len(texts), float(cosines.min()), float(cosines.mean()), threshold
-    )
+        space.pk, space.inference_backend, backend, len(texts), float(cosines.min()), float(cosines.mean()), threshold,
+        speedup=speedup, cpu=cpu_description() if measure_speed else "",
+    )  # fmt: skip
 
 
 def embedding_space_backend_set(*, space: EmbeddingSpace, backend: str, sample_size: int | None = None) -> BackendDrift:

@@ -1,5 +1,7 @@
 """A space's inference backend: validated, shown, and switched only where vectors stay compatible."""
 
+import json
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -59,3 +61,21 @@ def test_the_command_refuses_an_incompatible_switch(embedded_knowledge_base, cap
         call_command("embedding_backend", embedded_knowledge_base.slug, "onnx-int8")
     call_command("embedding_backend", embedded_knowledge_base.slug)
     assert capsys.readouterr().out.strip() == f"{embedded_knowledge_base.slug}/base: torch"
+
+
+def test_the_check_measures_drift_and_speed_without_switching(embedded_knowledge_base, capsys):
+    slug = embedded_knowledge_base.slug
+    call_command("embedding_backend", slug, "onnx", "--check", "--json")
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["compatible"] and measured["min_cosine"] > 0.9999
+    assert measured["backend_from"] == "torch" and measured["backend_to"] == "onnx"
+    # Speed is a ratio of CPU seconds on the same chunks: positive and finite, whatever the CPU.
+    assert 0.05 < measured["speedup"] < 20
+    assert "; int8: " in measured["cpu"]
+
+    call_command("embedding_backend", slug, "onnx-int8", "--check")
+    printed = capsys.readouterr().out
+    assert f"{slug}/base incompatible onnx-int8 (min cosine" in printed
+    assert "x torch's chunks per CPU second on this sample" in printed and "int8: " in printed
+    embedded_knowledge_base.live_space.refresh_from_db()
+    assert embedded_knowledge_base.live_space.inference_backend == "torch"

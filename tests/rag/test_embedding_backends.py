@@ -98,3 +98,32 @@ def test_a_tampered_export_is_refused(onnx_embedder: Embedder, tmp_path: Path):
 
     with pytest.raises(ArtifactIntegrityError, match="changed: model.onnx"):
         Embedder(base_retriever_path(), backend="onnx", export_root=root, device="cpu")
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+model name\t: {model}
+flags\t\t: fpu sse2 avx avx2 fma {extra}
+
+processor\t: 1
+model name\t: {model}
+flags\t\t: fpu sse2
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "described"),
+    [
+        ("AMD EPYC", "", "AMD EPYC; avx2; int8: none (no VNNI/AMX)"),
+        ("Intel(R) Xeon(R) Platinum 8480+", "avx512f avx512_vnni amx_int8",
+         "Intel(R) Xeon(R) Platinum 8480+; avx2, avx512f; int8: avx512_vnni, amx_int8"),
+        ("Intel(R) Core(TM) Ultra 7", "avx_vnni", "Intel(R) Core(TM) Ultra 7; avx2; int8: avx_vnni"),
+    ],
+)
+def test_the_cpu_description_names_the_int8_instructions_the_first_processor_has(tmp_path, model, extra, described):
+    from rag.embedding_backends import cpu_description
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(vendor="x", model=model, extra=extra))
+    assert cpu_description(cpuinfo) == described
+    assert cpu_description(tmp_path / "missing") == "unknown"

@@ -20,7 +20,8 @@ class Command(BaseCommand):
         parser.add_argument("kb")
         parser.add_argument("backend", nargs="?", default="", metavar="BACKEND")
         parser.add_argument("--retriever-version", default="", help="the space of this version (default: the live space)")
-        parser.add_argument("--check", action="store_true", help="measure the drift to BACKEND without switching")
+        parser.add_argument("--check", action="store_true",
+                            help="measure the drift to BACKEND, and its speed against the current backend, without switching")
         parser.add_argument("--sample", type=int, default=None, help="chunks compared (default RAGLOOP_BACKEND_SWITCH_SAMPLE)")
         parser.add_argument("--json", action="store_true")
 
@@ -38,7 +39,7 @@ class Command(BaseCommand):
                                   if options["json"] else f"{kb}/{space.retriever_version}: {space.inference_backend}")
                 return
             if check:
-                drift = embedding_space_backend_drift(space=space, backend=backend, sample_size=sample)
+                drift = embedding_space_backend_drift(space=space, backend=backend, sample_size=sample, measure_speed=True)
             else:
                 drift = embedding_space_backend_set(space=space, backend=backend, sample_size=sample)
         if options["json"]:
@@ -50,3 +51,8 @@ class Command(BaseCommand):
         )  # fmt: skip
         verb = "would be compatible" if check and drift.compatible else "incompatible" if check else "now uses"
         self.stdout.write(f"{kb}/{space.retriever_version} {verb} {backend} ({figures}).")
+        if drift.speedup is not None:
+            self.stdout.write(
+                f"Speed: {drift.speedup:.2f}x {drift.backend_from}'s chunks per CPU second on this sample, on this machine "
+                f"({drift.cpu}); the int8 backends need VNNI or AMX to be fast (docs/inference-backends.md)."
+            )
