@@ -170,7 +170,7 @@ def test_a_run_started_from_the_form_is_queued_and_its_page_follows(admin_client
     run = TrainingRun.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/kbs/test-kb/training-runs/{run.pk}/"
     assert (run.component, run.mode, run.created_by) == ("retriever", "contrastive_query_only", admin_user)
-    assert run.parameters["epochs"] == 1 and run.parameters["batch_size"] == 4 and run.parameters["learning_rate"] == 5e-5
+    assert run.parameters["epochs"] == 1 and run.parameters["batch_size"] == 4 and run.parameters["learning_rate"] == 1e-4
     assert run.snapshot is not None
     # a second run on the same labels takes the same snapshot, not a copy
     run.status = "succeeded"
