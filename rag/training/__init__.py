@@ -6,7 +6,6 @@ functions and stores their results, but nothing here imports Django.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -24,12 +23,6 @@ class TrainingCancelled(Exception):
     def __init__(self, *, step: int | None = None) -> None:
         super().__init__("training cancelled" + (f" before step {step}" if step is not None else ""))
         self.step = step
-
-
-def raise_if_cancelled(should_stop: StopCheck | None, *, step: int) -> None:
-    """Raise TrainingCancelled when the caller has asked the run to stop."""
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled(step=step)
 
 
 def pick_device(device: str | None = None) -> str:
@@ -54,30 +47,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds CUDA generators, lazily
 
 
-def linear_schedule(optimizer: Any, *, total_steps: int, warmup_ratio: float) -> Any:
-    """Learning rate ramped up over the first warmup_ratio of the steps, then decayed linearly.
-
-    The warm-up keeps the first updates of a pretrained model small, while the optimiser's
-    moment estimates are still noisy; it is the sentence-transformers and transformers default.
-    """
-    import torch
-
-    warmup_steps = math.ceil(total_steps * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 __all__ = [
     "ProgressCallback",
     "StopCheck",
     "TrainingCancelled",
-    "linear_schedule",
     "pick_device",
-    "raise_if_cancelled",
     "seed_everything",
 ]

@@ -23,6 +23,7 @@ from rag.conversation import ChatMessage, history_within_budget
 from rag.datasets import chat_history
 from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages, prompt_token_ids
 from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
+from rag.training.checkpoints import Checkpointing, inputs_fingerprint
 from rag.training.hf_trainer import (
     checkpoint_arguments,
     checkpoint_to_resume,
@@ -33,7 +34,6 @@ from rag.training.hf_trainer import (
     trainer_callback,
     warmup_steps,
 )
-from rag.training.loop import Checkpointing, inputs_fingerprint
 
 if TYPE_CHECKING:
     import torch

@@ -4,7 +4,7 @@ check before every step and reports progress after it, and the library's own che
 (`save_steps`, `resume_from_checkpoint`: model, optimiser, schedule, random states, data
 position) made safe to resume: a digest of the inputs is stored beside them, so a checkpoint
 for other data or settings is deleted instead of resumed, and a summary the stall sweeper reads
-(rag.training.loop.checkpoint_summary) is written after every save.
+(rag.training.checkpoints.checkpoint_summary) is written after every save.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.training import ProgressCallback, StopCheck, TrainingCancelled
-from rag.training.loop import CHECKPOINT_SUMMARY, Checkpointing
+from rag.training.checkpoints import CHECKPOINT_SUMMARY, Checkpointing
 
 INPUTS_DIGEST = "inputs.sha256"
 
@@ -71,29 +71,53 @@ def checkpoint_arguments(checkpointing: Checkpointing | None, *, scratch: Path) 
 
 
 def checkpoint_to_resume(checkpointing: Checkpointing | None, fingerprint: str) -> Path | None:
-    """The trainer's last checkpoint in the folder if it was saved for these inputs, else None;
-    a checkpoint for other inputs is deleted (the trainer would otherwise resume from it). The
-    digest of these inputs is then written for the checkpoints this run saves."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The last complete checkpoint in the folder if it was saved for these inputs, else None.
 
+    A checkpoint for other inputs is deleted (the trainer would otherwise resume from it); so is
+    one a killed worker left half-written: the trainer writes its trainer_state.json last, so a
+    checkpoint-N folder without a readable one at step N is incomplete, and the one before it is
+    resumed. The digest of these inputs is then written for the checkpoints this run saves."""
     if checkpointing is None or not checkpointing.every:
         return None
     folder = checkpointing.folder
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    last, total_steps = _last_complete_checkpoint(checkpointing)
     if last is not None:
         try:
             saved_for = (folder / INPUTS_DIGEST).read_text(encoding="utf-8")
         except OSError:
             saved_for = ""
-        step = Path(last).name.removeprefix("checkpoint-")
+        step = resumed_step(last)
         if saved_for == fingerprint:
-            _say(checkpointing, f"resumed from the checkpoint at step {step}")
-            return Path(last)
+            _say(checkpointing, f"resumed from the checkpoint at step {step} of {total_steps}")
+            return last
         _say(checkpointing, f"the checkpoint at step {step} was saved for other inputs or settings; training from the first step")
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INPUTS_DIGEST).write_text(fingerprint, encoding="utf-8")
     return None
+
+
+def _last_complete_checkpoint(checkpointing: Checkpointing) -> tuple[Path | None, int]:
+    """The highest checkpoint-N whose trainer state is whole, and the run's total steps it records;
+    the incomplete ones above it are deleted."""
+    if not checkpointing.folder.is_dir():
+        return None, 0
+    saved = sorted(
+        (int(path.name.removeprefix("checkpoint-")), path)
+        for path in checkpointing.folder.glob("checkpoint-*")
+        if path.is_dir() and path.name.removeprefix("checkpoint-").isdigit()
+    )
+    for step, path in reversed(saved):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            complete = state.get("global_step") == step
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if complete:
+            return path, int(state.get("max_steps") or 0)
+        _say(checkpointing, f"the checkpoint at step {step} is incomplete (a worker stopped while saving it); it is deleted")
+        shutil.rmtree(path, ignore_errors=True)
+    return None, 0
 
 
 def resumed_step(checkpoint: Path | None) -> int:

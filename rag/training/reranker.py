@@ -29,6 +29,7 @@ from typing import Any
 
 from rag.reranking import DEFAULT_MAX_LENGTH
 from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
+from rag.training.checkpoints import Checkpointing, inputs_fingerprint
 from rag.training.hf_trainer import (
     checkpoint_arguments,
     checkpoint_to_resume,
@@ -39,7 +40,6 @@ from rag.training.hf_trainer import (
     trainer_callback,
     warmup_steps,
 )
-from rag.training.loop import Checkpointing, inputs_fingerprint
 
 RELEVANT, PARTLY, NOT_RELEVANT = 1.0, 0.5, 0.0
 RERANKER_JSON = "reranker.json"

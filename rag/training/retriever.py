@@ -3,41 +3,46 @@
 Both trainers can update the query encoder only (RA-DIT's choice), so the chunk
 embeddings already stored for a knowledge base stay valid and nothing is re-indexed.
 
-One module (~760 lines; the optimisation loop and its checkpoints are rag/training/loop.py;
-splitting the frozen side and the losses out is due with the move onto sentence-transformers'
-trainers, issue 12) because the trainers share the encoder pair (query-only or tied), the
-frozen document vectors, the seeding and the saving format that `load_trained_retriever` reads
-back; the contrastive loss and its cached variant must stay equal step for step, which the
-tests check side by side.
+The trainers run on sentence-transformers' `SentenceTransformerTrainer` (AdamW, the schedule,
+gradient accumulation, mixed precision, several GPUs through `accelerate`, checkpoints and
+resume); their losses, which the library lacks, are in rag.training.retriever_losses. This
+module builds the training rows and the frozen side, runs the trainer and saves the retriever
+in the layout `load_trained_retriever` reads back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import math
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
-from rag.training.loop import Checkpointing, inputs_fingerprint, remove_checkpoint, training_loop
+from rag.training.checkpoints import Checkpointing, inputs_fingerprint
+from rag.training.hf_trainer import (
+    checkpoint_arguments,
+    checkpoint_to_resume,
+    loss_curve,
+    quiet,
+    remove_checkpoints,
+    resumed_step,
+    trainer_callback,
+    warmup_steps,
+)
 
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
     from rag.corpus_pairs import CorpusPair
+    from rag.training.retriever_losses import FrozenSide
 
 RETRIEVER_DESCRIPTION = "retriever.json"
 QUERY_ENCODER_DIR = "query_encoder"
 ENCODER_DIR = "encoder"
-
-# Cosine similarities live in [-1, 1]; multiplying by 20 (a temperature of 0.05, the
-# sentence-transformers MultipleNegativesRankingLoss default) lets a softmax over them be
-# confident. Both trainers use it so their scores mean the same thing.
-SIMILARITY_SCALE = 20.0
-
 
 @dataclass(frozen=True)
 class RetrievalTrainingExample:
@@ -120,12 +125,11 @@ def _save_retriever(
     trained_model: SentenceTransformer,
     base_model_path: str | Path,
     parameters: dict[str, Any],
-    curve: list[dict[str, float]],
-    resumed_from_step: int = 0,
+    fitted: _Fitted,
     checkpointing: Checkpointing | None = None,
 ) -> RetrieverTrainingResult:
     """Save the trained encoder and the retriever.json that says how to load it; then the
-    checkpoint, which is not part of the model, is removed."""
+    checkpoints, which are not part of the model, are removed."""
     output_path.mkdir(parents=True, exist_ok=True)
     encoder_dir = QUERY_ENCODER_DIR if query_only else ENCODER_DIR
     # No model card: writing one is slow and says nothing the registry does not record.
@@ -137,18 +141,18 @@ def _save_retriever(
     )
     description = {**layout, "base_model_path": str(base_model_path), "parameters": parameters}
     (output_path / RETRIEVER_DESCRIPTION).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    remove_checkpoint(checkpointing)
+    remove_checkpoints(checkpointing, scratch=fitted.scratch)
     return RetrieverTrainingResult(
         output_path=output_path,
         mode="query_only" if query_only else "full",
-        training_curve=curve,
+        training_curve=fitted.curve,
         parameters=parameters,
-        steps=len(curve),
-        resumed_from_step=resumed_from_step,
+        steps=len(fitted.curve),
+        resumed_from_step=fitted.resumed_from_step,
     )
 
 
-# --- encoding with gradients -----------------------------------------------------------
+# --- the frozen side and the library's trainer -------------------------------------------
 
 
 def _load_encoder(model_path: str | Path, device: str) -> SentenceTransformer:
@@ -159,27 +163,6 @@ def _load_encoder(model_path: str | Path, device: str) -> SentenceTransformer:
         # Without this check sentence-transformers would treat the path as a hub name.
         raise FileNotFoundError(f"retriever model directory not found: {model_path}")
     return SentenceTransformer(str(model_path), device=device, local_files_only=True)
-
-
-def _role_prompt(model: SentenceTransformer, role: str) -> str | None:
-    """The prompt encode_query / encode_document would prepend, so training sees what serving sees."""
-    names = ["query"] if role == "query" else ["document", "passage", "corpus"]
-    for name in names:
-        if name in model.prompts:
-            return model.prompts[name]
-    return None
-
-
-def _embed(model: SentenceTransformer, texts: Sequence[str], *, role: str) -> torch.Tensor:
-    """Unit-length embeddings (len(texts), dim) with gradients, the same forward pass as model.encode_<role>."""
-    import torch
-    from sentence_transformers.util import batch_to_device
-
-    task = "query" if role == "query" else "document"
-    features = model.preprocess(list(texts), prompt=_role_prompt(model, role), task=task)
-    features = batch_to_device(features, model.device)
-    embeddings = model(features, task=task)["sentence_embedding"]
-    return torch.nn.functional.normalize(embeddings, p=2, dim=1)
 
 
 def _frozen_document_embeddings(model: SentenceTransformer, texts: list[str]) -> torch.Tensor:
@@ -194,10 +177,12 @@ def _frozen_document_embeddings(model: SentenceTransformer, texts: list[str]) ->
 
 def _frozen_side(
     *, base_model_path: str | Path, device: str, needed: list[str], frozen: FrozenDocuments | None
-) -> tuple[torch.Tensor, list[str], dict[str, int]]:
-    """(vectors, texts by row, row of each text): the stored vectors where given, then the
-    needed texts they lack, encoded by the frozen encoder (loaded only if any are missing)."""
+) -> tuple[FrozenSide, int]:
+    """The stored vectors where given, then the needed texts they lack, encoded by the frozen
+    encoder (loaded only if any are missing); and how many texts had to be encoded."""
     import torch
+
+    from rag.training.retriever_losses import FrozenSide
 
     texts = list(frozen.texts) if frozen is not None else []
     rows: dict[str, int] = {}
@@ -213,74 +198,90 @@ def _frozen_side(
         for text in missing:
             rows[text] = len(texts)
             texts.append(text)
-    return torch.cat(parts).to(device), texts, rows
-
-
-class _CachedEmbeddings:
-    """GradCache (Gao et al., 2021): embed a batch's texts in mini-batches without building the
-    graph, let the loss put its gradients on those vectors, then run each mini-batch through the
-    encoder again and push its slice of the gradients into the weights.
-
-    The second pass replays the random state of the first, so dropout drops the same units
-    and the vectors the loss saw are the ones the gradients flow through.
-    """
-
-    def __init__(self, model: SentenceTransformer, texts: list[str], *, role: str, mini_batch_size: int) -> None:
-        import torch
-
-        self.model, self.role = model, role
-        self.pieces = [texts[start : start + mini_batch_size] for start in range(0, len(texts), mini_batch_size)]
-        self.random_states = []
-        parts = []
-        with torch.no_grad():
-            for piece in self.pieces:
-                self.random_states.append(_random_state())
-                parts.append(_embed(model, piece, role=role))
-        self.vectors = torch.cat(parts).requires_grad_()
-
-    def backward_into_encoder(self) -> None:
-        if self.vectors.grad is None:
-            return  # the loss did not use these vectors
-        gradients = self.vectors.grad.split([len(piece) for piece in self.pieces])
-        for piece, state, gradient in zip(self.pieces, self.random_states, gradients, strict=True):
-            with _replayed(state):
-                vectors = _embed(self.model, piece, role=self.role)
-            vectors.backward(gradient)
-
-
-def _random_state() -> tuple[Any, Any]:
-    import torch
-
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
-
-
-@contextmanager
-def _replayed(state: tuple[Any, Any]) -> Iterator[None]:
-    """Run the block with the random state captured earlier; the state outside is left as it was."""
-    import torch
-
-    cpu, cuda = state
-    with torch.random.fork_rng(devices=range(len(cuda)) if cuda is not None else []):
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        yield
+    return FrozenSide(vectors=torch.cat(parts).to(device), texts=texts, rows=rows), len(missing)
 
 
 def _unique(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def _backward_through(batch_loss: Callable[[list[Any]], torch.Tensor]) -> Callable[[list[Any]], float]:
-    """A backward step for training_loop from a function that returns a batch's loss."""
+@dataclass
+class _Fitted:
+    curve: list[dict[str, float]]
+    resumed_from_step: int
+    mixed_precision: str
+    scratch: Path
 
-    def backward(batch: list[Any]) -> float:
-        loss = batch_loss(batch)
-        loss.backward()
-        return float(loss.detach())
 
-    return backward
+def _fit(
+    *,
+    model: SentenceTransformer,
+    loss: Any,
+    rows: int,
+    epochs: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    learning_rate: float,
+    warmup_ratio: float,
+    seed: int,
+    device: str,
+    output_path: Path,
+    fingerprint: str,
+    progress: ProgressCallback | None,
+    should_stop: StopCheck | None,
+    checkpointing: Checkpointing | None,
+) -> _Fitted:
+    """Train `model` with `loss` on sentence-transformers' SentenceTransformerTrainer; a row is an
+    index the loss looks up (rag.training.retriever_losses). AdamW (weight decay 0.01), linear
+    warm-up and decay, gradients clipped at norm 1, bf16 mixed precision on a GPU that has it,
+    several GPUs under `accelerate launch`, the library's checkpoints and resume."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    resume_from = checkpoint_to_resume(checkpointing, fingerprint)
+    scratch = output_path.parent / f".{output_path.name}.trainer"
+    mixed_precision = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    total_steps = epochs * math.ceil(math.ceil(rows / batch_size) / gradient_accumulation_steps)
+    arguments = SentenceTransformerTrainingArguments(
+        **checkpoint_arguments(checkpointing, scratch=scratch),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps(warmup_ratio, total_steps=total_steps),
+        lr_scheduler_type="linear",
+        weight_decay=0.01,  # torch's AdamW default, which the loop before this one used
+        max_grad_norm=1.0,
+        seed=seed,
+        data_seed=seed,
+        bf16=mixed_precision,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=arguments, train_dataset=Dataset.from_dict({"label": list(range(rows))}), loss=loss,
+        callbacks=[trainer_callback(progress=progress, should_stop=should_stop)],
+    )  # fmt: skip
+    quiet(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    model.eval()
+    return _Fitted(
+        curve=loss_curve(trainer.state),
+        resumed_from_step=resumed_step(resume_from),
+        mixed_precision="bf16" if mixed_precision else "no",
+        scratch=scratch,
+    )
+
+
+def _check_steps(epochs: int, batch_size: int, gradient_accumulation_steps: int) -> None:
+    if epochs < 1 or batch_size < 1 or gradient_accumulation_steps < 1:
+        raise ValueError("epochs, batch_size and gradient_accumulation_steps must be at least 1")
 
 
 # --- contrastive training --------------------------------------------------------------
@@ -328,28 +329,6 @@ def contrastive_pairs(
     return [pair for key, pair in pairs.items() for _ in range(repeats[key])], known_positives
 
 
-def multiple_negatives_ranking_loss(
-    query_embeddings: torch.Tensor,
-    candidate_embeddings: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    excluded: torch.Tensor | None = None,
-    scale: float = SIMILARITY_SCALE,
-) -> torch.Tensor:
-    """Cross-entropy of each query picking its positive among all candidates of the batch.
-
-    query_embeddings [B, D] and candidate_embeddings [C, D] are unit vectors; targets [B]
-    holds each query's positive column; excluded [B, C] marks candidates that must not count
-    as that query's negatives (its other known positives).
-    """
-    import torch
-
-    logits = query_embeddings @ candidate_embeddings.T * scale
-    if excluded is not None:
-        logits = logits.masked_fill(excluded, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, targets)
-
-
 def train_contrastive(
     *,
     base_model_path: str | Path,
@@ -357,6 +336,7 @@ def train_contrastive(
     output_path: str | Path,
     epochs: int = 1,
     batch_size: int = 16,
+    gradient_accumulation_steps: int = 1,
     learning_rate: float = 2e-5,
     warmup_ratio: float = 0.1,
     seed: int = 0,
@@ -374,29 +354,28 @@ def train_contrastive(
     """Fine-tune a retriever with MultipleNegativesRankingLoss on curated (query, positive) pairs.
 
     Each query is scored against every positive of its batch (in-batch negatives) plus every
-    curator hard negative and mined negative of the batch. Candidates are de-duplicated per
-    batch and a query's own other positives are masked out, which removes the false
-    negatives that NoDuplicatesBatchSampler avoids, without dropping or reordering pairs.
+    curator hard negative and mined negative of the batch, de-duplicated, with its own other
+    positives masked (rag.training.retriever_losses.CandidateRankingLoss).
 
     With query_only, only a copy of the encoder used for queries is trained; documents are
     embedded by the frozen base model, so stored chunk embeddings stay valid. frozen_documents
     hands in the vectors the index already stores, so nothing it holds is encoded again.
     corpus_negatives (query-only, with frozen_documents): every query is scored against every
-    frozen vector, the whole corpus, not only its batch's candidates; its own other known
-    positives (and copies of its positive's text) are masked out. The query side is all that
+    frozen vector, the whole corpus, not only its batch's candidates. The query side is all that
     moves, so a negative costs a row of a matrix product, not an encoder pass.
 
-    mini_batch_size turns on the cached variant (GradCache, as sentence-transformers'
-    CachedMultipleNegativesRankingLoss): the encoder runs on at most that many texts at a
-    time, so a large batch, with all its in-batch negatives, fits in the memory of a small
-    one. The gradients are the same as without it, at the price of a second forward pass.
+    mini_batch_size turns on GradCache (sentence-transformers' CachedLossMixin, as in its
+    CachedMultipleNegativesRankingLoss): the encoder runs on at most that many texts at a time,
+    so a large batch, with all its in-batch negatives, fits in the memory of a small one; the
+    gradients are the same as without it, at the price of a second forward pass.
+    gradient_accumulation_steps batches make one optimiser step (each batch is its own
+    softmax: accumulation saves memory but does not widen the negatives, the cache does).
 
     extra_parameters are recorded with the others (where the examples came from, e.g.).
     """
-    import torch
+    from rag.training.retriever_losses import SIMILARITY_SCALE, CandidateRankingLoss
 
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+    _check_steps(epochs, batch_size, gradient_accumulation_steps)
     if mini_batch_size is not None and mini_batch_size < 1:
         raise ValueError("mini_batch_size must be at least 1")
     if corpus_negatives and not (query_only and frozen_documents is not None):
@@ -409,93 +388,32 @@ def train_contrastive(
     seed_everything(seed)
     output_path = Path(output_path)
     query_model = _load_encoder(base_model_path, device)
-    encoded_before = 0
+    frozen, encoded_before = None, 0
     if query_only:
         needed = [text for pair in pairs for text in (pair.positive, *pair.negatives)]
-        document_vectors, document_texts, document_rows = _frozen_side(
+        frozen, encoded_before = _frozen_side(
             base_model_path=base_model_path, device=device, needed=needed, frozen=frozen_documents
         )
-        encoded_before = len(document_texts) - (len(frozen_documents.texts) if frozen_documents is not None else 0)
-        if corpus_negatives:
-            rows_of_text: dict[str, list[int]] = {}
-            for row, text in enumerate(document_texts):
-                rows_of_text.setdefault(text, []).append(row)
-
-    def corpus_backward_step(batch: list[ContrastivePair]) -> float:
-        """Each query against every frozen vector: the whole corpus is its candidates."""
-        targets = torch.tensor([document_rows[pair.positive] for pair in batch], device=device)
-        excluded = torch.zeros((len(batch), len(document_texts)), dtype=torch.bool)
-        for index, pair in enumerate(batch):
-            for text in known_positives[pair.query] | {pair.positive}:
-                excluded[index, rows_of_text.get(text, [])] = True
-            excluded[index, document_rows[pair.positive]] = False
-        excluded = excluded.to(device)
-        queries = [pair.query for pair in batch]
-        if mini_batch_size is None:
-            loss = multiple_negatives_ranking_loss(
-                _embed(query_model, queries, role="query"), document_vectors, targets, excluded=excluded
-            )
-            loss.backward()
-            return float(loss.detach())
-        cached = _CachedEmbeddings(query_model, queries, role="query", mini_batch_size=mini_batch_size)
-        loss = multiple_negatives_ranking_loss(cached.vectors, document_vectors, targets, excluded=excluded)
-        loss.backward()
-        cached.backward_into_encoder()
-        return float(loss.detach())
-
-    def backward_step(batch: list[ContrastivePair]) -> float:
-        if corpus_negatives:
-            return corpus_backward_step(batch)
-        queries = [pair.query for pair in batch]
-        candidates = _unique([pair.positive for pair in batch] + [text for pair in batch for text in pair.negatives])
-        column = {text: index for index, text in enumerate(candidates)}
-        targets = torch.tensor([column[pair.positive] for pair in batch], device=device)
-        excluded = torch.tensor(
-            [[text in known_positives[pair.query] and text != pair.positive for text in candidates] for pair in batch],
-            device=device,
-        )
-        if mini_batch_size is None:
-            query_vectors = _embed(query_model, queries, role="query")
-            if query_only:
-                candidate_vectors = document_vectors[[document_rows[text] for text in candidates]]
-            else:
-                candidate_vectors = _embed(query_model, candidates, role="document")
-            loss = multiple_negatives_ranking_loss(query_vectors, candidate_vectors, targets, excluded=excluded)
-            loss.backward()
-            return float(loss.detach())
-        cached = [_CachedEmbeddings(query_model, queries, role="query", mini_batch_size=mini_batch_size)]
-        if query_only:
-            candidate_vectors = document_vectors[[document_rows[text] for text in candidates]]
-        else:
-            cached.append(_CachedEmbeddings(query_model, candidates, role="document", mini_batch_size=mini_batch_size))
-            candidate_vectors = cached[1].vectors
-        loss = multiple_negatives_ranking_loss(cached[0].vectors, candidate_vectors, targets, excluded=excluded)
-        loss.backward()  # stops at the cached vectors: their gradients, not the encoder's yet
-        for embeddings in cached:
-            embeddings.backward_into_encoder()
-        return float(loss.detach())
-
-    trained = training_loop(
-        model=query_model,
-        items=pairs,
-        backward_step=backward_step,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
-        seed=seed,
-        progress=progress,
-        should_stop=should_stop,
+    loss = CandidateRankingLoss(
+        query_model, pairs, known_positives, frozen=frozen, corpus_negatives=corpus_negatives,
+        mini_batch_size=mini_batch_size, scale=SIMILARITY_SCALE,
+    )  # fmt: skip
+    fitted = _fit(
+        model=query_model, loss=loss, rows=len(pairs), epochs=epochs, batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
+        seed=seed, device=device, output_path=output_path, progress=progress, should_stop=should_stop,
+        checkpointing=checkpointing,
         fingerprint=inputs_fingerprint(
             "contrastive", str(base_model_path), query_only, mini_batch_size, corpus_negatives,
-            document_texts if query_only else None,
-        ),  # fmt: skip
-        checkpointing=checkpointing,
-    )
+            frozen.texts if frozen is not None else None, pairs, epochs, batch_size, gradient_accumulation_steps,
+            learning_rate, warmup_ratio, seed,
+        ),
+    )  # fmt: skip
     parameters = {
         "method": "contrastive",
         "epochs": epochs,
         "batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
         "learning_rate": learning_rate,
         "warmup_ratio": warmup_ratio,
         "seed": seed,
@@ -505,22 +423,17 @@ def train_contrastive(
         "pairs": len(pairs),
         "mined_negative_queries": len(mined_negatives or {}),
         "mini_batch_size": mini_batch_size,
-        "corpus_negatives": len(document_texts) if corpus_negatives else 0,
+        "corpus_negatives": len(frozen.texts) if corpus_negatives else 0,
         "frozen_vectors_given": len(frozen_documents.texts) if frozen_documents is not None else 0,
         "frozen_texts_encoded": encoded_before,
-        "resumed_from_step": trained.resumed_from_step,
+        "mixed_precision": fitted.mixed_precision,
+        "resumed_from_step": fitted.resumed_from_step,
         **(extra_parameters or {}),
     }
     return _save_retriever(
-        output_path=output_path,
-        query_only=query_only,
-        trained_model=query_model,
-        base_model_path=base_model_path,
-        parameters=parameters,
-        curve=trained.curve,
-        resumed_from_step=trained.resumed_from_step,
-        checkpointing=checkpointing,
-    )
+        output_path=output_path, query_only=query_only, trained_model=query_model, base_model_path=base_model_path,
+        parameters=parameters, fitted=fitted, checkpointing=checkpointing,
+    )  # fmt: skip
 
 
 def corpus_pairs_lineage(chunk_count: int) -> str:
@@ -582,48 +495,6 @@ def train_corpus_pairs(
 # --- RA-DIT LM-supervised retrieval ----------------------------------------------------
 
 
-def lsr_loss(
-    retriever_scores: torch.Tensor,
-    lm_log_likelihoods: torch.Tensor,
-    *,
-    retriever_temperature: float = 1.0,
-    lm_temperature: float = 0.01,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """RA-DIT's LM-supervised retrieval loss: mean over queries of KL(p_LM || p_R).
-
-    For each query (row) over its k retrieved chunks (columns):
-      p_R  = softmax(retriever_scores / retriever_temperature)   -- what the retriever believes
-      p_LM = softmax(lm_log_likelihoods / lm_temperature)        -- how much each chunk helps the
-             LM produce the gold answer; a fixed target, so it is detached
-      loss = mean_b sum_k p_LM (log p_LM - log p_R)
-
-    The direction is the paper's KL(p_LSR || p_R): the LM's preference is the reference
-    distribution, so the retriever is pushed to cover every chunk the LM finds useful (the
-    forward, mass-covering KL), and the gradient reaches only the retriever's scores.
-    `mask` [B, K] (True = a real chunk) lets queries with fewer than K chunks share a batch.
-    """
-    import torch
-
-    if retriever_scores.shape != lm_log_likelihoods.shape or retriever_scores.dim() != 2:
-        raise ValueError(
-            f"retriever_scores and lm_log_likelihoods must both be [B, K]; "
-            f"got {tuple(retriever_scores.shape)} and {tuple(lm_log_likelihoods.shape)}"
-        )
-    retriever_logits = retriever_scores / retriever_temperature
-    lm_logits = lm_log_likelihoods.detach().to(retriever_scores.dtype) / lm_temperature
-    if mask is not None:
-        retriever_logits = retriever_logits.masked_fill(~mask, float("-inf"))
-        lm_logits = lm_logits.masked_fill(~mask, float("-inf"))
-    log_p_retriever = torch.log_softmax(retriever_logits, dim=-1)
-    log_p_lm = torch.log_softmax(lm_logits, dim=-1)
-    terms = log_p_lm.exp() * (log_p_lm - log_p_retriever)
-    if mask is not None:
-        # Missing chunks have p = 0 on both sides; their 0 * (-inf - -inf) is NaN, not 0.
-        terms = torch.where(mask, terms, torch.zeros_like(terms))
-    return terms.sum(dim=-1).mean()
-
-
 def score_chunks_with_lm(
     *, lm_scorer: Callable[[str, str, str], float], examples: Sequence[LsrTrainingExample]
 ) -> list[list[float]]:
@@ -647,6 +518,7 @@ def train_lsr(
     query_only: bool = True,
     epochs: int = 1,
     batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
     learning_rate: float = 2e-5,
     warmup_ratio: float = 0.1,
     retriever_temperature: float = 1.0,
@@ -657,7 +529,8 @@ def train_lsr(
     should_stop: StopCheck | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> RetrieverTrainingResult:
-    """Fine-tune a retriever so its distribution over each query's top-k chunks matches the LM's.
+    """Fine-tune a retriever so its distribution over each query's top-k chunks matches the LM's
+    (rag.training.retriever_losses.LsrLoss, on sentence-transformers' trainer).
 
     The retriever's score of a chunk is SIMILARITY_SCALE * cosine(query, chunk).
     `lm_log_likelihoods[i][j]` scores `examples[i].chunks[j]` (see score_chunks_with_lm).
@@ -665,17 +538,18 @@ def train_lsr(
     base model, computed once; in full mode the chunks are re-encoded by the trained model.
     Examples with fewer than two chunks carry no preference and are left out.
     """
-    import torch
+    from rag.training.retriever_losses import SIMILARITY_SCALE, LsrLoss, LsrRow
 
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+    _check_steps(epochs, batch_size, gradient_accumulation_steps)
     if len(lm_log_likelihoods) != len(examples):
         raise ValueError(f"got {len(lm_log_likelihoods)} rows of LM scores for {len(examples)} examples")
     for index, (example, scores) in enumerate(zip(examples, lm_log_likelihoods, strict=True)):
         if len(scores) != len(example.chunks):
             raise ValueError(f"example {index} has {len(example.chunks)} chunks but {len(scores)} LM scores")
     usable = [
-        (example, list(scores)) for example, scores in zip(examples, lm_log_likelihoods) if len(example.chunks) >= 2
+        LsrRow(query=example.query, chunks=list(example.chunks), lm_scores=[float(score) for score in scores])
+        for example, scores in zip(examples, lm_log_likelihoods)
+        if len(example.chunks) >= 2
     ]
     if not usable:
         raise ValueError("LM-supervised retrieval needs at least one example with two or more chunks")
@@ -684,61 +558,28 @@ def train_lsr(
     seed_everything(seed)
     output_path = Path(output_path)
     query_model = _load_encoder(base_model_path, device)
+    frozen = None
     if query_only:
-        document_model = _load_encoder(base_model_path, device)
-        document_model.eval()
-        chunk_texts = _unique([chunk for example, _ in usable for chunk in example.chunks])
-        chunk_vectors = _frozen_document_embeddings(document_model, chunk_texts).to(device)
-        chunk_rows = {text: row for row, text in enumerate(chunk_texts)}
-        del document_model
-
-    def batch_loss(batch: list[tuple[LsrTrainingExample, list[float]]]) -> torch.Tensor:
-        width = max(len(example.chunks) for example, _ in batch)
-        mask = torch.tensor(
-            [[column < len(example.chunks) for column in range(width)] for example, _ in batch], device=device
-        )
-        lm_scores = torch.tensor(
-            [scores + [0.0] * (width - len(scores)) for _, scores in batch], dtype=torch.float32, device=device
-        )
-        query_vectors = _embed(query_model, [example.query for example, _ in batch], role="query")
-        flat_chunks = [chunk for example, _ in batch for chunk in example.chunks]
-        if query_only:
-            flat_vectors = chunk_vectors[[chunk_rows[chunk] for chunk in flat_chunks]]
-        else:
-            flat_vectors = _embed(query_model, flat_chunks, role="document")
-        rows = []
-        offset = 0
-        for query_vector, (example, _) in zip(query_vectors, batch):
-            vectors = flat_vectors[offset : offset + len(example.chunks)]
-            offset += len(example.chunks)
-            # Padding columns get a score of 0 here; the mask removes them from both softmaxes.
-            rows.append(torch.nn.functional.pad(vectors @ query_vector * SIMILARITY_SCALE, (0, width - len(vectors))))
-        return lsr_loss(
-            torch.stack(rows),
-            lm_scores,
-            retriever_temperature=retriever_temperature,
-            lm_temperature=lm_temperature,
-            mask=mask,
-        )
-
-    trained = training_loop(
-        model=query_model,
-        items=usable,
-        backward_step=_backward_through(batch_loss),
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        warmup_ratio=warmup_ratio,
-        seed=seed,
-        progress=progress,
-        should_stop=should_stop,
-        fingerprint=inputs_fingerprint("lsr", str(base_model_path), query_only, retriever_temperature, lm_temperature),
-        checkpointing=checkpointing,
+        needed = [chunk for row in usable for chunk in row.chunks]
+        frozen, _ = _frozen_side(base_model_path=base_model_path, device=device, needed=needed, frozen=None)
+    loss = LsrLoss(
+        query_model, usable, frozen=frozen, retriever_temperature=retriever_temperature, lm_temperature=lm_temperature
     )
+    fitted = _fit(
+        model=query_model, loss=loss, rows=len(usable), epochs=epochs, batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate, warmup_ratio=warmup_ratio,
+        seed=seed, device=device, output_path=output_path, progress=progress, should_stop=should_stop,
+        checkpointing=checkpointing,
+        fingerprint=inputs_fingerprint(
+            "lsr", str(base_model_path), query_only, retriever_temperature, lm_temperature, usable, epochs, batch_size,
+            gradient_accumulation_steps, learning_rate, warmup_ratio, seed,
+        ),
+    )  # fmt: skip
     parameters = {
         "method": "lsr",
         "epochs": epochs,
         "batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
         "learning_rate": learning_rate,
         "warmup_ratio": warmup_ratio,
         "retriever_temperature": retriever_temperature,
@@ -748,15 +589,10 @@ def train_lsr(
         "similarity_scale": SIMILARITY_SCALE,
         "examples": len(examples),
         "examples_used": len(usable),
-        "resumed_from_step": trained.resumed_from_step,
+        "mixed_precision": fitted.mixed_precision,
+        "resumed_from_step": fitted.resumed_from_step,
     }
     return _save_retriever(
-        output_path=output_path,
-        query_only=query_only,
-        trained_model=query_model,
-        base_model_path=base_model_path,
-        parameters=parameters,
-        curve=trained.curve,
-        resumed_from_step=trained.resumed_from_step,
-        checkpointing=checkpointing,
-    )
+        output_path=output_path, query_only=query_only, trained_model=query_model, base_model_path=base_model_path,
+        parameters=parameters, fitted=fitted, checkpointing=checkpointing,
+    )  # fmt: skip

@@ -1,14 +1,16 @@
-"""Checkpoints of the shared training loop (rag.training.loop): a run killed after a checkpoint
-resumes from it and ends with the weights and loss curve of a run never interrupted; a
-checkpoint saved for other inputs, or unreadable, is not resumed. Retriever (a tiny BERT with
-dropout, so torch's random state must be restored too) and LoRA generator (a tiny GPT-2)."""
+"""Checkpoints of the trainers, all the libraries' (rag.training.hf_trainer, rag.training.checkpoints):
+a run killed after a checkpoint resumes from the last complete one and ends with the weights and
+loss curve of a run never interrupted; a checkpoint saved for other inputs is not resumed, and one
+left half-written is deleted. Retriever (a tiny BERT with dropout, so torch's random state must be
+restored too), LoRA generator (a tiny GPT-2) and reranker."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from rag.training.loop import CHECKPOINT_FILE, CHECKPOINT_SUMMARY, Checkpointing, checkpoint_summary
+from rag.training.checkpoints import Checkpointing, checkpoint_summary
 from rag.training.retriever import RetrievalTrainingExample, train_contrastive
 from tests.rag.test_training_generator import EXAMPLES as GENERATOR_EXAMPLES
 from tests.rag.test_training_generator import tiny_base  # noqa: F401 (a fixture)
@@ -57,7 +59,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_there_and_ends_as_if_never_inte
 
     with pytest.raises(Killed):
         _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing, kill_after=5)
-    assert checkpoint_summary(checkpointing.folder) == {"step": resumed_at, "total_steps": 6, "path": CHECKPOINT_FILE}
+    assert checkpoint_summary(checkpointing.folder) == {"step": resumed_at, "total_steps": 6, "path": f"checkpoint-{resumed_at}"}
     resumed = _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing)
 
     assert resumed.resumed_from_step == resumed_at and resumed.parameters["resumed_from_step"] == resumed_at
@@ -75,12 +77,14 @@ def test_a_resume_that_lost_torch_s_random_state_would_end_elsewhere(
     tiny_retriever_with_dropout: Path, tmp_path: Path, monkeypatch
 ):
     """The check above can fail: dropout draws from torch's generator, so a resume that did not
-    restore it ends with other weights."""
+    restore it (the trainer's rng_state.pth) ends with other weights."""
+    from transformers import Trainer
+
     uninterrupted = _train(tiny_retriever_with_dropout, tmp_path / "whole")
     checkpointing = Checkpointing(folder=tmp_path / "resumed" / "checkpoint", every=2)
     with pytest.raises(Killed):
         _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing, kill_after=5)
-    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(Trainer, "_load_rng_state", lambda self, checkpoint: None)
     torch.manual_seed(12345)
 
     resumed = _train(tiny_retriever_with_dropout, tmp_path / "resumed", checkpointing=checkpointing)
@@ -104,17 +108,28 @@ def test_a_checkpoint_saved_for_other_settings_is_not_resumed(tiny_retriever_wit
     assert [p["loss"] for p in other.training_curve] == pytest.approx([p["loss"] for p in fresh.training_curve], rel=1e-6)
 
 
-def test_an_unreadable_checkpoint_is_reported_and_training_starts_over(tiny_retriever_with_dropout: Path, tmp_path: Path):
+def test_a_checkpoint_a_killed_worker_left_half_written_is_deleted_and_the_one_before_resumed(
+    tiny_retriever_with_dropout: Path, tmp_path: Path
+):
+    """The trainer writes a checkpoint's trainer_state.json last: a checkpoint-N folder without one
+    (the worker died while saving it) is not resumed; the complete checkpoint before it is."""
+    uninterrupted = _train(tiny_retriever_with_dropout, tmp_path / "whole")
     messages: list[str] = []
     checkpointing = Checkpointing(folder=tmp_path / "run" / "checkpoint", every=2, log=messages.append)
-    checkpointing.folder.mkdir(parents=True)
-    (checkpointing.folder / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
-    (checkpointing.folder / CHECKPOINT_SUMMARY).write_text('{"step": 2, "total_steps": 6}')
+    with pytest.raises(Killed):
+        _train(tiny_retriever_with_dropout, tmp_path / "run", checkpointing=checkpointing, kill_after=5)
+    half_written = checkpointing.folder / "checkpoint-6"
+    shutil.copytree(checkpointing.folder / "checkpoint-4", half_written)
+    (half_written / "trainer_state.json").unlink()
 
-    result = _train(tiny_retriever_with_dropout, tmp_path / "run", checkpointing=checkpointing)
+    resumed = _train(tiny_retriever_with_dropout, tmp_path / "run", checkpointing=checkpointing)
 
-    assert result.resumed_from_step == 0 and result.steps == 6
-    assert len(messages) == 1 and messages[0].startswith(f"the checkpoint {checkpointing.folder / CHECKPOINT_FILE} could not be read")
+    assert messages == [
+        "the checkpoint at step 6 is incomplete (a worker stopped while saving it); it is deleted",
+        "resumed from the checkpoint at step 4 of 6",
+    ]
+    assert resumed.resumed_from_step == 4 and resumed.steps == 6
+    assert [p["loss"] for p in resumed.training_curve] == pytest.approx([p["loss"] for p in uninterrupted.training_curve], rel=1e-6)
 
 
 def test_checkpoint_every_must_not_be_negative(tmp_path: Path):
@@ -182,7 +197,7 @@ def test_a_killed_reranker_run_goes_on_from_the_library_trainer_s_checkpoint(tin
     assert checkpoint_summary(checkpointing.folder) == {"step": 3, "total_steps": uninterrupted.steps, "path": "checkpoint-3"}
     resumed = train(tmp_path / "resumed", checkpointing=checkpointing)
 
-    assert messages == ["resumed from the checkpoint at step 3"]
+    assert messages == [f"resumed from the checkpoint at step 3 of {uninterrupted.steps}"]
     assert resumed.parameters["resumed_from_step"] == 3 and uninterrupted.parameters["resumed_from_step"] == 0
     assert [p["step"] for p in resumed.training_curve] == list(range(1, uninterrupted.steps + 1))
     assert [p["loss"] for p in resumed.training_curve] == pytest.approx([p["loss"] for p in uninterrupted.training_curve], rel=1e-5)

@@ -18,12 +18,11 @@ from rag.training.retriever import (
     RetrievalTrainingExample,
     contrastive_pairs,
     load_trained_retriever,
-    lsr_loss,
-    multiple_negatives_ranking_loss,
     score_chunks_with_lm,
     train_contrastive,
     train_lsr,
 )
+from rag.training.retriever_losses import SIMILARITY_SCALE, lsr_loss, multiple_negatives_ranking_loss
 
 # A support knowledge base where the base retriever is confused: for every question there is a
 # "question echo" page that repeats the question's words without answering it, and a fact page
@@ -139,6 +138,7 @@ def test_query_only_training_keeps_document_embeddings_and_still_improves(tmp_pa
         epochs=1,
         batch_size=8,
         learning_rate=1e-4,
+        warmup_ratio=0.0,  # 2 steps: the library's warm-up would spend the first at a learning rate of 0
         query_only=True,
         device="cpu",
     )
@@ -322,9 +322,10 @@ def test_lsr_training_moves_probability_to_the_chunk_the_lm_prefers(tmp_path: Pa
         examples=examples,
         lm_log_likelihoods=likelihoods,
         output_path=tmp_path / "retriever",
-        epochs=1,
-        batch_size=6,
+        epochs=2,
+        batch_size=12,  # one batch of all 12 queries, twice: the two losses are of the same data
         learning_rate=1e-4,
+        warmup_ratio=0.0,  # 2 steps: the library's warm-up would spend the first at a learning rate of 0
         device="cpu",
     )
 
@@ -437,26 +438,39 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in SentenceTransformer(str(folder), device="cpu").state_dict().items()}
 
 
+def _count_encoder_widths(monkeypatch) -> list[int]:
+    """How many texts each training pass of a SentenceTransformer encodes at once, from here on
+    (not the frozen encoder's, which runs in eval mode)."""
+    from sentence_transformers import SentenceTransformer
+
+    widths: list[int] = []
+    real_forward = SentenceTransformer.forward
+
+    def forward(self, features, *args, **kwargs):
+        if self.training:
+            widths.append(int(features["input_ids"].shape[0]))
+        return real_forward(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "forward", forward)
+    return widths
+
+
 @pytest.mark.parametrize("query_only", [False, True])
 def test_cached_variant_encodes_in_mini_batches_and_trains_the_same_weights(
     tiny_retriever: Path, tmp_path: Path, monkeypatch, query_only: bool
 ):
-    import rag.training.retriever as retriever_module
-
-    encoded_at_once: list[int] = []
-    real_embed = retriever_module._embed
-    monkeypatch.setattr(
-        retriever_module, "_embed", lambda model, texts, *, role: (encoded_at_once.append(len(texts)), real_embed(model, texts, role=role))[1]
-    )
+    """GradCache is the library's CachedLossMixin under our loss: the same gradients, so the same
+    weights, with the encoder never seeing more than mini_batch_size texts."""
+    widths = _count_encoder_widths(monkeypatch)
 
     def train(mini_batch_size, folder):
-        encoded_at_once.clear()
+        widths.clear()
         result = train_contrastive(
             base_model_path=tiny_retriever, examples=TRAIN[:12], output_path=tmp_path / folder, epochs=2, batch_size=6,
             learning_rate=1e-3, warmup_ratio=0.0, seed=1, query_only=query_only, mini_batch_size=mini_batch_size,
             device="cpu",
         )  # fmt: skip
-        return result, max(encoded_at_once)
+        return result, max(widths)
 
     plain, plain_widest = train(None, "plain")
     cached, cached_widest = train(2, "cached")
@@ -475,23 +489,27 @@ def test_cached_variant_encodes_in_mini_batches_and_trains_the_same_weights(
         torch.testing.assert_close(cached_weights[name], plain_weights[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_cached_variant_replays_dropout_so_the_gradients_match_the_vectors_the_loss_saw():
-    """With dropout on, the second pass of a mini-batch must drop the same units as the first."""
-    from sentence_transformers import SentenceTransformer
+def test_gradient_accumulation_makes_one_optimiser_step_of_several_batches(tiny_retriever: Path, tmp_path: Path):
+    """12 pairs in batches of 3 are 4 batches an epoch; accumulating 2 of them per step halves the
+    steps, and a step's loss is the mean of its two batches' (each batch is its own softmax)."""
 
-    from rag.training.retriever import _CachedEmbeddings, _embed, _replayed
+    def train(folder, accumulation):
+        return train_contrastive(
+            base_model_path=tiny_retriever, examples=TRAIN[:12], output_path=tmp_path / folder, epochs=2, batch_size=3,
+            gradient_accumulation_steps=accumulation, learning_rate=1e-3, warmup_ratio=0.5, seed=1, device="cpu",
+        )  # fmt: skip
 
-    model = SentenceTransformer(str(BASE), device="cpu")
-    model.train()  # dropout 0.1 in MiniLM
-    texts = [example.query for example in TRAIN[:4]]
-    torch.manual_seed(0)
-    cached = _CachedEmbeddings(model, texts, role="query", mini_batch_size=2)
-    first_pass = cached.vectors.detach().clone()
-    with _replayed(cached.random_states[0]):
-        again = _embed(model, cached.pieces[0], role="query").detach()
-    torch.testing.assert_close(again, first_pass[:2])
-    assert not torch.allclose(_embed(model, cached.pieces[0], role="query").detach(), first_pass[:2])  # dropout is on
+    stepwise, accumulated = train("stepwise", 1), train("accumulated", 2)
 
+    assert (stepwise.steps, accumulated.steps) == (8, 4)
+    assert accumulated.parameters["gradient_accumulation_steps"] == 2
+    assert [p["step"] for p in accumulated.training_curve] == [1, 2, 3, 4]
+    # The warm-up's first step has a learning rate of 0, so the stepwise run's second batch still
+    # sees the initial weights: the accumulated first step is the mean of those two batches.
+    first, second = (p["loss"] for p in stepwise.training_curve[:2])
+    assert accumulated.training_curve[0]["loss"] == pytest.approx((first + second) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps must be at least 1"):
+        train("zero", 0)
 
 
 # --- query-only against the frozen vectors the index stores -------------------------------
@@ -546,7 +564,7 @@ def test_corpus_negatives_score_each_query_against_every_stored_vector_with_its_
 ):
     from sentence_transformers import SentenceTransformer
 
-    from rag.training.retriever import SIMILARITY_SCALE, FrozenDocuments
+    from rag.training.retriever import FrozenDocuments
 
     # Two queries; the first has two positives (two pairs), and the corpus holds unrelated chunks
     # that no batch would ever hold, and a duplicate of a positive's text.

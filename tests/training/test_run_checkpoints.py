@@ -1,7 +1,7 @@
 """A training run whose worker died after a checkpoint: the sweeper queues it again (bounded),
 a redelivered task goes on in its own process, the next execution may use the run's non-empty
 folder, and a checkpoint nobody will resume from (bound spent, run cancelled) is deleted. The
-loop's own resume (same weights as a run never interrupted) is tests/rag/test_training_checkpoints.py;
+trainers' own resume (same weights as a run never interrupted) is tests/rag/test_training_checkpoints.py;
 a real killed worker is tests/e2e/test_training_worker.py."""
 
 from pathlib import Path
@@ -28,12 +28,12 @@ pytestmark = pytest.mark.django_db
 def _died_after_a_checkpoint(run: TrainingRun, *, step: int = 10) -> Path:
     """What a worker killed after its checkpoint at `step` leaves: a running row with a stale
     heartbeat, and the checkpoint in the run's folder."""
-    from rag.training.loop import CHECKPOINT_FILE, CHECKPOINT_SUMMARY
+    from rag.training.checkpoints import CHECKPOINT_SUMMARY
 
     folder = run_output_folder(run) / CHECKPOINT_FOLDER
-    folder.mkdir(parents=True)
-    (folder / CHECKPOINT_FILE).write_bytes(b"weights")
-    (folder / CHECKPOINT_SUMMARY).write_text(f'{{"step": {step}, "total_steps": 80, "path": "{CHECKPOINT_FILE}"}}')
+    (folder / f"checkpoint-{step}").mkdir(parents=True)
+    (folder / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
+    (folder / CHECKPOINT_SUMMARY).write_text(f'{{"step": {step}, "total_steps": 80, "path": "checkpoint-{step}"}}')
     TrainingRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at="2000-01-01T00:00:00Z")
     return folder
 

@@ -165,6 +165,7 @@ def test_start_freezes_a_snapshot_fills_in_defaults_and_queues_the_task_after_co
     assert run.parameters == {
         "epochs": 3, "heldout_share": 0.0, "seed": 0, "batch_size": 16, "learning_rate": 1e-4, "warmup_ratio": 0.1,
         "top_k": 10, "mined_negatives": 4, "failure_tag_repeats": 2, "corpus_negatives": 200_000, "checkpoint_every": 50,
+        "gradient_accumulation_steps": 1,
     }  # fmt: skip
     assert run.created_by == curator and "queued retriever training" in run.log
 

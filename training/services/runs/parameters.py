@@ -103,8 +103,10 @@ PARAMETERS: dict[str, _Parameter] = {
     # Local trainers: a checkpoint every this many steps, which a run whose worker died goes on
     # from (RAGLOOP_TRAINING_RESUME_LIMIT times at most); 0: none, a dead worker fails the run.
     "checkpoint_every": _Parameter(int, 0, 1_000_000),
-    # LoRA: batches whose gradients one optimiser step sums (the answer tokens of all of them
-    # weigh alike), for an effective batch bigger than memory holds.
+    # LoRA, contrastive, LSR: batches whose gradients one optimiser step sums, for an effective
+    # batch bigger than memory holds (LoRA: the answer tokens of all of them weigh alike;
+    # contrastive: each batch is its own softmax, so it does not widen the negatives, which
+    # mini_batch_size does).
     "gradient_accumulation_steps": _Parameter(int, 1, 1024),
 }
 
@@ -125,7 +127,7 @@ _LORA = {
 # 1 epoch at 2e-5 0.815, 3 epochs at 2e-5 0.824, 3 epochs at 5e-5 0.853 (docs/benchmarks.md).
 _CONTRASTIVE = {
     **_RETRIEVER, **_CHECKPOINTS, "epochs": 3, "learning_rate": 5e-5, "top_k": 10, "mined_negatives": 4, "mini_batch_size": None,
-    "device": None,
+    "gradient_accumulation_steps": 1, "device": None,
 }  # fmt: skip
 # Query-only: the frozen side is read from the space, not encoded, so the whole corpus (up to
 # 200k stored vectors, 300 MB at 384 dimensions) serves as negatives at the cost of one matrix
@@ -153,8 +155,8 @@ MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "contrastive": _CONTRASTIVE,
     "contrastive_query_only": _QUERY_ONLY,
     "lsr": {
-        **_RETRIEVER, "batch_size": 8, "top_k": 5, "lm_temperature": 0.01, "retriever_temperature": 1.0,
-        "query_only": True, "base_model": None, "device": None, **_CHECKPOINTS,
+        **_RETRIEVER, "batch_size": 8, "gradient_accumulation_steps": 1, "top_k": 5, "lm_temperature": 0.01,
+        "retriever_temperature": 1.0, "query_only": True, "base_model": None, "device": None, **_CHECKPOINTS,
     },  # fmt: skip
     "lora_radit": {**_LORA, "top_k": 5, "base_model": None, "device": None},
     "lora_raft": {**_LORA, "distractors": 4, "oracle_probability": 0.8, "base_model": None, "device": None},

@@ -14,7 +14,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from knowledge.artifact_store import artifacts_root
-from rag.training.loop import Checkpointing, checkpoint_summary
+from rag.training.checkpoints import Checkpointing, checkpoint_summary
 from training.models import TrainingRun
 
 # Progress, heartbeat and log are written, and cancellation read, at most this often.

@@ -82,6 +82,7 @@ def train_contrastive(*, run: TrainingRun, folder: Path, reporter: Reporter) -> 
         warmup_ratio=parameters["warmup_ratio"],
         seed=parameters["seed"],
         query_only=query_only,
+        gradient_accumulation_steps=parameters.get("gradient_accumulation_steps", 1),  # runs before it lack it
         mined_negatives=mined,
         mini_batch_size=parameters.get("mini_batch_size"),
         frozen_documents=frozen_documents,
@@ -205,6 +206,7 @@ def train_lsr(*, run: TrainingRun, folder: Path, reporter: Reporter) -> Trained:
         batch_size=parameters["batch_size"],
         learning_rate=parameters["learning_rate"],
         warmup_ratio=parameters["warmup_ratio"],
+        gradient_accumulation_steps=parameters.get("gradient_accumulation_steps", 1),
         retriever_temperature=parameters["retriever_temperature"],
         lm_temperature=parameters["lm_temperature"],
         seed=parameters["seed"],
