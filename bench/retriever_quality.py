@@ -545,6 +545,11 @@ def main() -> None:
     from training.services.runs import MODE_PARAMETERS
     from training.services.snapshots import dataset_snapshot_create
 
+    # Settings given on the command line apply to every contrastive mode; the others are each
+    # mode's own service defaults (query-only's differ from full mode's), shown as full mode's.
+    given = {name: getattr(args, name) for name in ("epochs", "batch_size", "learning_rate", "mined_negatives", "top_k")}
+    given = {name: value for name, value in given.items() if value is not None}
+    args.query_only_settings = {**MODE_PARAMETERS["contrastive_query_only"], **given}
     for name in ("epochs", "batch_size", "learning_rate", "mined_negatives", "top_k"):
         if getattr(args, name) is None:
             setattr(args, name, MODE_PARAMETERS["contrastive"][name])
@@ -597,10 +602,7 @@ def main() -> None:
                 f"of a document judged relevant for their query ({negatives_check['queries_affected']} of "
                 f"{negatives_check['queries']} queries)")
 
-        parameters = {
-            "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "seed": args.seed,
-            "top_k": args.top_k, "mined_negatives": args.mined_negatives,
-        }  # fmt: skip
+        parameters = {**given, "seed": args.seed}
         planned = [(mode, mode, parameters) for mode in args.modes]
         for variant in reversed(args.query_only_variants):
             overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in variant.split(","))}
@@ -685,8 +687,9 @@ def print_report(*, args, split: Split, documents, base_chunks: int, base_embed_
         ])
     print(f"\nSciFact train qrels split {len(split.train)} train / {len(split.dev)} dev queries (seed {args.seed}); "
           f"{len(documents)} abstracts, {base_chunks} chunks; base embedding {clock(base_embed_seconds)} "
-          f"({base_chunks / base_embed_seconds:.1f} chunks/s); contrastive: {args.epochs} epoch(s), batch {args.batch_size}, "
-          f"lr {args.learning_rate:g}, {args.mined_negatives} mined negative(s) from the top {args.top_k}; "
+          f"({base_chunks / base_embed_seconds:.1f} chunks/s); full contrastive: {args.epochs} epoch(s), batch {args.batch_size}, "
+          f"lr {args.learning_rate:g}, {args.mined_negatives} mined negative(s) from the top {args.top_k}; query-only: "
+          f"{args.query_only_settings['epochs']} epoch(s) at lr {args.query_only_settings['learning_rate']:g}; "
           f"LSR: top {args.lsr_top_k}, {args.lsr_epochs} epoch(s), batch {args.lsr_batch_size}, lr {args.lsr_learning_rate:g}; torch threads "
           f"{args.threads}; whole run {clock(total)}; 1-minute load {harness.load_average()} on "
           f"{len(os.sched_getaffinity(0))} CPUs")
