@@ -12,7 +12,6 @@ closing EOS.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,14 +24,15 @@ from rag.generation import SYSTEM_PROMPT, ContextPassage, chat_messages, prompt_
 from rag.training import ProgressCallback, StopCheck, pick_device, seed_everything
 from rag.training.checkpoints import Checkpointing, inputs_fingerprint
 from rag.training.hf_trainer import (
+    bf16_available,
     checkpoint_arguments,
     checkpoint_to_resume,
     loss_curve,
+    optimisation_arguments,
     quiet,
     remove_checkpoints,
     resumed_step,
     trainer_callback,
-    warmup_steps,
 )
 
 if TYPE_CHECKING:
@@ -365,7 +365,7 @@ def train_lora(
     output_path = Path(output_path)
     tokenizer = AutoTokenizer.from_pretrained(base_model_path, local_files_only=True)
     # Weights in float32; on a GPU with bf16 the trainer computes in it (mixed precision).
-    mixed_precision = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    mixed_precision = bf16_available(device)
     language_model = AutoModelForCausalLM.from_pretrained(base_model_path, local_files_only=True, dtype=torch.float32)
 
     vocabulary_size = language_model.get_input_embeddings().weight.shape[0]
@@ -417,26 +417,12 @@ def train_lora(
     scratch = output_path.parent / f".{output_path.name}.trainer"
     arguments = TrainingArguments(
         **checkpoint_arguments(checkpointing, scratch=scratch),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps(
-            warmup_ratio, total_steps=epochs * math.ceil(math.ceil(len(tokenized) / batch_size) / gradient_accumulation_steps)
+        **optimisation_arguments(
+            rows=len(tokenized), epochs=epochs, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+            learning_rate=learning_rate, warmup_ratio=warmup_ratio, seed=seed, device=device,
         ),
-        lr_scheduler_type="linear",
-        weight_decay=0.01,  # torch's AdamW default, which the loop before this one used
-        max_grad_norm=1.0,
-        seed=seed,
-        data_seed=seed,
-        # Mixed precision where the GPU has bf16 (through accelerate); CPUs train in float32.
-        bf16=mixed_precision,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
         remove_unused_columns=False,
-    )
+    )  # fmt: skip
     trainer = Trainer(
         model=language_model, args=arguments, train_dataset=_Pairs(tokenized), compute_loss_func=completion_only_loss,
         data_collator=lambda batch: collate_pairs(batch, pad_token_id=tokenizer.pad_token_id),

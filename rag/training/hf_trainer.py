@@ -10,6 +10,7 @@ for other data or settings is deleted instead of resumed, and a summary the stal
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,47 @@ def quiet(trainer: Any) -> Any:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def bf16_available(device: str) -> bool:
+    """Whether training on `device` runs in bf16 mixed precision: a CUDA GPU that has it; CPUs train in float32."""
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+
+def optimisation_arguments(
+    *,
+    rows: int,
+    epochs: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    learning_rate: float,
+    warmup_ratio: float,
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    """The TrainingArguments the retriever and LoRA trainers share: AdamW with weight decay 0.01,
+    linear warm-up and decay, gradients clipped at norm 1, bf16 where bf16_available, a loss
+    logged every optimiser step, the shuffle seeded, no printing or reporting."""
+    total_steps = epochs * math.ceil(math.ceil(rows / batch_size) / gradient_accumulation_steps)
+    return {
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "learning_rate": learning_rate,
+        "warmup_steps": warmup_steps(warmup_ratio, total_steps=total_steps),
+        "lr_scheduler_type": "linear",
+        "weight_decay": 0.01,  # torch's AdamW default, which the hand-written loops before these used
+        "max_grad_norm": 1.0,
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": bf16_available(device),
+        "logging_steps": 1,
+        "report_to": "none",
+        "use_cpu": device == "cpu",
+        "disable_tqdm": True,
+    }
 
 
 def checkpoint_arguments(checkpointing: Checkpointing | None, *, scratch: Path) -> dict[str, Any]:

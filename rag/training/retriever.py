@@ -13,7 +13,6 @@ in the layout `load_trained_retriever` reads back.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,11 +25,11 @@ from rag.training.hf_trainer import (
     checkpoint_arguments,
     checkpoint_to_resume,
     loss_curve,
+    optimisation_arguments,
     quiet,
     remove_checkpoints,
     resumed_step,
     trainer_callback,
-    warmup_steps,
 )
 
 if TYPE_CHECKING:
@@ -235,32 +234,18 @@ def _fit(
     index the loss looks up (rag.training.retriever_losses). AdamW (weight decay 0.01), linear
     warm-up and decay, gradients clipped at norm 1, bf16 mixed precision on a GPU that has it,
     several GPUs under `accelerate launch`, the library's checkpoints and resume."""
-    import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     resume_from = checkpoint_to_resume(checkpointing, fingerprint)
     scratch = output_path.parent / f".{output_path.name}.trainer"
-    mixed_precision = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    total_steps = epochs * math.ceil(math.ceil(rows / batch_size) / gradient_accumulation_steps)
     arguments = SentenceTransformerTrainingArguments(
         **checkpoint_arguments(checkpointing, scratch=scratch),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps(warmup_ratio, total_steps=total_steps),
-        lr_scheduler_type="linear",
-        weight_decay=0.01,  # torch's AdamW default, which the loop before this one used
-        max_grad_norm=1.0,
-        seed=seed,
-        data_seed=seed,
-        bf16=mixed_precision,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
-    )
+        **optimisation_arguments(
+            rows=rows, epochs=epochs, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+            learning_rate=learning_rate, warmup_ratio=warmup_ratio, seed=seed, device=device,
+        ),
+    )  # fmt: skip
     trainer = SentenceTransformerTrainer(
         model=model, args=arguments, train_dataset=Dataset.from_dict({"label": list(range(rows))}), loss=loss,
         callbacks=[trainer_callback(progress=progress, should_stop=should_stop)],
@@ -274,7 +259,7 @@ def _fit(
     return _Fitted(
         curve=loss_curve(trainer.state),
         resumed_from_step=resumed_step(resume_from),
-        mixed_precision="bf16" if mixed_precision else "no",
+        mixed_precision="bf16" if arguments.bf16 else "no",
         scratch=scratch,
     )
 
