@@ -23,6 +23,7 @@ SciFact verdict ("supported" / "contradicted") where the claim has one.
     python bench/retriever_quality.py --max-docs 0 --keep  # the whole corpus
     python bench/retriever_quality.py --modes lexical,hybrid,hybrid-score  # retrieval modes only, no training
     python bench/retriever_quality.py --modes reranker     # base dense + a cross-encoder reranker trained on the labels
+    python bench/retriever_quality.py --modes reranker --reranker-parameters loss=lambda,epochs=2,learning_rate=1e-4
     python bench/retriever_quality.py --modes stack        # query-only encoder, + hybrid, + a reranker trained over it
     python bench/retriever_quality.py --modes contrastive_query_only --query-only-variants epochs=5 learning_rate=1e-4
 
@@ -113,6 +114,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--query-only-variants", nargs="*", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
                         help="extra contrastive_query_only rows, trained first, each with these run parameters over the "
                              "others (e.g. epochs=5 learning_rate=1e-4): cheap, as the frozen side is read, not encoded")
+    parser.add_argument("--reranker-parameters", type=run_parameters_from_text, default={}, metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="run parameters of the reranker (modes reranker and stack) over the service's defaults, "
+                             "e.g. loss=lambda,epochs=2")
     parser.add_argument("--top-k", type=int, default=None, help="chunks the miner looks at per query (default: the service's, 10)")
     parser.add_argument("--lsr-top-k", type=int, default=5, help="chunks per query for LSR, as the service (default: %(default)s)")
     parser.add_argument("--lsr-batch-size", type=int, default=8, help="(default: %(default)s, as the service)")
@@ -340,8 +344,11 @@ def train_reranker_with_service(*, knowledge_base, snapshot, args, data: SciFact
     from training.services.runs import training_run_execute, training_run_start
     from training.services.versions import model_version_promote
 
+    if args.reranker_parameters:
+        label += " (" + ", ".join(f"{name} {value}" for name, value in args.reranker_parameters.items()) + ")"
     run = training_run_start(
-        knowledge_base=knowledge_base, component="reranker", mode="cross_encoder", parameters={"seed": args.seed}, snapshot=snapshot
+        knowledge_base=knowledge_base, component="reranker", mode="cross_encoder",
+        parameters={"seed": args.seed, **args.reranker_parameters}, snapshot=snapshot,
     )
     say(f"reranker: training run #{run.pk} queued with {json.dumps(run.parameters, sort_keys=True)}; executing it in this process")
     started = time.perf_counter()
@@ -369,6 +376,19 @@ def train_reranker_with_service(*, knowledge_base, snapshot, args, data: SciFact
     result.scores = evaluate(space=None, query_model_reference=None, data=data, query_ids=split.dev,
                              label=f"{label} dev", search=search)
     return result
+
+
+def run_parameters_from_text(text: str) -> dict:
+    """`name=value,name=value` as run parameters: a value is JSON where it reads as JSON
+    (numbers, true/false), else text (loss=lambda)."""
+
+    def value(raw: str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    return {name: value(raw) for name, raw in (item.split("=", 1) for item in text.split(",") if item)}
 
 
 def curve_summary(curve: list[dict]) -> str:
@@ -605,7 +625,7 @@ def main() -> None:
         parameters = {**given, "seed": args.seed}
         planned = [(mode, mode, parameters) for mode in args.modes]
         for variant in reversed(args.query_only_variants):
-            overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in variant.split(","))}
+            overrides = run_parameters_from_text(variant)
             planned.insert(0, (f"contrastive_query_only, {variant}", "contrastive_query_only", {**parameters, **overrides}))
         if args.mined_check:
             label = f"contrastive_query_only, {args.mined_check} mined"

@@ -1,5 +1,12 @@
 """Training a cross-encoder reranker from curators' graded judgments, on sentence-transformers'
-CrossEncoderTrainer with BinaryCrossEntropyLoss (a pointwise loss that takes soft targets).
+CrossEncoderTrainer, with one of two of its losses:
+
+- `bce`: BinaryCrossEntropyLoss, pointwise: each (query, passage) pair on its own, its grade as
+  a soft target; a batch is `batch_size` pairs.
+- `lambda`: LambdaLoss, listwise: each query's passages as one list, ranked against each other
+  with the grades as nDCG gains (2^grade - 1), which is what a reranker is judged by; a batch
+  is `batch_size` queries. A list needs a graded positive and something to rank it above; a
+  query without both teaches nothing and is left out.
 
 Targets are the curators' grades: relevant 1.0, partly 0.5, not relevant 0.0 (the hard
 negatives a curator marked), plus negatives mined from the first stage's top candidates
@@ -43,6 +50,8 @@ from rag.training.hf_trainer import (
 
 RELEVANT, PARTLY, NOT_RELEVANT = 1.0, 0.5, 0.0
 RERANKER_JSON = "reranker.json"
+# The loss names a run parameter takes, and the library's loss class each one is.
+RERANKER_LOSSES = {"bce": "BinaryCrossEntropyLoss", "lambda": "LambdaLoss"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,15 @@ class RerankerPair:
     query: str
     passage: str
     label: float
+
+
+@dataclass(frozen=True)
+class RerankerList:
+    """One query's graded passages, for a listwise loss."""
+
+    query: str
+    passages: list[str]
+    labels: list[float]
 
 
 @dataclass
@@ -124,6 +142,48 @@ def reranker_pairs(examples: list[RerankerTrainingExample]) -> tuple[list[Rerank
     return pairs, counts
 
 
+def reranker_lists(pairs: list[RerankerPair]) -> list[RerankerList]:
+    """The pairs grouped by query, in first-seen order, for a listwise loss.
+
+    A query's pairs repeated (an example's `repeats`) give its list that many times over, as
+    the pointwise loss sees its pairs that many times. A list without a positive, or with
+    nothing to rank below its positives, teaches nothing and is left out.
+    """
+    grouped: dict[str, list[RerankerList]] = {}
+    for pair in pairs:
+        lists = grouped.setdefault(_key(pair.query), [])
+        current = next((one for one in lists if _key(pair.passage) not in map(_key, one.passages)), None)
+        if current is None:
+            current = RerankerList(pair.query, [], [])
+            lists.append(current)
+        current.passages.append(pair.passage)
+        current.labels.append(pair.label)
+    return [
+        one
+        for lists in grouped.values()
+        for one in lists
+        if max(one.labels) > NOT_RELEVANT and min(one.labels) < max(one.labels)
+    ]
+
+
+def _dataset_and_loss(model, pairs: list[RerankerPair], loss: str, batch_size: int):
+    """The training dataset (rows of pairs or of lists) and the library loss of `loss`."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, LambdaLoss
+
+    if loss == "bce":
+        dataset = Dataset.from_dict(
+            {"query": [p.query for p in pairs], "passage": [p.passage for p in pairs], "label": [p.label for p in pairs]}
+        )
+        return dataset, BinaryCrossEntropyLoss(model)
+    lists = reranker_lists(pairs)
+    dataset = Dataset.from_dict(
+        {"query": [one.query for one in lists], "docs": [one.passages for one in lists], "labels": [one.labels for one in lists]}
+    )
+    # All the pairs of a batch's lists in one forward pass (mini_batch_size 0).
+    return dataset, LambdaLoss(model, mini_batch_size=0)
+
+
 def train_reranker(
     *,
     base_model_path: str | Path,
@@ -135,32 +195,35 @@ def train_reranker(
     warmup_ratio: float = 0.1,
     seed: int = 0,
     max_length: int = DEFAULT_MAX_LENGTH,
+    loss: str = "bce",
     device: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> RerankerTrainingResult:
-    """Train a cross-encoder on the examples' graded pairs and save it in `output_path`.
+    """Train a cross-encoder on the examples' graded pairs with `loss` (a RERANKER_LOSSES name)
+    and save it in `output_path`.
 
-    Raises ValueError when there is nothing to learn from (no pair with a positive target), and
+    Raises ValueError when there is nothing to learn from (no pair with a positive target, or
+    for the listwise loss no query with a positive and a passage to rank below it), and
     TrainingCancelled (nothing saved) when `should_stop` says so at a step.
     """
-    from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
+    if loss not in RERANKER_LOSSES:
+        raise ValueError(f"Reranker loss {loss!r} is unknown; choose one of {', '.join(RERANKER_LOSSES)}.")
     pairs, counts = reranker_pairs(examples)
     if not any(pair.label > NOT_RELEVANT for pair in pairs):
         raise ValueError("No passage is judged relevant or partly relevant: a reranker has no positive to learn from.")
+    if loss == "lambda" and not reranker_lists(pairs):
+        raise ValueError("No query has both a passage judged relevant or partly relevant and one to rank below it.")
     output_path = Path(output_path)
     device = pick_device(device)
     seed_everything(seed)
     model = CrossEncoder(str(base_model_path), num_labels=1, max_length=max_length, device=device, local_files_only=True)
-    dataset = Dataset.from_dict(
-        {"query": [p.query for p in pairs], "passage": [p.passage for p in pairs], "label": [p.label for p in pairs]}
-    )
+    dataset, loss_module = _dataset_and_loss(model, pairs, loss, batch_size)
     fingerprint = inputs_fingerprint(
-        "cross_encoder", str(base_model_path), pairs, epochs, batch_size, learning_rate, warmup_ratio, seed, max_length
+        "cross_encoder", str(base_model_path), pairs, epochs, batch_size, learning_rate, warmup_ratio, seed, max_length, loss
     )
     resume_from = checkpoint_to_resume(checkpointing, fingerprint)
     scratch = output_path.parent / f".{output_path.name}.trainer"
@@ -169,7 +232,7 @@ def train_reranker(
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
-        warmup_steps=warmup_steps(warmup_ratio, total_steps=epochs * math.ceil(len(pairs) / batch_size)),
+        warmup_steps=warmup_steps(warmup_ratio, total_steps=epochs * math.ceil(len(dataset) / batch_size)),
         seed=seed,
         data_seed=seed,
         logging_steps=1,
@@ -178,7 +241,7 @@ def train_reranker(
         disable_tqdm=True,
     )
     trainer = CrossEncoderTrainer(
-        model=model, args=arguments, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model),
+        model=model, args=arguments, train_dataset=dataset, loss=loss_module,
         callbacks=[trainer_callback(progress=progress, should_stop=should_stop)],
     )  # fmt: skip
     quiet(trainer)
@@ -192,7 +255,7 @@ def train_reranker(
     parameters = {
         "base_model_path": str(base_model_path), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "warmup_ratio": warmup_ratio, "seed": seed, "max_length": max_length, "device": device,
-        "loss": "BinaryCrossEntropyLoss", "targets": {"relevant": RELEVANT, "partly": PARTLY, "not_relevant": NOT_RELEVANT},
+        "loss": RERANKER_LOSSES[loss], "targets": {"relevant": RELEVANT, "partly": PARTLY, "not_relevant": NOT_RELEVANT},
         "pairs": counts,
     }  # fmt: skip
     parameters["resumed_from_step"] = resumed_step(resume_from)

@@ -209,6 +209,7 @@ def test_the_evaluation_compares_the_candidate_with_no_reranker_on_the_same_cand
         ({"gate_metric": "f1"}, "not a reranker metric"),
         ({"parameters": {"mined_negatives": -1}}, "'mined_negatives' must be"),
         ({"parameters": {"base_model": "/m"}}, "Unknown parameter.*base_model"),
+        ({"parameters": {"loss": "listnet"}}, "'loss' must be one of bce, lambda, got 'listnet'"),
     ],
 )
 def test_a_bad_reranker_policy_is_refused(embedded_knowledge_base, changes, message):

@@ -13,6 +13,7 @@ from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
 from rag.corpus_pairs import DEFAULT_MAX_QUERY_WORDS, DEFAULT_MIN_POSITIVE_WORDS, DEFAULT_MIN_QUERY_WORDS
 from rag.training.generator import DEFAULT_MAX_HISTORY_TOKENS  # plain constants: no torch is loaded
+from rag.training.reranker import RERANKER_LOSSES
 from training.models import Component, DatasetSnapshot, SnapshotExample
 
 RETRIEVER_MODES = ("contrastive", "contrastive_query_only", "lsr", "corpus_pairs")
@@ -31,8 +32,11 @@ class _Parameter:
     high: float | None = None
     low_exclusive: bool = False
     high_exclusive: bool = False
+    choices: tuple[str, ...] = ()  # a text parameter that takes only these
 
     def describe(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
         kind = {int: "an integer", float: "a number", bool: "true or false", str: "a non-empty string"}[self.kind]
         if self.low is None and self.high is None:
             return kind
@@ -43,6 +47,8 @@ class _Parameter:
     def accepts(self, value: Any) -> bool:
         if self.kind is bool:
             return isinstance(value, bool)
+        if self.choices:
+            return value in self.choices
         if self.kind is str:
             return isinstance(value, str) and bool(value.strip()) and "\x00" not in value and len(value) <= 500
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -76,6 +82,7 @@ PARAMETERS: dict[str, _Parameter] = {
     "lm_temperature": _Parameter(float, 0, 100, low_exclusive=True),
     "retriever_temperature": _Parameter(float, 0, 100, low_exclusive=True),
     "base_model": _Parameter(str),
+    "loss": _Parameter(str, choices=tuple(RERANKER_LOSSES)),  # the reranker's
     "lora_r": _Parameter(int, 1, 1024),
     "lora_alpha": _Parameter(int, 1, 4096),
     "lora_dropout": _Parameter(float, 0, 1, high_exclusive=True),
@@ -145,9 +152,11 @@ _CORPUS_PAIRS = {
 }  # fmt: skip
 # The reranker: a cross-encoder from the packaged MiniLM (a fresh classification head), trained
 # on graded pairs plus up to `mined_negatives` of the live first stage's top `top_k` chunks per
-# query that no curator judged relevant or partly relevant.
+# query that no curator judged relevant or partly relevant. `loss`: "bce" (pointwise, a batch
+# of `batch_size` pairs) or "lambda" (listwise over each query's passages, `batch_size` queries).
 _CROSS_ENCODER = {
     **_RETRIEVER, **_CHECKPOINTS, "learning_rate": 5e-5, "top_k": 20, "mined_negatives": 4, "max_length": 256, "device": None,
+    "loss": "bce",
 }  # fmt: skip
 MODE_PARAMETERS: dict[str, dict[str, Any]] = {
     "cross_encoder": _CROSS_ENCODER,

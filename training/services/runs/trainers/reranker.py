@@ -97,6 +97,7 @@ def train_cross_encoder(*, run: TrainingRun, folder: Path, reporter: Reporter) -
             warmup_ratio=parameters["warmup_ratio"],
             seed=parameters["seed"],
             max_length=parameters["max_length"],
+            loss=parameters.get("loss", "bce"),
             device=parameters.get("device"),
             progress=reporter.progress,
             should_stop=reporter.should_stop,
